@@ -1,0 +1,33 @@
+"""oar_verl.core: OAR attribution and Bi-Level reshaping in pure PyTorch.
+
+Never imports verl: verl's workers call it, and so can a notebook. The data flows one way:
+
+    ResponseBatch --segment_responses--> Segments --attribute--> scores [B, R]
+                  --bilevel_weights--> weights [B, R]  (advantage = weight x GRPO advantage)
+"""
+
+from oar_verl.core.answers import BUILTIN_PATTERNS, AnswerSpan, answer_finder
+from oar_verl.core.attribution import METHODS, GradientConfig, PerturbationConfig, get_method
+from oar_verl.core.explain import Explanation, explain
+from oar_verl.core.layout import ResponseBatch
+from oar_verl.core.reshape import bilevel_weights, degenerate_rows
+from oar_verl.core.spans import Segments, segment_responses
+from oar_verl.core.targets import TARGET_MODES
+
+__all__ = [
+    "BUILTIN_PATTERNS",
+    "METHODS",
+    "TARGET_MODES",
+    "AnswerSpan",
+    "Explanation",
+    "GradientConfig",
+    "PerturbationConfig",
+    "ResponseBatch",
+    "Segments",
+    "answer_finder",
+    "bilevel_weights",
+    "degenerate_rows",
+    "explain",
+    "get_method",
+    "segment_responses",
+]

@@ -1,0 +1,91 @@
+"""OAR-P: outcome shift when one reasoning token is replaced (OAR_SPEC section 4), exact.
+
+For reasoning token t of a row, its id is replaced by `perturbation_id` (every position,
+mask and other token kept) and the target is recomputed:
+
+    s_t = KL(P_final || P_final^(t))      (answer_mean, first_answer)
+    s_t = |phi - phi^(t)|                 (answer_logprob)
+
+One forward pass per reasoning token, as defined. Perturbations of all rows are flattened
+into one list and run in passes of as many sequences as `max_tokens_per_pass` holds;
+each sequence is cut after the last position its target reads (later tokens cannot change
+it), and logits are computed at the target positions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from oar_verl.core.attribution.base import attributed_rows, rows_per_pass, scatter_scores
+from oar_verl.core.layout import ResponseBatch
+from oar_verl.core.lm import eval_mode, lm_parts
+from oar_verl.core.spans import Segments
+from oar_verl.core.targets import answer_positions, check_target, compute_target, target_shift
+
+NAME = "oar_p"
+
+
+@dataclass(frozen=True)
+class PerturbationConfig:
+    target: str = field(default="first_answer", metadata={"help": "P_final mode: first_answer (OAR-P reference default), answer_mean or answer_logprob."})
+    perturbation_id: int | None = field(default=None, metadata={"help": "Token id put in place of the perturbed token; the tokenizer's pad id in the reference. Required."})
+    max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one forward pass (sequences x length): bounds peak memory. Must hold one prompt plus response."})
+
+    def __post_init__(self) -> None:
+        check_target(self.target)
+        if self.perturbation_id is None or int(self.perturbation_id) < 0:
+            raise ValueError(f"perturbation_id: expected a token id >= 0 (e.g. tokenizer.pad_token_id), got {self.perturbation_id!r}")
+        if self.max_tokens_per_pass < 1:
+            raise ValueError(f"max_tokens_per_pass: expected >= 1, got {self.max_tokens_per_pass}")
+
+
+@torch.no_grad()
+def attribute(
+    model: torch.nn.Module,
+    batch: ResponseBatch,
+    segments: Segments,
+    config: PerturbationConfig,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """OAR-P scores [B, R] (float32): s_t on reasoning tokens of attributed rows, 0 elsewhere.
+
+    Args:
+        model: a Hugging Face causal LM.
+        batch: prompts and responses in verl's layout, [B, L].
+        segments: the responses' segments, [B].
+        config: target mode, perturbation id, token budget.
+        rows: [B] bool, the rows to attribute (e.g. nonzero advantage); default all.
+    """
+    parts = lm_parts(model)
+    B, R = batch.input_ids.shape[0], batch.response_length
+    index = attributed_rows(batch, segments, rows)  # [B']
+    if index.numel() == 0:
+        return torch.zeros((B, R), dtype=torch.float32, device=batch.input_ids.device)
+    sub, sub_segments = batch.select(index), segments.select(index)
+    answer = answer_positions(sub, sub_segments)  # [B', A]
+    L = int(answer.columns_needed.max())  # no target reads past column L
+    input_ids = sub.input_ids[:, :L]
+    attention_mask, position_ids = sub.attention_mask[:, :L], sub.position_ids[:, :L]
+    per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
+
+    # Every (row, reasoning token) pair, flattened: N = sum of reasoning lengths.
+    counts = sub_segments.reasoning_end  # [B']
+    pair_row = torch.repeat_interleave(torch.arange(len(index), device=index.device), counts)  # [N]
+    pair_token = torch.arange(len(pair_row), device=index.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # [N]
+
+    with eval_mode(model):
+        clean = torch.cat([
+            compute_target(parts, parts.hidden_states(attention_mask[c], position_ids[c], input_ids=input_ids[c]), answer.select(c), config.target)
+            for c in torch.arange(len(index), device=index.device).split(per_pass)
+        ])  # [B', V] or [B']
+        shifts = []
+        for chunk in torch.arange(len(pair_row), device=index.device).split(per_pass):
+            r, t = pair_row[chunk], pair_token[chunk]  # [C]
+            perturbed_ids = input_ids[r].clone()  # [C, L]
+            perturbed_ids[torch.arange(len(chunk), device=r.device), batch.prompt_length + t] = config.perturbation_id
+            hidden = parts.hidden_states(attention_mask[r], position_ids[r], input_ids=perturbed_ids)  # [C, L, H]
+            perturbed = compute_target(parts, hidden, answer.select(r), config.target)
+            shifts.append(target_shift(clean[r], perturbed, config.target).abs())  # [C]
+    return scatter_scores(B, R, index[pair_row], pair_token, torch.cat(shifts))

@@ -1,0 +1,93 @@
+"""The outcome P_final that attribution measures (OAR_SPEC section 3).
+
+z_j are the logits at sequence position j (they predict token j + 1), teacher-forced on the
+response's own answer tokens a_1..a_A:
+
+- `answer_mean`: P_final = softmax(mean of z over the positions predicting a_1..a_A).
+- `first_answer`: P_final = softmax(z at the position predicting a_1).
+- `answer_logprob`: phi = mean_k log P(a_k | prefix), a scalar.
+
+Distribution targets are returned as log-probabilities [N, V], `answer_logprob` as [N].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from oar_verl.core.layout import ResponseBatch
+from oar_verl.core.lm import LMParts
+from oar_verl.core.spans import Segments
+
+TARGET_MODES = ("answer_mean", "first_answer", "answer_logprob")
+
+
+def check_target(mode: str, setting: str = "target") -> None:
+    if mode not in TARGET_MODES:
+        raise ValueError(f"{setting}: unknown target {mode!r}, expected one of {list(TARGET_MODES)}")
+
+
+@dataclass(frozen=True)
+class AnswerPositions:
+    """Where each row's answer is predicted, padded to the longest answer A.
+
+    Attributes:
+        positions: [N, A] int64 sequence positions predicting the answer tokens (0 past the
+            row's answer).
+        tokens: [N, A] int64 the answer token ids.
+        mask: [N, A] bool, True on real answer tokens.
+    """
+
+    positions: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def columns_needed(self) -> torch.Tensor:
+        """[N] int64: the sequence prefix length that determines each row's target."""
+        return self.positions.max(dim=1).values + 1
+
+    def select(self, rows: torch.Tensor) -> AnswerPositions:
+        return AnswerPositions(self.positions[rows], self.tokens[rows], self.mask[rows])
+
+
+def answer_positions(batch: ResponseBatch, segments: Segments) -> AnswerPositions:
+    """Answer positions of every row; every row must have an answer (`segments.found`)."""
+    if not bool(segments.found.all()):
+        raise ValueError("segments: answer positions asked for a row without an answer")
+    length = segments.answer_end - segments.answer_start  # [N]
+    A = int(length.max())
+    k = torch.arange(A, device=length.device)[None, :]  # [1, A]
+    mask = k < length[:, None]  # [N, A]
+    token_index = torch.where(mask, segments.answer_start[:, None] + k, 0)  # [N, A] in the response
+    positions = torch.where(mask, batch.prompt_length + token_index - 1, 0)  # predicting positions
+    tokens = batch.responses.gather(1, token_index)
+    return AnswerPositions(positions, tokens, mask)
+
+
+def compute_target(parts: LMParts, hidden: torch.Tensor, answer: AnswerPositions, mode: str) -> torch.Tensor:
+    """The target of each row from hidden states [N, L, H]: [N, V] log-probs or [N] phi."""
+    if mode == "first_answer":
+        first = hidden.gather(1, answer.positions[:, :1, None].expand(-1, -1, hidden.shape[-1]))  # [N, 1, H]
+        return torch.log_softmax(parts.logits(first[:, 0]), dim=-1)  # [N, V]
+    gathered = hidden.gather(1, answer.positions[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [N, A, H]
+    logits = parts.logits(gathered)  # [N, A, V]
+    weights = answer.mask.to(logits.dtype) / answer.mask.sum(dim=1, keepdim=True)  # [N, A], rows sum to 1
+    if mode == "answer_mean":
+        mean_logits = (logits * weights[:, :, None]).sum(dim=1)  # [N, V]
+        return torch.log_softmax(mean_logits, dim=-1)
+    if mode == "answer_logprob":
+        token_logprobs = torch.log_softmax(logits, dim=-1).gather(2, answer.tokens[:, :, None])[:, :, 0]  # [N, A]
+        return (token_logprobs * weights).sum(dim=1)  # [N]
+    check_target(mode)
+    raise AssertionError("unreachable")
+
+
+def target_shift(clean: torch.Tensor, other: torch.Tensor, mode: str) -> torch.Tensor:
+    """[N] how far `other` moved from `clean`: KL(P0 || P) = sum_v p0 (log p0 - log p) for
+    distributions, phi0 - phi (signed) for `answer_logprob`."""
+    if mode == "answer_logprob":
+        return clean - other
+    p0 = clean.exp()
+    return torch.where(p0 > 0, p0 * (clean - other), 0.0).sum(dim=-1)  # 0 log 0 = 0
