@@ -1,0 +1,95 @@
+"""The offline demo: train a tiny model on a planted-pivot task, then explain a response.
+
+    python -m oar_verl.demo                 # defaults: 400 steps, seed 0, both methods
+    python -m oar_verl.demo --steps 200 --methods oar_p
+
+Task: the prompt asks to copy the digit; the response is filler letters with one digit
+planted at a random place, then `\\n#### <digit>`. The answer is decided by that one
+reasoning token, so a faithful attribution ranks it first. The demo prints the pivot's
+rank and each token's score and weight under OAR-P and OAR-G.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import string
+import time
+
+import torch
+
+from oar_verl.core import explain
+from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+
+PROMPT = "copy the digit:\n"
+
+
+def pivot_example(rng: random.Random) -> tuple[str, int]:
+    """(response text, index of the planted digit's character in it)."""
+    filler = [rng.choice(string.ascii_lowercase) for _ in range(rng.randint(6, 10))]
+    pivot = rng.randint(0, len(filler))
+    digit = rng.choice(string.digits)
+    filler.insert(pivot, digit)
+    return "".join(filler) + f"\n#### {digit}", pivot
+
+
+def train_pivot_model(steps: int = 400, seed: int = 0, batch_size: int = 64, log_every: int = 0):
+    """A tiny Qwen2 trained with teacher forcing on pivot responses; (model, tokenizer).
+
+    With the byte tokenizer every character is one token, so the digit's character index
+    is its token index in the response.
+    """
+    tokenizer = byte_tokenizer()
+    model = tiny_qwen2(len(tokenizer), seed=seed)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    prompt_ids = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
+    model.train()
+    for step in range(steps):
+        responses = [tokenizer(pivot_example(rng)[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _ in range(batch_size)]
+        width = len(prompt_ids) + max(len(r) for r in responses)
+        ids = torch.full((batch_size, width), tokenizer.pad_token_id)
+        labels = torch.full((batch_size, width), -100)
+        for row, response in enumerate(responses):
+            sequence = prompt_ids + response
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            labels[row, len(prompt_ids) : len(sequence)] = torch.tensor(response)
+        loss = model(input_ids=ids, attention_mask=(labels != -100) | (torch.arange(width) < len(prompt_ids)), labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if log_every and (step + 1) % log_every == 0:
+            print(f"step {step + 1:4d}  loss {loss.item():.3f}", flush=True)
+    model.eval()
+    return model, tokenizer
+
+
+def pivot_rank(scores: list[float], reasoning_length: int, pivot: int) -> int:
+    """1-based rank of the pivot token's score among the reasoning tokens (ties count against it)."""
+    pivot_score = scores[pivot]
+    return 1 + sum(1 for k in range(reasoning_length) if k != pivot and scores[k] >= pivot_score)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=400, help="training steps of the tiny model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=["oar_p", "oar_g"], choices=["oar_p", "oar_g"])
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    print(f"training a tiny Qwen2 on the planted-pivot task ({args.steps} steps)")
+    model, tokenizer = train_pivot_model(args.steps, args.seed, log_every=100)
+    print(f"trained in {time.perf_counter() - start:.1f}s")
+    response, pivot = pivot_example(random.Random(args.seed + 1))
+    print(f"\nprompt: {PROMPT!r}\nresponse: {response!r} (pivot token {pivot})\n")
+    for method in args.methods:
+        explanation = explain(model, tokenizer, PROMPT, response, method=method, answer_pattern="gsm8k")
+        reasoning_length = explanation.segments.count("reasoning")
+        print(explanation.format_table())
+        print(f"pivot rank under {method}: {pivot_rank(explanation.scores, reasoning_length, pivot)} of {reasoning_length}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: a byte-level tokenizer and tiny Qwen2 models built locally."""
+
+import pytest
+import torch
+
+from oar_verl.core import ResponseBatch, Segments
+from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return byte_tokenizer(merges=[("#", "#"), ("##", "##"), ("Ġ", "1"), ("1", "2")])
+
+
+@pytest.fixture(scope="session")
+def model(tokenizer):
+    return tiny_qwen2(len(tokenizer), hidden_size=32, seed=1).eval()
+
+
+@pytest.fixture(scope="session")
+def model64(tokenizer):
+    return tiny_qwen2(len(tokenizer), hidden_size=32, seed=2, dtype=torch.float64).eval()
+
+
+@pytest.fixture
+def batch_and_segments(tokenizer):
+    """Three rows of different prompt and response lengths (so both paddings occur) plus a
+    row without an answer. Segments are set by hand: (reasoning_end, answer_start, answer_end)."""
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13], [14, 15]]
+    responses = [
+        [20, 21, 22, 23, 24, 25, 30, 31, 40, 41, 50],  # reasoning 6, bridge 2, answer 2, tail 1
+        [60, 61, 62, 30, 42, 43, 44],  # reasoning 3, bridge 1, answer 3
+        [70, 71, 72, 73, 74, 75, 76, 77, 30, 45],  # reasoning 8, bridge 1, answer 1
+        [80, 81, 82],  # no answer
+    ]
+    batch = ResponseBatch.from_token_lists(prompts, responses, pad_token_id=tokenizer.pad_token_id)
+    segments = Segments(
+        reasoning_end=torch.tensor([6, 3, 8, 0]),
+        answer_start=torch.tensor([8, 4, 9, 0]),
+        answer_end=torch.tensor([10, 7, 10, 0]),
+        found=torch.tensor([True, True, True, False]),
+    )
+    return prompts, responses, batch, segments

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from oar_verl.core import PerturbationConfig, TARGET_MODES
+from oar_verl.core.attribution import perturbation
+
+from . import reference
+
+
+@pytest.mark.parametrize("mode", TARGET_MODES)
+@pytest.mark.parametrize("max_tokens_per_pass", [16384, 40])
+def test_oar_p_equals_brute_force_definition(model, tokenizer, batch_and_segments, mode, max_tokens_per_pass):
+    prompts, responses, batch, segments = batch_and_segments
+    config = PerturbationConfig(target=mode, perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=max_tokens_per_pass)
+    scores = perturbation.attribute(model, batch, segments, config)
+    assert scores.shape == (4, batch.response_length) and scores.dtype == torch.float32
+    for row in range(3):
+        end, start, stop = (int(x[row]) for x in (segments.reasoning_end, segments.answer_start, segments.answer_end))
+        expected = reference.oar_p(model, prompts[row], responses[row], end, start, stop, mode, tokenizer.pad_token_id)
+        assert torch.all(expected > 0), "the definition gives a nonzero shift for every token of a random model"
+        torch.testing.assert_close(scores[row, :end], expected.float(), atol=1e-5, rtol=0)
+        assert torch.all(scores[row, end:] == 0)
+    assert torch.all(scores[3] == 0), "a row without an answer is not attributed"
+
+
+def test_rows_argument_skips_rows(model, tokenizer, batch_and_segments):
+    _, _, batch, segments = batch_and_segments
+    config = PerturbationConfig(perturbation_id=tokenizer.pad_token_id)
+    everything = perturbation.attribute(model, batch, segments, config)
+    some = perturbation.attribute(model, batch, segments, config, rows=torch.tensor([False, True, True, True]))
+    assert torch.all(some[0] == 0) and torch.any(everything[0] > 0)
+    torch.testing.assert_close(some[1:], everything[1:], atol=1e-6, rtol=0)
+
+
+def test_no_attributable_row_gives_zeros(model, tokenizer, batch_and_segments):
+    _, _, batch, segments = batch_and_segments
+    config = PerturbationConfig(perturbation_id=tokenizer.pad_token_id)
+    scores = perturbation.attribute(model, batch, segments, config, rows=torch.tensor([False, False, False, True]))
+    assert scores.shape == (4, batch.response_length) and torch.all(scores == 0)
+
+
+def test_token_budget_smaller_than_one_sequence_is_refused(model, tokenizer, batch_and_segments):
+    _, _, batch, segments = batch_and_segments
+    config = PerturbationConfig(perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=4)
+    with pytest.raises(ValueError, match="max_tokens_per_pass"):
+        perturbation.attribute(model, batch, segments, config)
+
+
+@pytest.mark.parametrize(
+    "settings, name",
+    [({"target": "last"}, "target"), ({"perturbation_id": None}, "perturbation_id"), ({"perturbation_id": 1, "max_tokens_per_pass": 0}, "max_tokens_per_pass")],
+)
+def test_bad_config_names_the_setting(settings, name):
+    with pytest.raises(ValueError, match=name):
+        PerturbationConfig(**settings)
