@@ -37,7 +37,11 @@ def train_pivot_model(steps: int = 400, seed: int = 0, batch_size: int = 64, log
     """A tiny Qwen2 trained with teacher forcing on pivot responses; (model, tokenizer).
 
     With the byte tokenizer every character is one token, so the digit's character index
-    is its token index in the response.
+    is its token index in the response. In half of the training responses one reasoning
+    token is replaced by the pad id (and not predicted): the model learns that a padded
+    filler token changes nothing and that a padded digit leaves the answer uniform over
+    the digits, so the digit is the one reasoning token whose replacement moves the
+    answer: the pivot is planted for OAR-P's perturbation, not only in the data.
     """
     tokenizer = byte_tokenizer()
     model = tiny_qwen2(len(tokenizer), seed=seed)
@@ -47,14 +51,19 @@ def train_pivot_model(steps: int = 400, seed: int = 0, batch_size: int = 64, log
     prompt_ids = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     model.train()
     for step in range(steps):
-        responses = [tokenizer(pivot_example(rng)[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _ in range(batch_size)]
+        examples = [pivot_example(rng) for _ in range(batch_size)]
+        responses = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text, _ in examples]
         width = len(prompt_ids) + max(len(r) for r in responses)
         ids = torch.full((batch_size, width), tokenizer.pad_token_id)
         labels = torch.full((batch_size, width), -100)
-        for row, response in enumerate(responses):
+        for row, (response, (text, pivot)) in enumerate(zip(responses, examples)):
             sequence = prompt_ids + response
             ids[row, : len(sequence)] = torch.tensor(sequence)
             labels[row, len(prompt_ids) : len(sequence)] = torch.tensor(response)
+            if rng.random() < 0.5:
+                dropped = len(prompt_ids) + rng.randrange(text.index("#"))
+                ids[row, dropped] = tokenizer.pad_token_id
+                labels[row, dropped] = -100
         loss = model(input_ids=ids, attention_mask=(labels != -100) | (torch.arange(width) < len(prompt_ids)), labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
