@@ -19,6 +19,7 @@ import time
 import torch
 
 from oar_verl.core import explain
+from oar_verl.sft import lm_batch, train_step
 from oar_verl.tiny import byte_tokenizer, tiny_qwen2
 
 PROMPT = "copy the digit:\n"
@@ -53,23 +54,15 @@ def train_pivot_model(steps: int = 400, seed: int = 0, batch_size: int = 64, log
     for step in range(steps):
         examples = [pivot_example(rng) for _ in range(batch_size)]
         responses = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text, _ in examples]
-        width = len(prompt_ids) + max(len(r) for r in responses)
-        ids = torch.full((batch_size, width), tokenizer.pad_token_id)
-        labels = torch.full((batch_size, width), -100)
-        for row, (response, (text, pivot)) in enumerate(zip(responses, examples)):
-            sequence = prompt_ids + response
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-            labels[row, len(prompt_ids) : len(sequence)] = torch.tensor(response)
+        ids, mask, labels = lm_batch([prompt_ids] * batch_size, responses, tokenizer.pad_token_id)
+        for row, (text, _) in enumerate(examples):
             if rng.random() < 0.5:
                 dropped = len(prompt_ids) + rng.randrange(text.index("#"))
                 ids[row, dropped] = tokenizer.pad_token_id
                 labels[row, dropped] = -100
-        loss = model(input_ids=ids, attention_mask=(labels != -100) | (torch.arange(width) < len(prompt_ids)), labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        loss = train_step(model, optimizer, ids, mask, labels)
         if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1:4d}  loss {loss.item():.3f}", flush=True)
+            print(f"step {step + 1:4d}  loss {loss:.3f}", flush=True)
     model.eval()
     return model, tokenizer
 

@@ -1,0 +1,1 @@
+"""Datasets in verl's parquet layout."""

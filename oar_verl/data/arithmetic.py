@@ -1,0 +1,61 @@
+"""Generated arithmetic in GSM8K's format, as verl rows.
+
+Each problem adds or subtracts two-digit numbers in one or two steps; the reference
+solution works it out step by step and ends with GSM8K's `#### <answer>`, which verl's
+`gsm8k` reward reads (rows carry `data_source="openai/gsm8k"`). Rows follow verl's
+parquet layout: `data_source`, chat `prompt`, `ability`, `reward_model.ground_truth`,
+`extra_info` (with the reference `answer`, used for supervised warm-starts).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+DATA_SOURCE = "openai/gsm8k"
+INSTRUCTION = "Solve, then write the answer after ####."
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str  # e.g. "12+30-7"
+    solution: str  # e.g. "12+30=42\n42-7=35\n#### 35"
+    answer: int
+
+
+def make_problem(rng: random.Random, max_steps: int = 2, max_operand: int = 49) -> Problem:
+    """One problem of 1 to `max_steps` additions/subtractions of numbers in [1, max_operand]."""
+    value = rng.randint(1, max_operand)
+    question = str(value)
+    lines = []
+    for _ in range(rng.randint(1, max_steps)):
+        operand = rng.randint(1, max_operand)
+        operator = rng.choice("+-")
+        result = value + operand if operator == "+" else value - operand
+        question += f"{operator}{operand}"
+        lines.append(f"{value}{operator}{operand}={result}")
+        value = result
+    return Problem(question, "\n".join(lines) + f"\n#### {value}", value)
+
+
+def verl_row(problem: Problem, split: str, index: int) -> dict:
+    return {
+        "data_source": DATA_SOURCE,
+        "prompt": [{"role": "user", "content": f"{problem.question} {INSTRUCTION}"}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": str(problem.answer)},
+        "extra_info": {"split": split, "index": index, "question": problem.question, "answer": problem.solution},
+    }
+
+
+def write_split(path: str | Path, size: int, seed: int, split: str, max_steps: int = 2, max_operand: int = 49) -> Path:
+    """Writes `size` generated rows to a parquet file; the same seed gives the same rows."""
+    rng = random.Random(seed)
+    rows = [verl_row(make_problem(rng, max_steps, max_operand), split, index) for index in range(size)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path)
+    return path

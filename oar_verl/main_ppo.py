@@ -1,0 +1,60 @@
+"""verl's PPO/GRPO trainer with oar_verl's checks and presets.
+
+    # verl's stock config; any verl override works as with `python -m verl.trainer.main_ppo`
+    python -m oar_verl.main_ppo data.train_files=... actor_rollout_ref.model.path=...
+    # the CPU preset (oar_verl/config/cpu.yaml): a small model, FSDP2 on gloo, hf rollout
+    python -m oar_verl.main_ppo --config-name cpu data.train_files=... data.val_files=... \\
+        actor_rollout_ref.model.path=...
+
+Settings are checked in this process, before Ray starts. With `trainer.device=cpu` the CPU
+backend is selected (`VERL_PLATFORM=cpu`, inherited by every Ray worker) and GPU-only
+settings are refused with the setting named.
+"""
+
+from __future__ import annotations
+
+import os
+
+import hydra
+from omegaconf import DictConfig
+
+
+class SettingsError(ValueError):
+    """A configuration that cannot run, found before Ray starts."""
+
+
+def check_and_prepare(config: DictConfig) -> None:
+    """Validates `config` for this machine and selects the CPU backend when asked for."""
+    if config.trainer.device != "cpu":
+        return
+    from oar_verl.verl_cpu.validation import cpu_settings_errors
+
+    errors = cpu_settings_errors(config)
+    if errors:
+        raise SettingsError("cannot run on the CPU backend:\n  - " + "\n  - ".join(errors))
+    os.environ["VERL_PLATFORM"] = "cpu"
+    from oar_verl.verl_cpu import backend
+
+    backend.install()
+
+
+def run(config: DictConfig) -> None:
+    """Checks, then runs verl's trainer as `verl.trainer.main_ppo.main` does."""
+    check_and_prepare(config)
+    from verl.trainer import main_ppo as verl_main
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+
+    verl_main.auto_set_device(config)
+    verl_main.validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    if not config.trainer.use_v1:
+        raise SettingsError("trainer.use_v1=False: oar_verl runs on verl's v1 trainer; the legacy trainer is deprecated in verl 0.9")
+    verl_main.run_ppo(config, task_runner_class=verl_main.TaskRunnerV1)
+
+
+@hydra.main(config_path="config", config_name="ppo", version_base=None)
+def main(config: DictConfig) -> None:
+    run(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Runtime shims for the verl 0.9.1 internals a CPU run needs and that have no extension
+point. Each checks the verl version and that the object it replaces is the one it expects
+before patching, and each has an upstream patch in `patches/`:
+
+- process group: verl builds the backend "cpu:gloo,<device>:<ccl>", which is
+  "cpu:gloo,cpu:gloo" on the CPU and makes torch raise "Duplicate device type cpu"
+  (`verl/utils/distributed.py::initialize_global_process_group_ray`, the trainer's path;
+  the SFT trainer's `initialize_global_process_group` is left alone);
+- reference model: the forward-only FSDP2 path offloads with
+  `CPUOffloadPolicy(pin_memory=True)`, which needs an accelerator
+  (`verl/workers/engine/fsdp/transformer_impl.py`);
+- engines: verl's FSDP engines are registered for cuda and npu only; they are registered
+  for "cpu" too (that one is an extension point: `EngineRegistry.register`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import verl
+
+PINNED_VERL = "0.9.1"
+_CPU_BACKEND = "cpu:gloo"
+
+
+class ShimError(RuntimeError):
+    """verl is not the release these shims were written for."""
+
+
+def check_verl_version() -> None:
+    if verl.__version__ != PINNED_VERL:
+        raise ShimError(f"oar_verl's CPU backend supports verl=={PINNED_VERL}; installed verl is {verl.__version__}")
+
+
+def install() -> None:
+    """Installs every CPU shim (idempotent)."""
+    check_verl_version()
+    _patch_process_group()
+    _patch_offload_policy()
+    _register_engines()
+
+
+def _patch_process_group() -> None:
+    import verl.checkpoint_engine.base as checkpoint_base
+    import verl.utils.distributed as distributed
+    import verl.workers.engine_workers as engine_workers
+
+    original = distributed.initialize_global_process_group_ray
+    if getattr(original, "_oar_cpu_shim", False):
+        return
+    for module in (engine_workers, checkpoint_base):
+        if getattr(module, "initialize_global_process_group_ray", None) is not original:
+            raise ShimError(f"{module.__name__}.initialize_global_process_group_ray is not verl's original: cannot patch")
+
+    @functools.wraps(original)
+    def initialize_global_process_group_ray(timeout_second=None, backend=None):
+        return original(timeout_second=timeout_second, backend=backend or _CPU_BACKEND)
+
+    initialize_global_process_group_ray._oar_cpu_shim = True
+    for module in (distributed, engine_workers, checkpoint_base):
+        module.initialize_global_process_group_ray = initialize_global_process_group_ray
+
+
+def _patch_offload_policy() -> None:
+    import torch.distributed.fsdp
+    import verl.workers.engine.fsdp.transformer_impl as transformer_impl
+
+    current = transformer_impl.CPUOffloadPolicy
+    if getattr(current, "_oar_cpu_shim", False):
+        return
+    if current is not torch.distributed.fsdp.CPUOffloadPolicy:
+        raise ShimError("verl's transformer_impl.CPUOffloadPolicy is not torch's: cannot patch")
+
+    def unpinned_offload_policy(pin_memory: bool = True, **kwargs):
+        """Pinned memory needs an accelerator; on the CPU the offload target is unpinned."""
+        return current(pin_memory=False, **kwargs)
+
+    unpinned_offload_policy._oar_cpu_shim = True
+    transformer_impl.CPUOffloadPolicy = unpinned_offload_policy
+
+
+def _register_engines() -> None:
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+
+    for model_type, engine in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
+        registered = EngineRegistry._engines.get(model_type, {})
+        if all("cpu" in registered.get(backend, {}) for backend in ("fsdp", "fsdp2")):
+            continue
+        EngineRegistry.register(model_type=model_type, backend=["fsdp", "fsdp2"], device=["cpu"])(engine)

@@ -1,0 +1,58 @@
+"""Settings a CPU run refuses before Ray starts: those that need a GPU, and those that
+would silently compute wrong results on the CPU."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig
+
+GPU_ONLY_ROLLOUTS = ("vllm", "sglang", "trtllm")
+
+
+def cpu_settings_errors(config: DictConfig) -> list[str]:
+    """Every problem with running `config` on the CPU backend, one message per setting."""
+    errors = []
+    model = config.actor_rollout_ref.model
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.name in GPU_ONLY_ROLLOUTS:
+        errors.append(f"actor_rollout_ref.rollout.name={rollout.name} needs a GPU; use the CPU rollout: actor_rollout_ref.rollout.name=hf")
+    elif rollout.name != "hf":
+        errors.append(f"actor_rollout_ref.rollout.name={rollout.name}: the CPU backend serves rollouts with 'hf'")
+    attention = model.get("override_config", {}).get("attn_implementation", "flash_attention_2")
+    if attention.startswith("flash"):
+        errors.append(
+            f"actor_rollout_ref.model.override_config.attn_implementation={attention} needs a GPU (verl's default); "
+            "set +actor_rollout_ref.model.override_config.attn_implementation=sdpa"
+        )
+    if model.get("use_remove_padding", False):
+        errors.append(
+            "actor_rollout_ref.model.use_remove_padding=True packs sequences, which only flash attention keeps apart: "
+            "on CPU (sdpa/eager) packed sequences would attend to each other; set it to False"
+        )
+    if model.get("use_fused_kernels", False):
+        errors.append("actor_rollout_ref.model.use_fused_kernels=True runs GPU kernels; set it to False")
+    if model.get("use_liger", False):
+        errors.append("actor_rollout_ref.model.use_liger=True runs Triton GPU kernels; set it to False")
+    for role in ("actor", "ref"):
+        strategy = config.actor_rollout_ref[role].strategy
+        if strategy not in ("fsdp", "fsdp2"):
+            errors.append(f"actor_rollout_ref.{role}.strategy={strategy}: the CPU backend runs verl's FSDP engines only (fsdp2 recommended)")
+    if rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size != 1:
+        errors.append("actor_rollout_ref.rollout.tensor_model_parallel_size (and data/pipeline sizes) must be 1 for the hf rollout")
+    if config.algorithm.adv_estimator == "gae" or config.critic.get("enable"):
+        errors.append(
+            f"algorithm.adv_estimator={config.algorithm.adv_estimator}: a critic loads its value head with flash attention "
+            "in verl 0.9.1 (verl/utils/model.py::load_valuehead_model); use a critic-free estimator (grpo, oar_g, oar_p)"
+        )
+    ranks = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    ray_init = config.get("ray_kwargs", {}).get("ray_init", {})
+    if (ray_init.get("num_gpus") or 0) < ranks:
+        errors.append(f"ray_kwargs.ray_init.num_gpus={ray_init.get('num_gpus')}: give Ray one logical GPU per rank (>= {ranks})")
+    if (ray_init.get("num_cpus") or 0) < 3 * ranks + 2:
+        errors.append(f"ray_kwargs.ray_init.num_cpus={ray_init.get('num_cpus')}: verl reserves 3 CPUs per rank plus 2 (>= {3 * ranks + 2})")
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        errors.append("CUDA_VISIBLE_DEVICES is set but empty: Ray then refuses the logical GPUs the CPU backend needs; unset it")
+    if not config.trainer.get("use_v1", True):
+        errors.append("trainer.use_v1=False: the CPU backend is tested with verl's v1 trainer only")
+    return errors

@@ -1,0 +1,77 @@
+"""A small chat model for CPU training runs, built and warm-started locally.
+
+    python -m oar_verl.warmstart OUTPUT_DIR [--steps 300]
+
+A byte-level Qwen2 (`tiny.py`) trained with teacher forcing on generated arithmetic
+solutions (`data/arithmetic.py`) in the ChatML format verl's agent loop builds, each
+answer closed by `<|im_end|>` (the end-of-sequence id of its generation config). A short
+warm-start leaves it right on some problems and wrong on others: what GRPO needs to have
+groups with different rewards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+
+from oar_verl.data.arithmetic import INSTRUCTION, make_problem
+from oar_verl.sft import lm_batch, train_step
+from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+
+
+def warm_start(
+    output_dir: str | Path,
+    *,
+    steps: int = 300,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    batch_size: int = 32,
+    learning_rate: float = 3e-3,
+    max_steps: int = 2,
+    max_operand: int = 49,
+    log_every: int = 0,
+) -> Path:
+    """Trains and saves the model and tokenizer to `output_dir` (a Hugging Face model dir)."""
+    tokenizer = byte_tokenizer()
+    model = tiny_qwen2(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    model.train()
+    for step in range(steps):
+        problems = [make_problem(rng, max_steps, max_operand) for _ in range(batch_size)]
+        prompts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": f"{p.question} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False)
+            for p in problems
+        ]
+        responses = [tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [end_id] for p in problems]
+        loss = train_step(model, optimizer, *lm_batch(prompts, responses, tokenizer.pad_token_id))
+        if log_every and (step + 1) % log_every == 0:
+            print(f"warm-start step {step + 1:4d}  loss {loss:.3f}", flush=True)
+    model.eval()
+    model.generation_config.eos_token_id = [end_id, tokenizer.eos_token_id]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build and warm-start a small arithmetic chat model.")
+    parser.add_argument("output_dir")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=2, help="arithmetic steps per problem")
+    parser.add_argument("--max-operand", type=int, default=49)
+    args = parser.parse_args(argv)
+    path = warm_start(args.output_dir, steps=args.steps, seed=args.seed, max_steps=args.max_steps, max_operand=args.max_operand, log_every=50)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
