@@ -33,7 +33,10 @@ def _register_rollout() -> None:
         return HFReplica
 
     RolloutReplicaRegistry.register("hf", load_replica)
-    # verl keeps its trainer-side adapters in a private table with no register function.
+    if hasattr(rollout_base, "register_rollout_class"):  # upstream: patches/verl-0.9.1/0003
+        rollout_base.register_rollout_class("hf", ADAPTER)
+        return
+    # verl 0.9.1 keeps its trainer-side adapters in a private table with no register function.
     key = ("hf", "async")
     if rollout_base._ROLLOUT_REGISTRY.get(key, ADAPTER) != ADAPTER:
         raise shims.ShimError(f"verl's rollout table already maps {key} to {rollout_base._ROLLOUT_REGISTRY[key]}")

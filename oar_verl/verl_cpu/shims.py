@@ -1,6 +1,7 @@
 """Runtime shims for the verl 0.9.1 internals a CPU run needs and that have no extension
 point. Each checks the verl version and that the object it replaces is the one it expects
-before patching, and each has an upstream patch in `patches/`:
+before patching, and each has an upstream patch in `patches/verl-0.9.1/`; where verl
+already carries the patch, its shim steps aside:
 
 - process group: verl builds the backend "cpu:gloo,<device>:<ccl>", which is
   "cpu:gloo,cpu:gloo" on the CPU and makes torch raise "Duplicate device type cpu"
@@ -46,8 +47,8 @@ def _patch_process_group() -> None:
     import verl.workers.engine_workers as engine_workers
 
     original = distributed.initialize_global_process_group_ray
-    if getattr(original, "_oar_cpu_shim", False):
-        return
+    if getattr(original, "_oar_cpu_shim", False) or hasattr(distributed, "default_process_group_backend"):
+        return  # patched already (here, or upstream: patches/verl-0.9.1/0001)
     for module in (engine_workers, checkpoint_base):
         if getattr(module, "initialize_global_process_group_ray", None) is not original:
             raise ShimError(f"{module.__name__}.initialize_global_process_group_ray is not verl's original: cannot patch")
@@ -62,12 +63,14 @@ def _patch_process_group() -> None:
 
 
 def _patch_offload_policy() -> None:
+    import inspect
+
     import torch.distributed.fsdp
     import verl.workers.engine.fsdp.transformer_impl as transformer_impl
 
     current = transformer_impl.CPUOffloadPolicy
-    if getattr(current, "_oar_cpu_shim", False):
-        return
+    if getattr(current, "_oar_cpu_shim", False) or "offload_policy = CPUOffloadPolicy(pin_memory=True)" not in inspect.getsource(transformer_impl):
+        return  # patched already (here, or upstream: patches/verl-0.9.1/0002)
     if current is not torch.distributed.fsdp.CPUOffloadPolicy:
         raise ShimError("verl's transformer_impl.CPUOffloadPolicy is not torch's: cannot patch")
 

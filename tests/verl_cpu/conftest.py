@@ -1,0 +1,13 @@
+import pytest
+from hydra import compose, initialize_config_module
+
+
+@pytest.fixture
+def cpu_config():
+    """The CPU preset composed as `python -m oar_verl.main_ppo --config-name cpu` does."""
+
+    def build(*overrides):
+        with initialize_config_module(config_module="oar_verl.config", version_base=None):
+            return compose(config_name="cpu", overrides=["data.train_files=x", "data.val_files=x", "actor_rollout_ref.model.path=x", *overrides])
+
+    return build

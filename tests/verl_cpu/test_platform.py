@@ -1,0 +1,71 @@
+import subprocess
+import sys
+
+import torch
+
+from oar_verl.verl_cpu import device
+from oar_verl.verl_cpu.cpu_platform import PlatformCPU
+
+
+def run_python(code, **env):
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    environment.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300)
+
+
+def test_cpu_platform_is_never_autodetected():
+    """On any machine, a CPU platform is chosen only by VERL_PLATFORM=cpu."""
+    code = (
+        "import verl; from oar_verl.verl_cpu import cpu_platform; cpu_platform.register();"
+        "from verl.plugin.platform import platform_manager as m; print('DETECTED', m._detect_platform_name())"
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "DETECTED cpu" not in result.stdout and "DETECTED" in result.stdout
+    assert not PlatformCPU().is_platform_available(use_smi_check=True)
+
+
+def test_plugin_installs_the_backend_only_on_request():
+    code = (
+        "import verl; from verl.utils.device import get_device_name, get_nccl_backend;"
+        "from verl.workers.rollout.base import _ROLLOUT_REGISTRY;"
+        "print('DEVICE', get_device_name(), get_nccl_backend(), ('hf', 'async') in _ROLLOUT_REGISTRY)"
+    )
+    on_cpu = run_python(code, VERL_PLATFORM="cpu")
+    assert "DEVICE cpu gloo True" in on_cpu.stdout, on_cpu.stderr[-3000:]
+    assert "CPU backend installed" in on_cpu.stderr
+    default = run_python(code)
+    assert "DEVICE cpu" not in default.stdout and "DEVICE" in default.stdout, default.stderr[-3000:]
+    assert "CPU backend installed" not in default.stderr
+
+
+def test_plugin_failure_is_logged_with_its_cause():
+    """verl swallows entry-point errors; ours are logged at ERROR with the cause."""
+    code = "import verl; verl.__version__ = '0.0.0'; import importlib, oar_verl.plugin as p; importlib.reload(p)"
+    result = run_python(code, VERL_PLATFORM="cpu")
+    assert result.returncode != 0
+    assert "ERROR oar_verl" in result.stderr and "supports verl==0.9.1; installed verl is 0.0.0" in result.stderr
+
+
+def test_device_module_answers_verls_calls():
+    assert device.current_device() == "cpu"
+    assert device.mem_get_info() == (0, 0) and device.max_memory_allocated() == 0
+    state = device.get_rng_state()
+    first = torch.rand(3)
+    device.set_rng_state(state)
+    assert torch.equal(first, torch.rand(3))
+    for name in ("empty_cache", "synchronize", "ipc_collect", "reset_peak_memory_stats", "set_per_process_memory_fraction"):
+        assert callable(getattr(device, name))
+
+
+def test_process_group_backend_shim():
+    """The patched initializer starts a gloo group where verl's string would raise."""
+    code = (
+        "import os; os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29533', RANK='0', WORLD_SIZE='1');"
+        "import verl, torch.distributed as d, verl.workers.engine_workers as w;"
+        "w.initialize_global_process_group_ray(); print('BACKEND', d.get_backend())"
+    )
+    patched = run_python(code, VERL_PLATFORM="cpu")
+    assert "BACKEND cpu:gloo" in patched.stdout, patched.stderr[-3000:]

@@ -1,0 +1,46 @@
+import pytest
+
+from oar_verl.main_ppo import SettingsError, check_and_prepare
+from oar_verl.verl_cpu.validation import cpu_settings_errors
+
+
+def test_preset_passes(cpu_config, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert cpu_settings_errors(cpu_config()) == []
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=vllm"),
+        ("actor_rollout_ref.rollout.name=sglang", "actor_rollout_ref.rollout.name=sglang"),
+        ("actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2", "attn_implementation=flash_attention_2"),
+        ("actor_rollout_ref.model.use_remove_padding=true", "use_remove_padding=True"),
+        ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
+        ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.strategy=megatron"),
+        ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", "tensor_model_parallel_size"),
+        ("algorithm.adv_estimator=gae", "algorithm.adv_estimator=gae"),
+        ("ray_kwargs.ray_init.num_gpus=0", "ray_kwargs.ray_init.num_gpus"),
+        ("ray_kwargs.ray_init.num_cpus=4", "ray_kwargs.ray_init.num_cpus"),
+        ("trainer.use_v1=false", "trainer.use_v1"),
+    ],
+)
+def test_gpu_only_or_unsafe_settings_are_refused_before_ray(cpu_config, override, named, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    errors = cpu_settings_errors(cpu_config(override))
+    assert len(errors) == 1 and named in errors[0], errors
+    with pytest.raises(SettingsError, match="cannot run on the CPU backend"):
+        check_and_prepare(cpu_config(override))
+
+
+def test_empty_cuda_visible_devices_is_refused(cpu_config, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert any("CUDA_VISIBLE_DEVICES" in e for e in cpu_settings_errors(cpu_config()))
+
+
+def test_gpu_device_is_not_touched(cpu_config, monkeypatch):
+    monkeypatch.delenv("VERL_PLATFORM", raising=False)
+    check_and_prepare(cpu_config("trainer.device=cuda", "actor_rollout_ref.rollout.name=vllm"))
+    import os
+
+    assert "VERL_PLATFORM" not in os.environ
