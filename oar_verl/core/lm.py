@@ -18,12 +18,37 @@ from torch import nn
 @dataclass(frozen=True)
 class LMParts:
     """backbone: inputs -> last hidden state [N, L, H]; embeddings: ids [N, L] -> [N, L, H];
-    head: [..., H] -> logits [..., V]; logit_softcap: the model's final logit soft-cap."""
+    head: [..., H] -> logits [..., V]; logit_softcap: the model's final logit soft-cap;
+    model: the whole LM (for FSDP2, the module whose root parameters must be gathered)."""
 
     backbone: nn.Module
     embeddings: nn.Module
     head: nn.Module
     logit_softcap: float | None
+    model: nn.Module
+
+    @contextlib.contextmanager
+    def materialized(self) -> Iterator[None]:
+        """Runs the block with the model's own parameters gathered.
+
+        The parts are called directly, not through the model's forward. Under FSDP2
+        (`fully_shard`) that forward is what gathers the parameters the root module holds
+        (embeddings, final norm, head), so they are gathered here and re-sharded after;
+        sharded sub-modules (decoder layers) gather their own in their hooks, forward and
+        backward. Plain modules need nothing.
+        """
+        unshard = getattr(self.model, "unshard", None)
+        if unshard is None:
+            yield
+            return
+        # What the root's pre-forward does first (idempotent): mark the root, share its state
+        # with the sub-modules. torch has no public call for it.
+        self.model._get_fsdp_state()._lazy_init()
+        unshard()
+        try:
+            yield
+        finally:
+            self.model.reshard()
 
     def hidden_states(
         self,
@@ -68,7 +93,7 @@ def lm_parts(model: nn.Module) -> LMParts:
     if embeddings is None or head is None:
         raise ValueError(f"model: {type(model).__name__} exposes no input embeddings or no output head")
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    return LMParts(backbone, embeddings, head, softcap)
+    return LMParts(backbone, embeddings, head, softcap, model)
 
 
 @contextlib.contextmanager

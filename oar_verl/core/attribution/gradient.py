@@ -93,12 +93,12 @@ def attribute(
         for c in torch.arange(len(index), device=index.device).split(per_pass):
             ids, mask, pos = sub.input_ids[c, :L], sub.attention_mask[c, :L], sub.position_ids[c, :L]  # [C, L]
             chunk_answer = answer.select(c)
-            with torch.no_grad():
+            with parts.materialized(), torch.no_grad():
                 clean = compute_target(parts, parts.hidden_states(mask, pos, input_ids=ids), chunk_answer, config.target)
                 embeds = parts.embeddings(ids)  # [C, L, H]
             embeds.requires_grad_(True)
             noisy = embeds + noise[c].to(embeds.dtype)
-            with torch.enable_grad():
+            with parts.materialized(), torch.enable_grad():
                 hidden = parts.hidden_states(mask, pos, inputs_embeds=noisy)  # [C, L, H]
                 objective = target_shift(clean, compute_target(parts, hidden, chunk_answer, config.target), config.target)
                 (grad,) = torch.autograd.grad(objective.sum(), embeds)  # rows are independent

@@ -76,16 +76,19 @@ def attribute(
     pair_token = torch.arange(len(pair_row), device=index.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # [N]
 
     with eval_mode(model):
-        clean = torch.cat([
-            compute_target(parts, parts.hidden_states(attention_mask[c], position_ids[c], input_ids=input_ids[c]), answer.select(c), config.target)
-            for c in torch.arange(len(index), device=index.device).split(per_pass)
-        ])  # [B', V] or [B']
+        clean = []
+        for c in torch.arange(len(index), device=index.device).split(per_pass):
+            with parts.materialized():
+                hidden = parts.hidden_states(attention_mask[c], position_ids[c], input_ids=input_ids[c])  # [C, L, H]
+                clean.append(compute_target(parts, hidden, answer.select(c), config.target))
+        clean = torch.cat(clean)  # [B', V] or [B']
         shifts = []
         for chunk in torch.arange(len(pair_row), device=index.device).split(per_pass):
             r, t = pair_row[chunk], pair_token[chunk]  # [C]
             perturbed_ids = input_ids[r].clone()  # [C, L]
             perturbed_ids[torch.arange(len(chunk), device=r.device), batch.prompt_length + t] = config.perturbation_id
-            hidden = parts.hidden_states(attention_mask[r], position_ids[r], input_ids=perturbed_ids)  # [C, L, H]
-            perturbed = compute_target(parts, hidden, answer.select(r), config.target)
+            with parts.materialized():
+                hidden = parts.hidden_states(attention_mask[r], position_ids[r], input_ids=perturbed_ids)  # [C, L, H]
+                perturbed = compute_target(parts, hidden, answer.select(r), config.target)
             shifts.append(target_shift(clean[r], perturbed, config.target).abs())  # [C]
     return scatter_scores(B, R, index[pair_row], pair_token, torch.cat(shifts))

@@ -1,0 +1,50 @@
+"""Attribution on FSDP2-sharded models (gloo, CPU), world sizes 1 and 2: the same scores
+as the unsharded model, no parameter gradients, parameters left sharded."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, torch, torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+    from oar_verl.core import ResponseBatch, Segments, GradientConfig, PerturbationConfig
+    from oar_verl.core.attribution import gradient, perturbation
+
+    dist.init_process_group("gloo")
+    tokenizer = byte_tokenizer()
+    reference = tiny_qwen2(len(tokenizer), hidden_size=32, seed=1)
+    model = tiny_qwen2(len(tokenizer), hidden_size=32, seed=1)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    batch = ResponseBatch.from_token_lists([[5, 6, 7], [8, 9]], [[20, 21, 22, 30, 40, 41], [50, 51, 30, 42]], pad_token_id=tokenizer.pad_token_id)
+    segments = Segments(torch.tensor([3, 2]), torch.tensor([4, 3]), torch.tensor([6, 4]), torch.tensor([True, True]))
+    for target in ("answer_mean", "first_answer", "answer_logprob"):
+        sharded = gradient.attribute(model, batch, segments, GradientConfig(target=target, max_tokens_per_pass=12))
+        expected = gradient.attribute(reference, batch, segments, GradientConfig(target=target))
+        torch.testing.assert_close(sharded, expected, rtol=1e-4, atol=1e-9)
+        config = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=24)
+        torch.testing.assert_close(perturbation.attribute(model, batch, segments, config), perturbation.attribute(reference, batch, segments, config), rtol=0, atol=1e-5)
+    assert all(p.grad is None for p in model.parameters()), "parameter gradients were produced"
+    assert type(model.model.embed_tokens.weight).__name__ == "DTensor", "root parameters were left gathered"
+    with torch.no_grad():  # the sharded model still runs its own forward
+        torch.testing.assert_close(model(input_ids=batch.input_ids).logits, reference(input_ids=batch.input_ids).logits)
+    print("RANK_OK", dist.get_rank())
+    """
+)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_attribution_on_fsdp2(tmp_path, world_size):
+    script = tmp_path / "fsdp_attribution.py"
+    script.write_text(SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world_size}", "--master_port", str(29700 + world_size), str(script)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("RANK_OK")) == [f"RANK_OK {r}" for r in range(world_size)]
