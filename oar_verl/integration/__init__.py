@@ -1,0 +1,5 @@
+"""OAR inside verl: the `oar_p` / `oar_g` advantage estimators, their settings, the
+attribution role on verl's actor workers and the trainer step that turns scores into
+advantages. Everything here imports verl; the maths lives in `oar_verl.core`."""
+
+ESTIMATORS = ("oar_p", "oar_g")

@@ -1,0 +1,77 @@
+"""OAR settings: `algorithm.oar.*` in verl's config, one dataclass, checked before Ray starts.
+
+    python -m verl.trainer.main_ppo algorithm.adv_estimator=oar_g +algorithm.oar.quantile=0.3
+    python -m oar_verl.main_ppo algorithm.adv_estimator=oar_p algorithm.oar.target=answer_mean
+
+(`oar_verl.main_ppo`'s configs declare `algorithm.oar`, so no `+` is needed there.) The
+estimator name picks the method: `oar_p` (perturbation) or `oar_g` (gradient).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from oar_verl.core.answers import answer_finder
+from oar_verl.core.attribution import GradientConfig, PerturbationConfig
+from oar_verl.core.targets import check_target
+
+PREFIX = "algorithm.oar"
+METHOD_DEFAULT_TARGETS = {"oar_p": "first_answer", "oar_g": "answer_mean"}
+
+
+@dataclass(frozen=True)
+class OARSettings:
+    answer_pattern: str = field(default="auto", metadata={"help": "Where the final answer is: boxed (MATH), gsm8k (####), answer_colon (DAPO), auto (the first of these that matches), or a regular expression with a group 'answer'. Use the format your reward function reads."})
+    target: str | None = field(default=None, metadata={"help": "P_final mode: answer_mean, first_answer or answer_logprob. None: the method's reference default (oar_p: first_answer, oar_g: answer_mean)."})
+    quantile: float = field(default=0.25, metadata={"help": "Bi-Level q in (0, 1): per-response quantile of normalised scores below which tokens are damped (authors' lab README: 0.25)."})
+    beta: float = field(default=1.0, metadata={"help": "Bi-Level boost >= 0: the top token's weight before mass preservation is 1 + beta (authors' lab README: 1.0)."})
+    min_weight: float = field(default=0.1, metadata={"help": "Floor of damped weights, in (0, 1] (reference code: 0.1)."})
+    preserve_mass: bool = field(default=True, metadata={"help": "Rescale each response's reasoning weights to mean 1, keeping its total advantage (paper abstract)."})
+    noise_std: float = field(default=1e-3, metadata={"help": "oar_g: sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3); 0 only with target answer_logprob."})
+    seed: int = field(default=0, metadata={"help": "oar_g: noise seed; each step and data-parallel rank offsets it so draws differ."})
+    perturbation_id: int | None = field(default=None, metadata={"help": "oar_p: token id put in place of a perturbed token. None: the tokenizer's pad id (reference code)."})
+    max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one attribution forward pass on a worker (sequences x length): bounds peak memory. Lower it when attribution runs out of memory; it must hold one prompt plus response."})
+
+    def __post_init__(self) -> None:
+        if self.target is not None:
+            check_target(self.target, f"{PREFIX}.target")
+        checks = {
+            "quantile": 0.0 < self.quantile < 1.0,
+            "beta": 0.0 <= self.beta < float("inf"),
+            "min_weight": 0.0 < self.min_weight <= 1.0,
+            "noise_std": 0.0 <= self.noise_std < float("inf"),
+            "max_tokens_per_pass": self.max_tokens_per_pass >= 1,
+            "perturbation_id": self.perturbation_id is None or self.perturbation_id >= 0,
+        }
+        ranges = {"quantile": "in (0, 1)", "beta": ">= 0", "min_weight": "in (0, 1]", "noise_std": ">= 0", "max_tokens_per_pass": ">= 1", "perturbation_id": ">= 0 or null"}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{PREFIX}.{name}: expected a value {ranges[name]}, got {getattr(self, name)!r}")
+        try:
+            answer_finder(self.answer_pattern)
+        except ValueError as error:
+            raise ValueError(f"{PREFIX}.{error}") from None
+
+    @classmethod
+    def from_config(cls, section: Mapping | None) -> OARSettings:
+        """Settings from `algorithm.oar` (a DictConfig or dict; None gives the defaults)."""
+        values = dict(section or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{PREFIX}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def method_config(self, method: str, pad_token_id: int | None):
+        """The core config of `method` ("oar_p" or "oar_g") under these settings."""
+        target = self.target or METHOD_DEFAULT_TARGETS[method]
+        if method == "oar_g":
+            if self.noise_std == 0 and target != "answer_logprob":
+                raise ValueError(f"{PREFIX}.noise_std: 0 gives all-zero KL gradients with target {target!r}; use > 0 or target answer_logprob")
+            return GradientConfig(target=target, noise_std=self.noise_std, seed=self.seed, max_tokens_per_pass=self.max_tokens_per_pass)
+        perturbation_id = self.perturbation_id if self.perturbation_id is not None else pad_token_id
+        if perturbation_id is None:
+            raise ValueError(f"{PREFIX}.perturbation_id: the tokenizer has no pad token; set a token id")
+        return PerturbationConfig(target=target, perturbation_id=perturbation_id, max_tokens_per_pass=self.max_tokens_per_pass)
