@@ -68,6 +68,22 @@ class LMParts:
         )
         return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
+    def idle_pass(self, device: torch.device, backward: bool) -> None:
+        """A one-token forward (and backward to the input) whose result is discarded.
+
+        Under FSDP every rank must run the same number of forward and backward passes
+        (each gathers the sharded parameters collectively); a rank with less attribution
+        work than the others runs these to keep step with them.
+        """
+        ids = torch.zeros((1, 1), dtype=torch.long, device=device)
+        ones = torch.ones_like(ids)
+        with self.materialized(), torch.set_grad_enabled(backward):
+            embeds = self.embeddings(ids).detach().requires_grad_(backward)
+            hidden = self.hidden_states(ones, ids, inputs_embeds=embeds)
+            logits = self.logits(hidden[:, -1])
+            if backward:
+                torch.autograd.grad(logits.sum(), embeds)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., V] logits of hidden states [..., H], in float32 (float64 for a float64 model)."""
         logits = self.head(hidden)

@@ -35,6 +35,17 @@ SCRIPT = textwrap.dedent(
     assert type(model.model.embed_tokens.weight).__name__ == "DTensor", "root parameters were left gathered"
     with torch.no_grad():  # the sharded model still runs its own forward
         torch.testing.assert_close(model(input_ids=batch.input_ids).logits, reference(input_ids=batch.input_ids).logits)
+    # Uneven work: rank r attributes r + 1 rows... or none; passes are kept in step.
+    def sync(local):
+        count = torch.tensor([local])
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return int(count)
+
+    mine = torch.tensor([True, True]) if dist.get_rank() == 0 else torch.tensor([False, False])
+    for method, config in ((gradient, GradientConfig(max_tokens_per_pass=12)), (perturbation, PerturbationConfig(perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12))):
+        uneven = method.attribute(model, batch, segments, config, rows=mine, sync_passes=sync)
+        expected = method.attribute(reference, batch, segments, config, rows=mine)
+        torch.testing.assert_close(uneven, expected, rtol=1e-4, atol=1e-6)
     print("RANK_OK", dist.get_rank())
     """
 )

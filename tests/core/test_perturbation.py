@@ -53,3 +53,14 @@ def test_token_budget_smaller_than_one_sequence_is_refused(model, tokenizer, bat
 def test_bad_config_names_the_setting(settings, name):
     with pytest.raises(ValueError, match=name):
         PerturbationConfig(**settings)
+
+
+def test_sync_passes_runs_idle_passes_and_refuses_fewer(model, tokenizer, batch_and_segments):
+    _, _, batch, segments = batch_and_segments
+    config = PerturbationConfig(perturbation_id=tokenizer.pad_token_id)
+    seen = []
+    scores = perturbation.attribute(model, batch, segments, config, sync_passes=lambda local: seen.append(local) or local + 3)
+    torch.testing.assert_close(scores, perturbation.attribute(model, batch, segments, config), rtol=0, atol=1e-6)
+    assert seen == [1 + 1]  # one clean pass, one pass for all 17 perturbations
+    with pytest.raises(ValueError, match="sync_passes"):
+        perturbation.attribute(model, batch, segments, config, sync_passes=lambda local: local - 1)

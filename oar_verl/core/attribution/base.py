@@ -9,7 +9,13 @@ returns raw scores [B, R] (float32, >= 0): one per reasoning token of every attr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+PassSync = Callable[[int], int]
+"""Maps this process's number of model passes to the number every process runs (e.g. an
+all-reduce max over data-parallel ranks): FSDP ranks must run the same number of passes."""
 
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.spans import Segments
@@ -40,6 +46,14 @@ def rows_per_pass(max_tokens_per_pass: int, sequence_length: int, setting: str) 
             f"(prompt plus response up to the answer); raise it to at least {sequence_length}"
         )
     return max_tokens_per_pass // sequence_length
+
+
+def passes_to_run(local: int, sync: PassSync | None) -> int:
+    """The number of passes this process runs: its own, or the synchronised count."""
+    total = local if sync is None else int(sync(local))
+    if total < local:
+        raise ValueError(f"sync_passes: returned {total} passes, fewer than this process needs ({local})")
+    return total
 
 
 def scatter_scores(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from oar_verl.core.attribution.base import attributed_rows, rows_per_pass, scatter_scores
+from oar_verl.core.attribution.base import PassSync, attributed_rows, passes_to_run, rows_per_pass, scatter_scores
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.lm import eval_mode, lm_parts
 from oar_verl.core.spans import Segments
@@ -61,6 +61,7 @@ def attribute(
     segments: Segments,
     config: GradientConfig,
     rows: torch.Tensor | None = None,
+    sync_passes: PassSync | None = None,
 ) -> torch.Tensor:
     """OAR-G scores [B, R] (float32): s_t on reasoning tokens of attributed rows, 0 elsewhere.
 
@@ -70,13 +71,21 @@ def attribute(
         segments: the responses' segments, [B].
         config: target mode, noise, seed, token budget.
         rows: [B] bool, the rows to attribute (e.g. nonzero advantage); default all.
+        sync_passes: under FSDP, maps this rank's pass count to the count all ranks run
+            (see `base.PassSync`); a pass here is a clean forward plus a forward and
+            backward, the extra ones one-token idle passes.
     """
     parts = lm_parts(model)
     B, R = batch.input_ids.shape[0], batch.response_length
     P = batch.prompt_length
+    device = batch.input_ids.device
     index = attributed_rows(batch, segments, rows)  # [B']
     if index.numel() == 0:
-        return torch.zeros((B, R), dtype=torch.float32, device=batch.input_ids.device)
+        with eval_mode(model):
+            for _ in range(passes_to_run(0, sync_passes)):
+                parts.idle_pass(device, backward=False)
+                parts.idle_pass(device, backward=True)
+        return torch.zeros((B, R), dtype=torch.float32, device=device)
     sub, sub_segments = batch.select(index), segments.select(index)
     answer = answer_positions(sub, sub_segments)  # [B', A]
     L = int(answer.columns_needed.max())
@@ -88,9 +97,11 @@ def attribute(
     on_reasoning[:, P:] = reasoning[:, : L - P]  # [B', L]
     noise = noise * on_reasoning[:, :, None]
 
+    chunks = torch.arange(len(index), device=device).split(per_pass)
+    idle = passes_to_run(len(chunks), sync_passes) - len(chunks)
     scores = []
     with eval_mode(model):
-        for c in torch.arange(len(index), device=index.device).split(per_pass):
+        for c in chunks:
             ids, mask, pos = sub.input_ids[c, :L], sub.attention_mask[c, :L], sub.position_ids[c, :L]  # [C, L]
             chunk_answer = answer.select(c)
             with parts.materialized(), torch.no_grad():
@@ -104,6 +115,9 @@ def attribute(
                 (grad,) = torch.autograd.grad(objective.sum(), embeds)  # rows are independent
             product = (grad.to(objective.dtype) * embeds.detach().to(objective.dtype)).sum(dim=-1)  # [C, L]
             scores.append(product[:, P:].abs())  # [C, L - P]
+        for _ in range(idle):
+            parts.idle_pass(device, backward=False)
+            parts.idle_pass(device, backward=True)
     scores = torch.cat(scores)  # [B', L - P]
     pair_row, pair_token = reasoning[:, : L - P].nonzero(as_tuple=True)
     return scatter_scores(B, R, index[pair_row], pair_token, scores[pair_row, pair_token])

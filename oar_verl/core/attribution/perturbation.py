@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from oar_verl.core.attribution.base import attributed_rows, rows_per_pass, scatter_scores
+from oar_verl.core.attribution.base import PassSync, attributed_rows, passes_to_run, rows_per_pass, scatter_scores
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.lm import eval_mode, lm_parts
 from oar_verl.core.spans import Segments
@@ -48,6 +48,7 @@ def attribute(
     segments: Segments,
     config: PerturbationConfig,
     rows: torch.Tensor | None = None,
+    sync_passes: PassSync | None = None,
 ) -> torch.Tensor:
     """OAR-P scores [B, R] (float32): s_t on reasoning tokens of attributed rows, 0 elsewhere.
 
@@ -57,12 +58,18 @@ def attribute(
         segments: the responses' segments, [B].
         config: target mode, perturbation id, token budget.
         rows: [B] bool, the rows to attribute (e.g. nonzero advantage); default all.
+        sync_passes: under FSDP, maps this rank's pass count to the count all ranks run
+            (see `base.PassSync`); the extra passes are one-token idle passes.
     """
     parts = lm_parts(model)
     B, R = batch.input_ids.shape[0], batch.response_length
+    device = batch.input_ids.device
     index = attributed_rows(batch, segments, rows)  # [B']
     if index.numel() == 0:
-        return torch.zeros((B, R), dtype=torch.float32, device=batch.input_ids.device)
+        with eval_mode(model):
+            for _ in range(passes_to_run(0, sync_passes)):
+                parts.idle_pass(device, backward=False)
+        return torch.zeros((B, R), dtype=torch.float32, device=device)
     sub, sub_segments = batch.select(index), segments.select(index)
     answer = answer_positions(sub, sub_segments)  # [B', A]
     L = int(answer.columns_needed.max())  # no target reads past column L
@@ -75,15 +82,19 @@ def attribute(
     pair_row = torch.repeat_interleave(torch.arange(len(index), device=index.device), counts)  # [N]
     pair_token = torch.arange(len(pair_row), device=index.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # [N]
 
+    row_chunks = torch.arange(len(index), device=device).split(per_pass)
+    pair_chunks = torch.arange(len(pair_row), device=device).split(per_pass)
+    idle = passes_to_run(len(row_chunks) + len(pair_chunks), sync_passes) - len(row_chunks) - len(pair_chunks)
+
     with eval_mode(model):
         clean = []
-        for c in torch.arange(len(index), device=index.device).split(per_pass):
+        for c in row_chunks:
             with parts.materialized():
                 hidden = parts.hidden_states(attention_mask[c], position_ids[c], input_ids=input_ids[c])  # [C, L, H]
                 clean.append(compute_target(parts, hidden, answer.select(c), config.target))
         clean = torch.cat(clean)  # [B', V] or [B']
         shifts = []
-        for chunk in torch.arange(len(pair_row), device=index.device).split(per_pass):
+        for chunk in pair_chunks:
             r, t = pair_row[chunk], pair_token[chunk]  # [C]
             perturbed_ids = input_ids[r].clone()  # [C, L]
             perturbed_ids[torch.arange(len(chunk), device=r.device), batch.prompt_length + t] = config.perturbation_id
@@ -91,4 +102,6 @@ def attribute(
                 hidden = parts.hidden_states(attention_mask[r], position_ids[r], input_ids=perturbed_ids)  # [C, L, H]
                 perturbed = compute_target(parts, hidden, answer.select(r), config.target)
             shifts.append(target_shift(clean[r], perturbed, config.target).abs())  # [C]
+        for _ in range(idle):
+            parts.idle_pass(device, backward=False)
     return scatter_scores(B, R, index[pair_row], pair_token, torch.cat(shifts))
