@@ -24,7 +24,13 @@ class SettingsError(ValueError):
 
 
 def check_and_prepare(config: DictConfig) -> None:
-    """Validates `config` for this machine and selects the CPU backend when asked for."""
+    """Validates `config` (OAR settings; the CPU backend's limits) and selects the CPU
+    backend when asked for."""
+    from oar_verl.integration.validation import oar_settings_errors
+
+    errors = oar_settings_errors(config)
+    if errors:
+        raise SettingsError(f"algorithm.adv_estimator={config.algorithm.adv_estimator}:\n  - " + "\n  - ".join(errors))
     if config.trainer.device != "cpu":
         return
     from oar_verl.verl_cpu.validation import cpu_settings_errors

@@ -1,12 +1,19 @@
 """The `verl.plugins` entry point: runs in every process that imports verl.
 
-With `VERL_PLATFORM=cpu` it installs the CPU backend (`oar_verl.verl_cpu`); otherwise it
-touches nothing. verl swallows entry-point errors at DEBUG level, so a failure is logged
-here at ERROR level, with its cause, before it propagates.
+- OAR: registers `oar_p` / `oar_g` in verl's estimator registry, makes verl's synchronous
+  v1 trainer run the OAR attribution step for those estimators (`integration.trainer`),
+  and adds the OAR settings check to `verl.trainer.main_ppo`'s config validation (in the
+  launching process, before Ray starts). Each happens when verl imports the module
+  concerned, so processes that never do pay nothing.
+- With `VERL_PLATFORM=cpu`: installs the CPU backend (`oar_verl.verl_cpu`).
+
+verl swallows entry-point errors at DEBUG level, so a failure is logged here at ERROR
+level, with its cause, before it propagates.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -19,12 +26,46 @@ if not logger.handlers:
     logger.propagate = False
 
 
+def _register_estimators(core_algos) -> None:
+    from oar_verl.integration import estimators
+
+    estimators.register(core_algos)
+
+
+def _install_trainer(trainer_sync) -> None:
+    from oar_verl.integration import trainer
+
+    trainer.install(trainer_sync)
+
+
+def _add_oar_validation(main_ppo) -> None:
+    from oar_verl.integration import validation
+
+    verl_validate = main_ppo.validate_config
+    if getattr(verl_validate, "_oar_checks", False):
+        return
+
+    @functools.wraps(verl_validate)
+    def validate_config(config, *args, **kwargs):
+        validation.check(config)
+        return verl_validate(config, *args, **kwargs)
+
+    validate_config._oar_checks = True
+    main_ppo.validate_config = validate_config
+
+
 def _load() -> None:
+    from oar_verl import import_hooks
     from oar_verl.verl_cpu import backend
 
+    import_hooks.after_import("verl.trainer.ppo.core_algos", _register_estimators)
+    import_hooks.after_import("verl.trainer.ppo.v1.trainer_sync", _install_trainer)
+    import_hooks.after_import("verl.trainer.main_ppo", _add_oar_validation)
+    installed = "oar_p/oar_g estimators"
     if backend.cpu_platform_selected():
         backend.install()
-        logger.info("oar_verl: CPU backend installed (platform cpu, FSDP engines on gloo, hf rollout)")
+        installed += "; CPU backend (platform cpu, FSDP engines on gloo, hf rollout)"
+    logger.info("oar_verl plugin loaded: %s", installed)
 
 
 try:

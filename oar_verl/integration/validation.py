@@ -1,0 +1,39 @@
+"""OAR settings checked in the launching process, before Ray starts: unknown or
+out-of-range `algorithm.oar.*` keys and backends the attribution role does not support."""
+
+from __future__ import annotations
+
+from oar_verl.integration import ESTIMATORS
+from oar_verl.integration.config import OARSettings
+
+
+def oar_settings_errors(config) -> list[str]:
+    """Every problem with running `config`'s OAR estimator, one message per setting."""
+    method = config.algorithm.adv_estimator
+    if method not in ESTIMATORS:
+        return []
+    errors = []
+    try:
+        OARSettings.from_config(config.algorithm.get("oar")).method_config(method, pad_token_id=0)
+    except ValueError as error:
+        errors.append(str(error))
+    trainer = config.trainer
+    if not trainer.get("use_v1", True):
+        errors.append(f"trainer.use_v1=False: algorithm.adv_estimator={method} runs on verl's v1 trainer (the legacy trainer is deprecated)")
+    elif trainer.v1.trainer_mode != "sync":
+        errors.append(f"trainer.v1.trainer_mode={trainer.v1.trainer_mode}: {method} runs in the synchronous trainer (weights need the policy that sampled the batch)")
+    actor = config.actor_rollout_ref.actor
+    if actor.strategy != "fsdp2":
+        errors.append(f"actor_rollout_ref.actor.strategy={actor.strategy}: {method} attributes on FSDP2-sharded actors; set it to fsdp2")
+    if actor.get("ulysses_sequence_parallel_size", 1) > 1:
+        errors.append(f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={actor.ulysses_sequence_parallel_size}: {method} needs whole sequences on each rank; set it to 1")
+    model = config.actor_rollout_ref.model
+    if model.get("use_fused_kernels", False):
+        errors.append(f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False")
+    return errors
+
+
+def check(config) -> None:
+    errors = oar_settings_errors(config)
+    if errors:
+        raise ValueError(f"algorithm.adv_estimator={config.algorithm.adv_estimator}:\n  - " + "\n  - ".join(errors))

@@ -1,0 +1,81 @@
+"""The attribution role on verl's actor workers.
+
+`OARActorRolloutRefWorker` is verl's `ActorRolloutRefWorker` plus one data-parallel method,
+`compute_oar_scores`, which runs OAR-P or OAR-G (`oar_verl.core`) with the actor engine's
+own model: the FSDP2-sharded parameters that produced `old_log_probs`, in the engine's
+eval mode (offloaded parameters brought back). Each data-parallel rank scores its share
+of the rows; ranks keep the same number of model passes (FSDP gathers are collective).
+
+Inputs, per row (TransferQueue fields):
+    prompts [P_i], responses [R_i]  (nested, unpadded), int64
+    oar_segments [4] int64: reasoning_end, answer_start, answer_end, attribute (0/1)
+Batch-level (extra_info): oar_method ("oar_p" | "oar_g"), oar_settings (dict of
+`OARSettings`), oar_step (int, offsets the OAR-G noise seed).
+Output: oar_scores [R_i] float32 per row (nested).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from tensordict import TensorDict
+from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
+from verl.utils import tensordict_utils as tu
+from verl.utils.device import get_device_id
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from oar_verl.core.attribution import get_method
+from oar_verl.core.layout import ResponseBatch
+from oar_verl.core.spans import Segments
+from oar_verl.integration.config import OARSettings
+
+SEGMENTS_FIELD = "oar_segments"
+SCORES_FIELD = "oar_scores"
+
+
+def _sync_max(local: int) -> int:
+    """All ranks' maximum of `local` (the number of model passes to run)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    count = torch.tensor([local], dtype=torch.long)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return int(count)
+
+
+def _rows(nested: torch.Tensor) -> list[list[int]]:
+    """The rows of a nested (jagged) or padded-free tensor as id lists."""
+    return [row.tolist() for row in nested.unbind(0)]
+
+
+class OARActorRolloutRefWorker(ActorRolloutRefWorker):
+    """verl's actor/rollout/ref worker with the OAR attribution role."""
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_oar_scores(self, data: TensorDict) -> TensorDict | None:
+        method = tu.get(data, key="oar_method")
+        settings = OARSettings(**tu.get(data, key="oar_settings"))
+        step = int(tu.get(data, key="oar_step", default=0))
+        engine = self.actor.engine
+        tokenizer = self.actor.model_config.tokenizer
+        config = settings.method_config(method, tokenizer.pad_token_id)
+        if method == "oar_g":  # fresh noise each step and on each rank
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            config = type(config)(**{**config.__dict__, "seed": settings.seed + 1_000_003 * step + rank})
+
+        prompts, responses = _rows(data["prompts"]), _rows(data["responses"])
+        segments = data[SEGMENTS_FIELD]
+        segments = (segments.to_padded_tensor(0) if segments.is_nested else segments).long()  # [b, 4]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        device = get_device_id()
+        batch = ResponseBatch.from_token_lists(prompts, [r or [pad] for r in responses], pad_token_id=pad, device=device)
+        spans = Segments(segments[:, 0], segments[:, 1], segments[:, 2], segments[:, 2] > 0).to(device)
+        attribute_rows = (segments[:, 3] > 0).to(device)
+
+        with engine.eval_mode():
+            scores = get_method(method).attribute(
+                engine.module, batch, spans, config, rows=attribute_rows, sync_passes=_sync_max
+            )  # [b, R]
+        lengths = [len(r) for r in responses]
+        nested = torch.nested.as_nested_tensor([row[:n] for row, n in zip(scores.cpu(), lengths)], layout=torch.jagged)
+        output = TensorDict({SCORES_FIELD: nested}, batch_size=[len(prompts)])  # [b, R_i] per row
+        return output if engine.is_mp_src_rank_with_outputs() else None
