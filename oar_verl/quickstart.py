@@ -1,6 +1,7 @@
-"""The main job: a real GRPO training run through verl's trainer on the CPU, from nothing.
+"""The main job: a real OAR-G (or GRPO, OAR-P) training run through verl's trainer on the
+CPU, from nothing.
 
-    python -m oar_verl.quickstart                      # defaults: grpo, 12 steps
+    python -m oar_verl.quickstart                      # defaults: oar_g, 12 steps
     python -m oar_verl.quickstart --estimator grpo --steps 20 --workdir outputs/quickstart
 
 1. builds a byte-level Qwen2 and warm-starts it on generated arithmetic (`warmstart.py`);
@@ -76,8 +77,8 @@ def read_metrics(metrics_file: Path) -> dict[int, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a small model with verl on the CPU (GRPO family).")
-    parser.add_argument("--estimator", default="grpo", help="algorithm.adv_estimator")
+    parser = argparse.ArgumentParser(description="Train a small model with verl on the CPU: OAR-G, OAR-P or GRPO.")
+    parser.add_argument("--estimator", default="oar_g", help="algorithm.adv_estimator: oar_g, oar_p, grpo, ...")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--test-freq", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=Path("outputs/quickstart"))
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     for step, metrics in sorted(read_metrics(metrics_file).items()):
         if HELD_OUT_METRIC in metrics:
             print(f"  step {step:3d}: {metrics[HELD_OUT_METRIC]:.3f}")
+    print(f"per-step metrics (oar/*, timing_s/*, ...): {metrics_file}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class OARSettings:
     seed: int = field(default=0, metadata={"help": "oar_g: noise seed; each step and data-parallel rank offsets it so draws differ."})
     perturbation_id: int | None = field(default=None, metadata={"help": "oar_p: token id put in place of a perturbed token. None: the tokenizer's pad id (reference code)."})
     max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one attribution forward pass on a worker (sequences x length): bounds peak memory. Lower it when attribution runs out of memory; it must hold one prompt plus response."})
+    dump_dir: str | None = field(default=None, metadata={"help": "If set, each step writes DIR/step_N.pt: responses, segments, raw scores, weights, GRPO and OAR advantages ([B, R] tensors) for inspection."})
 
     def __post_init__(self) -> None:
         if self.target is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from pathlib import Path
 
 import ray
 import torch
@@ -117,6 +118,9 @@ class OARTrainerSync(PPOTrainerSync):
             {"advantages": response_to_nested(reshaped, nested_mask), "returns": response_to_nested(reshaped, nested_mask)},
             batch_size=B,
         )
+        if settings.dump_dir:
+            _dump(Path(settings.dump_dir) / f"step_{self.global_steps}.pt", responses=responses, response_mask=response_mask, segments=segment_field,
+                  found=segments.found, scores=scores, weights=weights, grpo_advantages=advantages, advantages=reshaped, degenerate=degenerate)  # fmt: skip
         metrics.update(
             oar_metrics(
                 weights=weights,
@@ -129,6 +133,11 @@ class OARTrainerSync(PPOTrainerSync):
             )
         )
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+
+
+def _dump(path: Path, **tensors: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({name: tensor.cpu() for name, tensor in tensors.items()}, path)
 
 
 def install(trainer_sync_module) -> None:

@@ -1,0 +1,57 @@
+"""End to end: `algorithm.adv_estimator=oar_g` / `oar_p` in verl's stock v1 trainer on the
+CPU backend. Advantages must be Bi-Level weights x GRPO advantage on reweighted rows and
+GRPO's elsewhere, and the `oar/*` metrics must reach verl's tracker."""
+
+import pytest
+import torch
+
+from oar_verl.core import bilevel_weights
+from oar_verl.quickstart import prepare, read_metrics, run_training, train_command
+
+OAR_METRICS = (
+    "oar/weight/mean", "oar/weight/std", "oar/weight/min", "oar/weight/max", "oar/weight/frac_suppressed",
+    "oar/weight/frac_boosted", "oar/answer_found_rate", "oar/rows/attributed", "oar/rows/zero_advantage",
+    "oar/rows/degenerate", "timing_s/oar_attribution",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("oar")
+    return path, prepare(path, train_size=64, val_size=16)
+
+
+@pytest.mark.parametrize("estimator, quantile", [("oar_g", 0.25), ("oar_p", 0.4)])
+def test_oar_advantages_in_verl(workdir, estimator, quantile):
+    root, paths = workdir
+    dumps = root / f"dump_{estimator}"
+    overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={quantile}"]
+    log, metrics_file = root / f"{estimator}.log", root / f"{estimator}.jsonl"
+    result = run_training(train_command(paths, root / f"ckpt_{estimator}", estimator=estimator, steps=2, overrides=overrides), metrics_file, log)
+    assert result.returncode == 0, log.read_text()[-6000:]
+    metrics = read_metrics(metrics_file)
+
+    reweighted_rows = 0
+    for step in (1, 2):
+        for name in OAR_METRICS:
+            assert name in metrics[step], f"{name} missing at step {step}"
+        dump = torch.load(dumps / f"step_{step}.pt")
+        grpo, final, weights, mask = dump["grpo_advantages"], dump["advantages"], dump["weights"], dump["response_mask"]
+        row_advantage = grpo[torch.arange(len(grpo)), mask.float().argmax(1)]
+        attributed = (dump["segments"][:, 3] > 0) & ~dump["degenerate"]
+        assert int(attributed.sum()) == metrics[step]["oar/rows/attributed"]
+        assert int(((row_advantage == 0) & mask.any(1)).sum()) == metrics[step]["oar/rows/zero_advantage"]
+        reasoning = (torch.arange(mask.shape[1])[None, :] < dump["segments"][:, :1]) & (dump["segments"][:, 3:] > 0)
+        # the weights are Bi-Level's, from the scores the workers computed
+        torch.testing.assert_close(weights, bilevel_weights(dump["scores"], reasoning, quantile=quantile))
+        torch.testing.assert_close(final, grpo * weights * mask)
+        assert torch.all(weights[~attributed] == 1.0), "rows not reweighted keep GRPO's advantage"
+        assert torch.all(dump["scores"][~reasoning] == 0)
+        for row in attributed.nonzero().squeeze(1):
+            w = weights[row][reasoning[row]]
+            assert abs(float(w.mean()) - 1.0) < 1e-4 and float(w.max()) > 1.0 > float(w.min())
+            # the total advantage of a reweighted response is kept
+            torch.testing.assert_close(final[row][mask[row]].sum(), grpo[row][mask[row]].sum(), rtol=1e-4, atol=1e-5)
+        reweighted_rows += int(attributed.sum())
+        assert metrics[step]["oar/weight/min"] >= 0 and abs(metrics[step]["oar/weight/mean"] - 1.0) < 1e-4
+    assert reweighted_rows > 0, "no response was reweighted"
