@@ -27,6 +27,10 @@ class _Loader(importlib.abc.Loader):
         self._loader.exec_module(module)
         self._callback(module)
 
+    def __getattr__(self, name: str):
+        # get_code, get_source, is_package, ... (runpy, pkgutil): the wrapped loader's
+        return getattr(self._loader, name)
+
 
 class _Finder(importlib.abc.MetaPathFinder):
     def __init__(self) -> None:

@@ -2,9 +2,10 @@
 
 - OAR: registers `oar_p` / `oar_g` in verl's estimator registry, makes verl's synchronous
   v1 trainer run the OAR attribution step for those estimators (`integration.trainer`),
-  and adds the OAR settings check to `verl.trainer.main_ppo`'s config validation (in the
-  launching process, before Ray starts). Each happens when verl imports the module
-  concerned, so processes that never do pay nothing.
+  and adds the OAR settings check to verl's config validation (`verl.utils.config.
+  validate_config`, which `verl.trainer.main_ppo` runs in the launching process before Ray
+  starts). Each happens when verl imports the module concerned, so processes that never
+  do pay nothing.
 - With `VERL_PLATFORM=cpu`: installs the CPU backend (`oar_verl.verl_cpu`).
 
 verl swallows entry-point errors at DEBUG level, so a failure is logged here at ERROR
@@ -38,10 +39,10 @@ def _install_trainer(trainer_sync) -> None:
     trainer.install(trainer_sync)
 
 
-def _add_oar_validation(main_ppo) -> None:
+def _add_oar_validation(config_module) -> None:
     from oar_verl.integration import validation
 
-    verl_validate = main_ppo.validate_config
+    verl_validate = config_module.validate_config
     if getattr(verl_validate, "_oar_checks", False):
         return
 
@@ -51,7 +52,7 @@ def _add_oar_validation(main_ppo) -> None:
         return verl_validate(config, *args, **kwargs)
 
     validate_config._oar_checks = True
-    main_ppo.validate_config = validate_config
+    config_module.validate_config = validate_config
 
 
 def _load() -> None:
@@ -60,7 +61,7 @@ def _load() -> None:
 
     import_hooks.after_import("verl.trainer.ppo.core_algos", _register_estimators)
     import_hooks.after_import("verl.trainer.ppo.v1.trainer_sync", _install_trainer)
-    import_hooks.after_import("verl.trainer.main_ppo", _add_oar_validation)
+    import_hooks.after_import("verl.utils.config", _add_oar_validation)
     installed = "oar_p/oar_g estimators"
     if backend.cpu_platform_selected():
         backend.install()

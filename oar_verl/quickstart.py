@@ -41,10 +41,18 @@ def prepare(workdir: Path, *, warm_start_steps: int = 300, train_size: int = 512
     return paths
 
 
-def train_command(paths: dict[str, Path], checkpoint_dir: Path, *, estimator: str, steps: int, overrides: list[str] = ()) -> list[str]:
-    """The `oar_verl.main_ppo` command line of a CPU run."""
+CONFIG_DIR = Path(__file__).parent / "config"
+
+
+def train_command(
+    paths: dict[str, Path], checkpoint_dir: Path, *, estimator: str, steps: int, overrides: list[str] = (), stock_entry_point: bool = False
+) -> list[str]:
+    """The command line of a CPU run: `python -m oar_verl.main_ppo --config-name cpu`, or
+    verl's own `python -m verl.trainer.main_ppo` on the same preset (then the environment
+    must select the CPU platform: `VERL_PLATFORM=cpu`)."""
+    entry = ["verl.trainer.main_ppo", "--config-path", str(CONFIG_DIR)] if stock_entry_point else ["oar_verl.main_ppo"]
     return [
-        sys.executable, "-m", "oar_verl.main_ppo", "--config-name", "cpu",
+        sys.executable, "-m", *entry, "--config-name", "cpu",
         f"data.train_files={paths['train']}",
         f"data.val_files={paths['val']}",
         f"actor_rollout_ref.model.path={paths['model']}",
@@ -56,9 +64,9 @@ def train_command(paths: dict[str, Path], checkpoint_dir: Path, *, estimator: st
     ]  # fmt: skip
 
 
-def run_training(command: list[str], metrics_file: Path, log_file: Path | None = None) -> subprocess.CompletedProcess:
+def run_training(command: list[str], metrics_file: Path, log_file: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs a training command with verl's file logger writing to `metrics_file`."""
-    env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics_file)}
+    env = {**os.environ, **(env or {}), "VERL_FILE_LOGGER_PATH": str(metrics_file)}
     if env.get("CUDA_VISIBLE_DEVICES") == "":  # an empty value makes Ray refuse logical GPUs
         del env["CUDA_VISIBLE_DEVICES"]
     if log_file is None:

@@ -21,13 +21,20 @@ def workdir(tmp_path_factory):
     return path, prepare(path, train_size=64, val_size=16)
 
 
-@pytest.mark.parametrize("estimator, quantile", [("oar_g", 0.25), ("oar_p", 0.4)])
-def test_oar_advantages_in_verl(workdir, estimator, quantile):
+@pytest.mark.parametrize(
+    "estimator, quantile, stock_entry_point",
+    [("oar_g", 0.25, True), ("oar_p", 0.4, False)],
+    ids=["oar_g-verl.trainer.main_ppo", "oar_p-oar_verl.main_ppo"],
+)
+def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point):
+    """oar_g through verl's own entry point (the plugin installs everything), oar_p through
+    oar_verl's."""
     root, paths = workdir
     dumps = root / f"dump_{estimator}"
     overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={quantile}"]
     log, metrics_file = root / f"{estimator}.log", root / f"{estimator}.jsonl"
-    result = run_training(train_command(paths, root / f"ckpt_{estimator}", estimator=estimator, steps=2, overrides=overrides), metrics_file, log)
+    command = train_command(paths, root / f"ckpt_{estimator}", estimator=estimator, steps=2, overrides=overrides, stock_entry_point=stock_entry_point)
+    result = run_training(command, metrics_file, log, env={"VERL_PLATFORM": "cpu"})
     assert result.returncode == 0, log.read_text()[-6000:]
     metrics = read_metrics(metrics_file)
 

@@ -1,0 +1,56 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from oar_verl.core import GradientConfig, PerturbationConfig
+from oar_verl.integration.config import OARSettings
+
+DEFAULTS_YAML = "oar_verl/config/oar_defaults.yaml"
+
+
+def test_yaml_defaults_match_the_dataclass():
+    from pathlib import Path
+
+    declared = yaml.safe_load((Path(__file__).parents[2] / DEFAULTS_YAML).read_text())["algorithm"]["oar"]
+    assert declared == dataclasses.asdict(OARSettings())
+
+
+def test_every_field_is_documented():
+    for field in dataclasses.fields(OARSettings):
+        assert len(field.metadata.get("help", "")) > 20, field.name
+
+
+def test_method_configs_follow_the_spec_defaults():
+    settings = OARSettings()
+    assert settings.method_config("oar_g", pad_token_id=7) == GradientConfig(target="answer_mean", noise_std=1e-3, seed=0)
+    assert settings.method_config("oar_p", pad_token_id=7) == PerturbationConfig(target="first_answer", perturbation_id=7)
+    assert OARSettings(target="answer_logprob", perturbation_id=3).method_config("oar_p", 7).perturbation_id == 3
+
+
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"quantile": 1.0}, "algorithm.oar.quantile"),
+        ({"quantile": 0}, "algorithm.oar.quantile"),
+        ({"beta": -1}, "algorithm.oar.beta"),
+        ({"min_weight": 0}, "algorithm.oar.min_weight"),
+        ({"noise_std": -0.1}, "algorithm.oar.noise_std"),
+        ({"max_tokens_per_pass": 0}, "algorithm.oar.max_tokens_per_pass"),
+        ({"perturbation_id": -2}, "algorithm.oar.perturbation_id"),
+        ({"target": "last"}, "algorithm.oar.target"),
+        ({"answer_pattern": "(unclosed"}, "algorithm.oar.answer_pattern"),
+        ({"quantil": 0.3}, "algorithm.oar: unknown setting"),
+    ],
+)
+def test_bad_settings_name_the_key(values, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        OARSettings.from_config(values)
+
+
+def test_method_specific_refusals():
+    with pytest.raises(ValueError, match=r"algorithm\.oar\.noise_std"):
+        OARSettings(noise_std=0.0).method_config("oar_g", 0)
+    assert OARSettings(noise_std=0.0, target="answer_logprob").method_config("oar_g", 0).noise_std == 0.0
+    with pytest.raises(ValueError, match=r"algorithm\.oar\.perturbation_id"):
+        OARSettings().method_config("oar_p", pad_token_id=None)

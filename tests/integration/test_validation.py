@@ -1,0 +1,53 @@
+"""OAR settings are refused in the launching process, before Ray starts, naming the key."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from oar_verl.integration.validation import oar_settings_errors
+from oar_verl.main_ppo import SettingsError, check_and_prepare
+
+
+def config(*overrides):
+    with initialize_config_module(config_module="oar_verl.config", version_base=None):
+        return compose(config_name="ppo", overrides=["algorithm.adv_estimator=oar_g", "actor_rollout_ref.actor.strategy=fsdp2", *overrides])
+
+
+def test_defaults_pass():
+    assert oar_settings_errors(config()) == []
+    assert oar_settings_errors(config("algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.strategy=megatron")) == []
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("algorithm.oar.quantile=1.5", "algorithm.oar.quantile"),
+        ("+algorithm.oar.q=0.3", "algorithm.oar: unknown setting(s) ['q']"),
+        ("trainer.v1.trainer_mode=separate_async", "trainer.v1.trainer_mode=separate_async"),
+        ("trainer.use_v1=false", "trainer.use_v1=False"),
+        ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp"),
+        ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.strategy=megatron"),
+        ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "ulysses_sequence_parallel_size=2"),
+        ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
+    ],
+)
+def test_refusals_name_the_setting(override, named):
+    errors = oar_settings_errors(config(override))
+    assert len(errors) == 1 and named in errors[0], errors
+    with pytest.raises(SettingsError, match="algorithm.adv_estimator=oar_g"):
+        check_and_prepare(config(override))
+
+
+def test_stock_entry_point_refuses_before_ray(tmp_path):
+    """`python -m verl.trainer.main_ppo` with the plugin: the OAR check runs inside verl's
+    own config validation, in the launching process."""
+    command = [
+        sys.executable, "-m", "verl.trainer.main_ppo", "algorithm.adv_estimator=oar_g", "+algorithm.oar.quantile=2.0",
+        "actor_rollout_ref.actor.strategy=fsdp2", "data.train_files=x", "data.val_files=x", "actor_rollout_ref.model.path=x",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "algorithm.oar.quantile: expected a value in (0, 1), got 2.0" in result.stderr
+    assert "ray init" not in result.stdout.lower() and "Started a local Ray instance" not in result.stderr
