@@ -1,7 +1,9 @@
 """The `verl.plugins` entry point: runs in every process that imports verl.
 
 - OAR: registers `oar_p` / `oar_g` in verl's estimator registry, makes verl's synchronous
-  v1 trainer run the OAR attribution step for those estimators (`integration.trainer`),
+  v1 trainer run the OAR attribution step for those estimators (`integration.trainer`:
+  through verl's pre-advantage steps and worker computations where verl has them, the
+  upstream patches in `patches/`, else by installing its trainer and worker classes),
   and adds the OAR settings check to verl's config validation (`verl.utils.config.
   validate_config`, which `verl.trainer.main_ppo` runs in the launching process before Ray
   starts). Each happens when verl imports the module concerned, so processes that never
@@ -35,8 +37,19 @@ def _register_estimators(core_algos) -> None:
 
 def _install_trainer(trainer_sync) -> None:
     from oar_verl.integration import trainer
+    from verl.trainer.ppo.v1 import trainer_base
 
-    trainer.install(trainer_sync)
+    if trainer.register_pre_advantage_step(trainer_base):
+        logger.info("oar_verl: OAR step registered as verl's pre-advantage step (patched verl)")
+    else:
+        trainer.install(trainer_sync)
+        logger.info("oar_verl: OAR step installed in verl's sync trainer (verl 0.9.1)")
+
+
+def _register_worker_computation(engine_workers) -> None:
+    from oar_verl.integration import worker
+
+    worker.register_computation(engine_workers)
 
 
 def _add_oar_validation(config_module) -> None:
@@ -61,6 +74,7 @@ def _load() -> None:
 
     import_hooks.after_import("verl.trainer.ppo.core_algos", _register_estimators)
     import_hooks.after_import("verl.trainer.ppo.v1.trainer_sync", _install_trainer)
+    import_hooks.after_import("verl.workers.engine_workers", _register_worker_computation)
     import_hooks.after_import("verl.utils.config", _add_oar_validation)
     installed = "oar_p/oar_g estimators"
     if backend.cpu_platform_selected():

@@ -65,6 +65,17 @@ class OARSettings:
             raise ValueError(f"{PREFIX}: unknown setting(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
 
+    @classmethod
+    def from_algorithm_config(cls, algorithm: Mapping) -> OARSettings:
+        """Settings from the `algorithm` config: `algorithm.oar`, or on a verl whose
+        AlgoConfig has `estimator_config` (patches/verl-0.9.1/0005),
+        `algorithm.estimator_config.oar` (the two must not both be set)."""
+        own = algorithm.get("oar")
+        upstream = (algorithm.get("estimator_config") or {}).get("oar")
+        if own and upstream:
+            raise ValueError(f"{PREFIX} and algorithm.estimator_config.oar: set OAR settings in one place only")
+        return cls.from_config(own or upstream)
+
     def method_config(self, method: str, pad_token_id: int | None):
         """The core config of `method` ("oar_p" or "oar_g") under these settings."""
         target = self.target or METHOD_DEFAULT_TARGETS[method]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-NAMES = ("oar_p", "oar_g")
+from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 
 
 def compute_oar_outcome_advantage(
@@ -56,6 +56,9 @@ def compute_oar_outcome_advantage(
 
 
 def register(core_algos_module) -> None:
-    """Registers both names in verl's registry (idempotent)."""
-    for name in NAMES:
-        core_algos_module.register_adv_est(name)(compute_oar_outcome_advantage)
+    """Registers both names in verl's registry (idempotent); on a verl where estimators
+    declare their inputs (patches/verl-0.9.1/0004), declares `oar_weights`."""
+    declares_inputs = hasattr(core_algos_module, "get_adv_estimator_inputs")
+    for name in ESTIMATORS:
+        register = core_algos_module.register_adv_est(name, inputs=(WEIGHTS_FIELD,)) if declares_inputs else core_algos_module.register_adv_est(name)
+        register(compute_oar_outcome_advantage)

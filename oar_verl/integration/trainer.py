@@ -2,17 +2,24 @@
 
 With `algorithm.adv_estimator` = `oar_p` / `oar_g`, the advantage step becomes:
 
-1. verl's own GRPO advantages (the v1 path: session handling, KL-in-reward, rollout
-   correction; std and epsilon rules, `norm_adv_by_std_in_grpo`), written to TransferQueue;
+1. GRPO advantages exactly as verl computes them (std and epsilon rules,
+   `norm_adv_by_std_in_grpo`);
 2. rows whose advantage is zero (every answer of the group scored the same) and padding
    rows are left alone; the others are segmented (tokenizer, on the sampled ids) and
-   scored on the actor workers (`worker.OARActorRolloutRefWorker.compute_oar_scores`),
-   with the parameters that produced `old_log_probs`;
-3. advantages = Bi-Level weights x GRPO advantage, rows without an answer, with empty
-   reasoning or degenerate scores keeping weight 1; `oar/*` metrics and
+   scored on the actor workers (`worker.compute_oar_scores`), with the parameters that
+   produced `old_log_probs`;
+3. advantages = Bi-Level weights x GRPO advantage; rows without an answer, with empty
+   reasoning or degenerate scores keep weight 1; `oar/*` metrics and
    `timing_s/oar_attribution` go to verl's trackers.
 
-With any other estimator the trainer is verl's, unchanged.
+Two ways in, chosen by what verl offers:
+- verl with the upstream patches (`patches/verl-0.9.1/0004`-`0006`): a pre-advantage step
+  (`pre_advantage_step`) writes the weights to TransferQueue as `oar_weights`, the
+  registered estimator (declaring that input) multiplies verl's GRPO advantage by them,
+  and the workers run `compute_oar_scores` as a registered worker computation;
+- verl 0.9.1 as released: `OARTrainerSync` replaces the "sync" trainer and the actor
+  worker class, computes verl's GRPO advantages (the estimator swapped to `grpo` for that
+  call) and multiplies them in place. It defers to verl for every other estimator.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
 import transfer_queue as tq
 from omegaconf import open_dict
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
@@ -34,16 +43,116 @@ from verl.workers.utils.padding import response_to_nested
 
 from oar_verl.core.reshape import bilevel_weights, degenerate_rows
 from oar_verl.core.spans import segment_responses
-from oar_verl.integration import ESTIMATORS
+from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 from oar_verl.integration.config import OARSettings
 from oar_verl.integration.metrics import oar_metrics
-from oar_verl.integration.worker import SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker
+from oar_verl.integration.worker import COMPUTATION, SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
 
 
 def uses_oar(config) -> bool:
     return config.algorithm.adv_estimator in ESTIMATORS
+
+
+def attribution_weights(
+    trainer, batch: KVBatchMeta, metrics: dict, row_advantage: torch.Tensor, padded: TensorDict, use_registered_computation: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bi-Level weights [B, R] of a batch (1 where nothing is reweighted), and the step's
+    record for `algorithm.oar.dump_dir` (responses, segments, scores, weights, ...).
+
+    Args:
+        trainer: verl's v1 trainer (its tokenizer, worker group, step, config).
+        batch: the step's TransferQueue rows.
+        metrics: the step's metrics, extended with `oar/*`.
+        row_advantage: [B] each row's GRPO advantage (0: not reweighted).
+        padded: the rows' `responses` and `response_mask`, padded to [B, R].
+        use_registered_computation: call the workers through verl's worker computations
+            (patched verl) instead of the OAR worker subclass's method.
+    """
+    method = trainer.config.algorithm.adv_estimator
+    settings = OARSettings.from_algorithm_config(trainer.config.algorithm)
+    response_mask = padded["response_mask"].bool()  # [B, R]
+    responses = padded["responses"].long()  # [B, R]
+    B, R = response_mask.shape
+    real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags]) & response_mask.any(dim=1)  # [B]
+    nonzero = real & (row_advantage != 0)
+    segments = segment_responses(trainer.tokenizer, responses, response_mask, settings.answer_pattern)
+    attribute = nonzero & segments.usable  # [B]
+
+    segment_field = torch.stack([segments.reasoning_end, segments.answer_start, segments.answer_end, attribute.long()], dim=1)  # [B, 4]
+    tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict({SEGMENTS_FIELD: segment_field}, batch_size=B))
+    extra_info = {"oar_method": method, "oar_settings": dataclasses.asdict(settings), "oar_step": int(trainer.global_steps)}
+    request = KVBatchMeta(keys=batch.keys, tags=batch.tags, partition_id=batch.partition_id, fields=["prompts", "responses", SEGMENTS_FIELD], extra_info=extra_info)
+    if use_registered_computation:
+        request.extra_info["computation"] = COMPUTATION
+        trainer.actor_rollout_wg.compute_registered(request)
+    else:
+        trainer.actor_rollout_wg.compute_oar_scores(request)
+    scores = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[SCORES_FIELD])
+    scores = scores.to_padded_tensor()[SCORES_FIELD].float()[:, :R]  # [B, R]
+
+    reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
+    weights = bilevel_weights(scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass)
+    degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
+    record = {"responses": responses, "response_mask": response_mask, "segments": segment_field, "found": segments.found,
+              "scores": scores, "weights": weights, "row_advantage": row_advantage, "degenerate": degenerate}  # fmt: skip
+    metrics.update(
+        oar_metrics(
+            weights=weights,
+            reasoning=reasoning & ~degenerate[:, None],
+            real=real,
+            answer_found=segments.found,
+            nonzero=nonzero,
+            degenerate=degenerate,
+            attributed=attribute & ~degenerate,
+        )
+    )
+    return weights, record
+
+
+def dump_record(trainer, record: dict[str, torch.Tensor]) -> None:
+    """Writes the step's record to `algorithm.oar.dump_dir`/step_N.pt when set."""
+    directory = OARSettings.from_algorithm_config(trainer.config.algorithm).dump_dir
+    if directory:
+        path = Path(directory) / f"step_{trainer.global_steps}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({name: tensor.cpu() for name, tensor in record.items()}, path)
+
+
+# verl with the upstream patches ------------------------------------------------------------
+
+
+def pre_advantage_step(trainer, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+    """Writes `oar_weights` (nested [R_i] per row) for the estimator, which declares it."""
+    with marked_timer("oar_attribution", trainer.timing_raw):
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores", "responses", "response_mask"])
+        nested_mask = data["response_mask"]
+        padded = data.to_padded_tensor()
+        mask = padded["response_mask"].float()
+        uid = np.array(padded["uid"].tolist(), dtype=object)
+        grpo, _ = compute_grpo_outcome_advantage(
+            padded["rm_scores"].float(), mask, uid, norm_adv_by_std_in_grpo=trainer.config.algorithm.get("norm_adv_by_std_in_grpo", True)
+        )
+        row_advantage = grpo[torch.arange(len(grpo)), mask.argmax(dim=1)]
+        weights, record = attribution_weights(trainer, batch, metrics, row_advantage, padded, use_registered_computation=True)
+        dump_record(trainer, {**record, "grpo_advantages": grpo * mask, "advantages": grpo * weights * mask, "path": torch.tensor(1)})
+        fields = TensorDict({WEIGHTS_FIELD: response_to_nested(weights, nested_mask)}, batch_size=len(weights))
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+
+
+def register_pre_advantage_step(trainer_base_module) -> bool:
+    """On a verl with pre-advantage steps (patches/verl-0.9.1/0006), registers
+    `pre_advantage_step` for both estimators; False on a verl without them."""
+    registry = getattr(trainer_base_module, "register_pre_advantage_step", None)
+    if registry is None:
+        return False
+    for name in ESTIMATORS:
+        registry(name)(pre_advantage_step)
+    return True
+
+
+# verl 0.9.1 as released ---------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -75,69 +184,17 @@ class OARTrainerSync(PPOTrainerSync):
         with _estimator(self.config, "grpo"):
             batch = super()._compute_advantage(batch, metrics)
         with marked_timer("oar_attribution", self.timing_raw):
-            return self._reshape_advantages(batch, metrics)
-
-    def _reshape_advantages(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        method = self.config.algorithm.adv_estimator
-        settings = OARSettings.from_config(self.config.algorithm.get("oar"))
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages", "responses", "response_mask"])
-        nested_mask = data["response_mask"]
-        padded = data.to_padded_tensor()
-        advantages = padded["advantages"].float()  # [B, R]
-        response_mask = padded["response_mask"].bool()  # [B, R]
-        responses = padded["responses"].long()  # [B, R]
-        B, R = advantages.shape
-
-        real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags]) & response_mask.any(dim=1)  # [B]
-        first = response_mask.float().argmax(dim=1)  # [B] first response token
-        row_advantage = advantages[torch.arange(B), first]  # [B], constant over a row in GRPO
-        nonzero = real & (row_advantage != 0)
-        segments = segment_responses(self.tokenizer, responses, response_mask, settings.answer_pattern)
-        attribute = nonzero & segments.usable  # [B]
-
-        segment_field = torch.stack([segments.reasoning_end, segments.answer_start, segments.answer_end, attribute.long()], dim=1)  # [B, 4]
-        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict({SEGMENTS_FIELD: segment_field}, batch_size=B))
-        request = KVBatchMeta(
-            keys=batch.keys,
-            tags=batch.tags,
-            partition_id=batch.partition_id,
-            fields=["prompts", "responses", SEGMENTS_FIELD],
-            extra_info={"oar_method": method, "oar_settings": dataclasses.asdict(settings), "oar_step": int(self.global_steps)},
-        )
-        self.actor_rollout_wg.compute_oar_scores(request)
-        scores = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[SCORES_FIELD])
-        scores = scores.to_padded_tensor()[SCORES_FIELD].float()[:, :R]  # [B, R]
-
-        reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
-        weights = bilevel_weights(
-            scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass
-        )  # [B, R], 1 outside attributed reasoning
-        degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
-        reshaped = advantages * weights * response_mask  # [B, R]
-        output = TensorDict(
-            {"advantages": response_to_nested(reshaped, nested_mask), "returns": response_to_nested(reshaped, nested_mask)},
-            batch_size=B,
-        )
-        if settings.dump_dir:
-            _dump(Path(settings.dump_dir) / f"step_{self.global_steps}.pt", responses=responses, response_mask=response_mask, segments=segment_field,
-                  found=segments.found, scores=scores, weights=weights, grpo_advantages=advantages, advantages=reshaped, degenerate=degenerate)  # fmt: skip
-        metrics.update(
-            oar_metrics(
-                weights=weights,
-                reasoning=reasoning & ~degenerate[:, None],
-                real=real,
-                answer_found=segments.found,
-                nonzero=nonzero,
-                degenerate=degenerate,
-                attributed=attribute & ~degenerate,
-            )
-        )
-        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
-
-
-def _dump(path: Path, **tensors: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({name: tensor.cpu() for name, tensor in tensors.items()}, path)
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages", "responses", "response_mask"])
+            nested_mask = data["response_mask"]
+            padded = data.to_padded_tensor()
+            advantages = padded["advantages"].float()  # [B, R]
+            mask = padded["response_mask"].bool()
+            row_advantage = advantages[torch.arange(len(advantages)), mask.float().argmax(dim=1)]  # [B]
+            weights, record = attribution_weights(self, batch, metrics, row_advantage, padded, use_registered_computation=False)
+            dump_record(self, {**record, "grpo_advantages": advantages, "advantages": advantages * weights * mask, "path": torch.tensor(0)})
+            reshaped = response_to_nested(advantages * weights * mask, nested_mask)
+            output = TensorDict({"advantages": reshaped, "returns": reshaped.clone()}, batch_size=len(advantages))
+            return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
 
 def install(trainer_sync_module) -> None:

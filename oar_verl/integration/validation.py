@@ -14,7 +14,7 @@ def oar_settings_errors(config) -> list[str]:
         return []
     errors = []
     try:
-        OARSettings.from_config(config.algorithm.get("oar")).method_config(method, pad_token_id=0)
+        OARSettings.from_algorithm_config(config.algorithm).method_config(method, pad_token_id=0)
     except ValueError as error:
         errors.append(str(error))
     trainer = config.trainer

@@ -16,6 +16,8 @@ Output: oar_scores [R_i] float32 per row (nested).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 from tensordict import TensorDict
@@ -31,6 +33,7 @@ from oar_verl.integration.config import OARSettings
 
 SEGMENTS_FIELD = "oar_segments"
 SCORES_FIELD = "oar_scores"
+COMPUTATION = "oar_scores"  # its name among verl's worker computations, where verl has them
 
 
 def _sync_max(local: int) -> int:
@@ -47,35 +50,51 @@ def _rows(nested: torch.Tensor) -> list[list[int]]:
     return [row.tolist() for row in nested.unbind(0)]
 
 
+def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> TensorDict | None:
+    """OAR scores of this rank's rows with `worker`'s actor engine (see the module docstring)."""
+    method = tu.get(data, key="oar_method")
+    settings = OARSettings(**tu.get(data, key="oar_settings"))
+    step = int(tu.get(data, key="oar_step", default=0))
+    engine = worker.actor.engine
+    tokenizer = worker.actor.model_config.tokenizer
+    config = settings.method_config(method, tokenizer.pad_token_id)
+    if method == "oar_g":  # fresh noise each step and on each rank
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        config = dataclasses.replace(config, seed=settings.seed + 1_000_003 * step + rank)
+
+    prompts, responses = _rows(data["prompts"]), _rows(data["responses"])
+    segments = data[SEGMENTS_FIELD]
+    segments = (segments.to_padded_tensor(0) if segments.is_nested else segments).long()  # [b, 4]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = get_device_id()
+    batch = ResponseBatch.from_token_lists(prompts, [r or [pad] for r in responses], pad_token_id=pad, device=device)
+    spans = Segments(segments[:, 0], segments[:, 1], segments[:, 2], segments[:, 2] > 0).to(device)
+    attribute_rows = (segments[:, 3] > 0).to(device)
+
+    with engine.eval_mode():
+        scores = get_method(method).attribute(
+            engine.module, batch, spans, config, rows=attribute_rows, sync_passes=_sync_max
+        )  # [b, R]
+    lengths = [len(r) for r in responses]
+    nested = torch.nested.as_nested_tensor([row[:n] for row, n in zip(scores.cpu(), lengths)], layout=torch.jagged)
+    output = TensorDict({SCORES_FIELD: nested}, batch_size=[len(prompts)])  # [b, R_i] per row
+    return output if engine.is_mp_src_rank_with_outputs() else None
+
+
 class OARActorRolloutRefWorker(ActorRolloutRefWorker):
-    """verl's actor/rollout/ref worker with the OAR attribution role."""
+    """verl's actor/rollout/ref worker with the OAR attribution role (verl 0.9.1, where
+    workers cannot gain a computation without a subclass)."""
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_oar_scores(self, data: TensorDict) -> TensorDict | None:
-        method = tu.get(data, key="oar_method")
-        settings = OARSettings(**tu.get(data, key="oar_settings"))
-        step = int(tu.get(data, key="oar_step", default=0))
-        engine = self.actor.engine
-        tokenizer = self.actor.model_config.tokenizer
-        config = settings.method_config(method, tokenizer.pad_token_id)
-        if method == "oar_g":  # fresh noise each step and on each rank
-            rank = dist.get_rank() if dist.is_initialized() else 0
-            config = type(config)(**{**config.__dict__, "seed": settings.seed + 1_000_003 * step + rank})
+        return compute_oar_scores(self, data)
 
-        prompts, responses = _rows(data["prompts"]), _rows(data["responses"])
-        segments = data[SEGMENTS_FIELD]
-        segments = (segments.to_padded_tensor(0) if segments.is_nested else segments).long()  # [b, 4]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        device = get_device_id()
-        batch = ResponseBatch.from_token_lists(prompts, [r or [pad] for r in responses], pad_token_id=pad, device=device)
-        spans = Segments(segments[:, 0], segments[:, 1], segments[:, 2], segments[:, 2] > 0).to(device)
-        attribute_rows = (segments[:, 3] > 0).to(device)
 
-        with engine.eval_mode():
-            scores = get_method(method).attribute(
-                engine.module, batch, spans, config, rows=attribute_rows, sync_passes=_sync_max
-            )  # [b, R]
-        lengths = [len(r) for r in responses]
-        nested = torch.nested.as_nested_tensor([row[:n] for row, n in zip(scores.cpu(), lengths)], layout=torch.jagged)
-        output = TensorDict({SCORES_FIELD: nested}, batch_size=[len(prompts)])  # [b, R_i] per row
-        return output if engine.is_mp_src_rank_with_outputs() else None
+def register_computation(engine_workers_module) -> bool:
+    """On a verl with worker computations (patches/verl-0.9.1/0006), registers
+    `compute_oar_scores` there; False on a verl without them."""
+    registry = getattr(engine_workers_module, "register_worker_computation", None)
+    if registry is None:
+        return False
+    registry(COMPUTATION)(compute_oar_scores)
+    return True
