@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import verl
 
 PATCHES = sorted((Path(__file__).parents[1] / "patches" / "verl-0.9.1").glob("*.patch"))
@@ -31,6 +32,24 @@ def test_patches_are_git_format_with_messages():
         assert text.startswith("From ") and "\nSubject: [PATCH" in text
         body = text.split("\n\n", 1)[1].split("\n---\n", 1)[0]
         assert len(body.strip().splitlines()) >= 3, f"{patch.name}: the commit message must explain the change"
+
+
+def test_oar_trains_through_the_patched_hooks(patched_verl, tmp_path):
+    """On a patched verl the plugin registers a pre-advantage step, a worker computation
+    and an estimator that declares its input: no trainer or worker class is replaced."""
+    from oar_verl.quickstart import prepare, read_metrics, run_training, train_command
+    from tests.verl_cpu.test_e2e_oar import check_oar_run
+
+    paths = prepare(tmp_path, train_size=64, val_size=16)
+    dumps, log, metrics = tmp_path / "dumps", tmp_path / "run.log", tmp_path / "metrics.jsonl"
+    command = train_command(paths, tmp_path / "ckpt", estimator="oar_g", steps=2, overrides=[f"algorithm.oar.dump_dir={dumps}"])
+    result = run_training(command, metrics, log, env={"PYTHONPATH": str(patched_verl)})
+    text = log.read_text()
+    assert result.returncode == 0, text[-6000:]
+    assert "registered as verl's pre-advantage step (patched verl)" in text
+    assert "installed in verl's sync trainer" not in text
+    check_oar_run(read_metrics(metrics), dumps, quantile=0.25)
+    assert int(torch.load(dumps / "step_1.pt")["path"]) == 1
 
 
 def test_plugin_uses_the_patched_verl(patched_verl):

@@ -130,7 +130,8 @@ def pre_advantage_step(trainer, batch: KVBatchMeta, metrics: dict) -> KVBatchMet
         nested_mask = data["response_mask"]
         padded = data.to_padded_tensor()
         mask = padded["response_mask"].float()
-        uid = np.array(padded["uid"].tolist(), dtype=object)
+        uid = padded["uid"]  # group ids: a non-tensor stack or list, as verl stores them
+        uid = np.array(uid.tolist() if hasattr(uid, "tolist") else list(uid), dtype=object)
         grpo, _ = compute_grpo_outcome_advantage(
             padded["rm_scores"].float(), mask, uid, norm_adv_by_std_in_grpo=trainer.config.algorithm.get("norm_adv_by_std_in_grpo", True)
         )

@@ -36,15 +36,21 @@ def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point)
     command = train_command(paths, root / f"ckpt_{estimator}", estimator=estimator, steps=2, overrides=overrides, stock_entry_point=stock_entry_point)
     result = run_training(command, metrics_file, log, env={"VERL_PLATFORM": "cpu"})
     assert result.returncode == 0, log.read_text()[-6000:]
-    metrics = read_metrics(metrics_file)
+    assert "OAR step installed in verl's sync trainer (verl 0.9.1)" in log.read_text()
+    check_oar_run(read_metrics(metrics_file), dumps, quantile)
 
+
+def check_oar_run(metrics: dict, dumps, quantile: float, steps=(1, 2)) -> None:
+    """Advantages = Bi-Level weights x GRPO advantage where reweighted, GRPO's elsewhere;
+    metrics and dumps agree."""
     reweighted_rows = 0
-    for step in (1, 2):
+    for step in steps:
         for name in OAR_METRICS:
             assert name in metrics[step], f"{name} missing at step {step}"
         dump = torch.load(dumps / f"step_{step}.pt")
         grpo, final, weights, mask = dump["grpo_advantages"], dump["advantages"], dump["weights"], dump["response_mask"]
         row_advantage = grpo[torch.arange(len(grpo)), mask.float().argmax(1)]
+        torch.testing.assert_close(row_advantage, dump["row_advantage"])
         attributed = (dump["segments"][:, 3] > 0) & ~dump["degenerate"]
         assert int(attributed.sum()) == metrics[step]["oar/rows/attributed"]
         assert int(((row_advantage == 0) & mask.any(1)).sum()) == metrics[step]["oar/rows/zero_advantage"]
