@@ -6,6 +6,8 @@ from __future__ import annotations
 from oar_verl.integration import ESTIMATORS
 from oar_verl.integration.config import OARSettings
 
+PINNED_VERL = "0.9.1"
+
 
 def oar_settings_errors(config) -> list[str]:
     """Every problem with running `config`'s OAR estimator, one message per setting."""
@@ -13,6 +15,10 @@ def oar_settings_errors(config) -> list[str]:
     if method not in ESTIMATORS:
         return []
     errors = []
+    import verl
+
+    if verl.__version__ != PINNED_VERL:
+        errors.append(f"algorithm.adv_estimator={method}: oar_verl is built and tested against verl=={PINNED_VERL}; installed verl is {verl.__version__}")
     try:
         OARSettings.from_algorithm_config(config.algorithm).method_config(method, pad_token_id=0)
     except ValueError as error:

@@ -22,16 +22,17 @@ def workdir(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "estimator, quantile, stock_entry_point",
-    [("oar_g", 0.25, True), ("oar_p", 0.4, False)],
-    ids=["oar_g-verl.trainer.main_ppo", "oar_p-oar_verl.main_ppo"],
+    "estimator, quantile, stock_entry_point, ranks",
+    [("oar_g", 0.25, True, 1), ("oar_p", 0.4, False, 2)],
+    ids=["oar_g-verl.trainer.main_ppo-1rank", "oar_p-oar_verl.main_ppo-2ranks"],
 )
-def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point):
-    """oar_g through verl's own entry point (the plugin installs everything), oar_p through
-    oar_verl's."""
+def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point, ranks):
+    """oar_g through verl's own entry point (the plugin installs everything) on one rank;
+    oar_p through oar_verl's on two FSDP2 ranks (gloo), whose shares of perturbations
+    differ and whose model passes must stay in step."""
     root, paths = workdir
     dumps = root / f"dump_{estimator}"
-    overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={quantile}"]
+    overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={quantile}", f"trainer.n_gpus_per_node={ranks}", f"ray_kwargs.ray_init.num_gpus={ranks}"]
     log, metrics_file = root / f"{estimator}.log", root / f"{estimator}.jsonl"
     command = train_command(paths, root / f"ckpt_{estimator}", estimator=estimator, steps=2, overrides=overrides, stock_entry_point=stock_entry_point)
     result = run_training(command, metrics_file, log, env={"VERL_PLATFORM": "cpu"})
