@@ -108,6 +108,7 @@ class HFRolloutServer:
         for row, prompt in enumerate(prompts):  # left padding
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             attention_mask[row, width - len(prompt) :] = 1
+        stop_ids = sorted(set(self.eos_token_ids) | set(params.get("stop_token_ids") or []))  # agent loops may add stop ids
         temperature = float(params.get("temperature", self.config.temperature))
         greedy = temperature <= 0
         top_k = int(params.get("top_k", self.config.top_k))
@@ -120,7 +121,7 @@ class HFRolloutServer:
             top_k=0 if greedy or top_k <= 0 else top_k,  # verl's -1 (off) is Hugging Face's 0
             repetition_penalty=float(params.get("repetition_penalty", 1.0)),
             max_new_tokens=max(limits),
-            eos_token_id=None if self.config.ignore_eos else self.eos_token_ids,
+            eos_token_id=None if self.config.ignore_eos else stop_ids,
             pad_token_id=self.pad_token_id,
             output_logits=True,
             return_dict_in_generate=True,
@@ -137,7 +138,7 @@ class HFRolloutServer:
             tokens = new_tokens[row, :limit].tolist()
             length = len(tokens)
             if not self.config.ignore_eos:
-                length = next((k + 1 for k, token in enumerate(tokens) if token in self.eos_token_ids), length)
+                length = next((k + 1 for k, token in enumerate(tokens) if token in stop_ids), length)
             results.append(
                 TokenOutput(
                     token_ids=tokens[:length],
@@ -209,4 +210,5 @@ class HFRolloutServer:
 
 def _sampling_key(params: dict) -> tuple:
     """Requests with equal keys share one `generate` call."""
-    return tuple(params.get(k) for k in ("temperature", "top_p", "top_k", "repetition_penalty", "logprobs"))
+    keys = ("temperature", "top_p", "top_k", "repetition_penalty", "logprobs")
+    return (*(params.get(k) for k in keys), tuple(params.get("stop_token_ids") or ()))

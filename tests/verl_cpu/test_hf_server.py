@@ -72,6 +72,8 @@ def test_response_budget_and_eos(saved_model):
     stopper = make_server(saved_model, eos=first[2])
     (stopped,) = asyncio.run(generate_all(stopper, [[65]], {"temperature": 0.0}))
     assert stopped.token_ids == first[: first.index(first[2]) + 1], "generation stops at (and keeps) the first EOS"
+    (requested,) = asyncio.run(generate_all(make_server(saved_model), [[65]], {"temperature": 0.0, "stop_token_ids": [first[1]]}))
+    assert requested.token_ids == first[: first.index(first[1]) + 1], "stop ids of the request end generation too"
 
 
 def test_load_weights_reports_the_loaded_digest(saved_model):
