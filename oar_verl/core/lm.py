@@ -68,6 +68,21 @@ class LMParts:
         )
         return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
+    def hidden_states_and_cache(self, attention_mask, position_ids, input_ids, past_key_values=None):
+        """([N, L, H] hidden states of `input_ids` [N, L], the key/value cache after them).
+
+        With `past_key_values` (a cache of the first M positions), `input_ids` are the
+        positions after them and `attention_mask` [N, M + L] covers both.
+        """
+        output = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=True,
+        )
+        return output.last_hidden_state, output.past_key_values
+
     def idle_pass(self, device: torch.device, backward: bool) -> None:
         """A one-token forward (and backward to the input) whose result is discarded.
 

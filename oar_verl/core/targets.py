@@ -51,6 +51,10 @@ class AnswerPositions:
     def select(self, rows: torch.Tensor) -> AnswerPositions:
         return AnswerPositions(self.positions[rows], self.tokens[rows], self.mask[rows])
 
+    def shifted(self, offset: int) -> AnswerPositions:
+        """The positions moved by `offset` (for hidden states that start at -offset)."""
+        return AnswerPositions(torch.where(self.mask, self.positions + offset, 0), self.tokens, self.mask)
+
 
 def answer_positions(batch: ResponseBatch, segments: Segments) -> AnswerPositions:
     """Answer positions of every row; every row must have an answer (`segments.found`)."""

@@ -61,6 +61,6 @@ def test_sync_passes_runs_idle_passes_and_refuses_fewer(model, tokenizer, batch_
     seen = []
     scores = perturbation.attribute(model, batch, segments, config, sync_passes=lambda local: seen.append(local) or local + 3)
     torch.testing.assert_close(scores, perturbation.attribute(model, batch, segments, config), rtol=0, atol=1e-6)
-    assert seen == [1 + 1]  # one clean pass, one pass for all 17 perturbations
+    assert seen == [1 + 3]  # one clean pass, then one pass per row: its perturbations share the prefix cache
     with pytest.raises(ValueError, match="sync_passes"):
         perturbation.attribute(model, batch, segments, config, sync_passes=lambda local: local - 1)

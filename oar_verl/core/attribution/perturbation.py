@@ -6,15 +6,19 @@ mask and other token kept) and the target is recomputed:
     s_t = KL(P_final || P_final^(t))      (answer_mean, first_answer)
     s_t = |phi - phi^(t)|                 (answer_logprob)
 
-One forward pass per reasoning token, as defined. Perturbations of all rows are flattened
-into one list and run in passes of as many sequences as `max_tokens_per_pass` holds;
-each sequence is cut after the last position its target reads (later tokens cannot change
-it), and logits are computed at the target positions only.
+Exact, computed without repeating work the perturbation cannot change: replacing token t
+leaves every position before t as it was, so each row's clean pass keeps its key/value
+cache and a perturbed sequence recomputes only from its window's first perturbed position
+on, up to the last position the target reads (later tokens cannot change it). A window is
+a run of a row's reasoning positions batched in one pass, as many sequences as
+`max_tokens_per_pass` holds; logits are computed at the target positions only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import copy
 
 import torch
 
@@ -77,31 +81,53 @@ def attribute(
     attention_mask, position_ids = sub.attention_mask[:, :L], sub.position_ids[:, :L]
     per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
 
-    # Every (row, reasoning token) pair, flattened: N = sum of reasoning lengths.
-    counts = sub_segments.reasoning_end  # [B']
-    pair_row = torch.repeat_interleave(torch.arange(len(index), device=index.device), counts)  # [N]
-    pair_token = torch.arange(len(pair_row), device=index.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # [N]
-
+    P = batch.prompt_length
     row_chunks = torch.arange(len(index), device=device).split(per_pass)
-    pair_chunks = torch.arange(len(pair_row), device=device).split(per_pass)
-    idle = passes_to_run(len(row_chunks) + len(pair_chunks), sync_passes) - len(row_chunks) - len(pair_chunks)
+    windows = [(r, t) for r in range(len(index)) for t in _windows(int(sub_segments.reasoning_end[r]), P, L, config.max_tokens_per_pass, device)]
+    idle = passes_to_run(len(row_chunks) + len(windows), sync_passes) - len(row_chunks) - len(windows)
 
     with eval_mode(model):
-        clean = []
+        clean, caches = [], []
         for c in row_chunks:
             with parts.materialized():
-                hidden = parts.hidden_states(attention_mask[c], position_ids[c], input_ids=input_ids[c])  # [C, L, H]
+                hidden, cache = parts.hidden_states_and_cache(attention_mask[c], position_ids[c], input_ids[c])  # [C, L, H]
                 clean.append(compute_target(parts, hidden, answer.select(c), config.target))
+            caches.append(cache)
         clean = torch.cat(clean)  # [B', V] or [B']
-        shifts = []
-        for chunk in pair_chunks:
-            r, t = pair_row[chunk], pair_token[chunk]  # [C]
-            perturbed_ids = input_ids[r].clone()  # [C, L]
-            perturbed_ids[torch.arange(len(chunk), device=r.device), batch.prompt_length + t] = config.perturbation_id
+
+        pair_row, pair_token, shifts = [], [], []
+        for r, tokens in windows:  # tokens: [C] consecutive reasoning positions of row r
+            start = P + int(tokens[0])  # positions before `start` keep their clean keys/values
+            C = len(tokens)
+            chunk, within = divmod(r, per_pass)
+            prefix = copy.deepcopy(caches[chunk])
+            prefix.batch_select_indices(torch.tensor([within], device=device))
+            prefix.crop(start)
+            prefix.batch_repeat_interleave(C)
+            suffix = input_ids[r, start:].repeat(C, 1)  # [C, L - start]
+            suffix[torch.arange(C, device=device), P + tokens - start] = config.perturbation_id
             with parts.materialized():
-                hidden = parts.hidden_states(attention_mask[r], position_ids[r], input_ids=perturbed_ids)  # [C, L, H]
-                perturbed = compute_target(parts, hidden, answer.select(r), config.target)
-            shifts.append(target_shift(clean[r], perturbed, config.target).abs())  # [C]
+                hidden, _ = parts.hidden_states_and_cache(
+                    attention_mask[r].repeat(C, 1), position_ids[r, start:].repeat(C, 1), suffix, past_key_values=prefix
+                )  # [C, L - start, H]
+                perturbed = compute_target(parts, hidden, answer.select(torch.full((C,), r, device=device)).shifted(-start), config.target)
+            shifts.append(target_shift(clean[[r] * C], perturbed, config.target).abs())  # [C]
+            pair_row.append(torch.full((C,), r, device=device))
+            pair_token.append(tokens)
         for _ in range(idle):
             parts.idle_pass(device, backward=False)
+    pair_row, pair_token = torch.cat(pair_row), torch.cat(pair_token)
     return scatter_scores(B, R, index[pair_row], pair_token, torch.cat(shifts))
+
+
+def _windows(reasoning_end: int, prompt_length: int, length: int, max_tokens: int, device: torch.device) -> list[torch.Tensor]:
+    """A row's reasoning positions 0..reasoning_end-1 split into runs, each batched in one
+    pass: C sequences recomputing the L - (P + first) positions from the run's first
+    perturbed token hold at most `max_tokens` tokens."""
+    windows, first = [], 0
+    while first < reasoning_end:
+        suffix = length - (prompt_length + first)
+        count = max(1, min(reasoning_end - first, max_tokens // suffix))
+        windows.append(torch.arange(first, first + count, device=device))
+        first += count
+    return windows
