@@ -122,12 +122,14 @@ def attribute(
 
 def _windows(reasoning_end: int, prompt_length: int, length: int, max_tokens: int, device: torch.device) -> list[torch.Tensor]:
     """A row's reasoning positions 0..reasoning_end-1 split into runs, each batched in one
-    pass: C sequences recomputing the L - (P + first) positions from the run's first
-    perturbed token hold at most `max_tokens` tokens."""
+    pass: C sequences recomputing the S = L - (P + first) positions from the run's first
+    perturbed token hold at most `max_tokens` tokens, and C <= S / 4, so that the positions
+    a sequence recomputes before its own perturbed token (C / 2 on average) stay a small
+    share of its S: about 1.14x the tokens of recomputing each from its own token."""
     windows, first = [], 0
     while first < reasoning_end:
         suffix = length - (prompt_length + first)
-        count = max(1, min(reasoning_end - first, max_tokens // suffix))
+        count = max(1, min(reasoning_end - first, max_tokens // suffix, suffix // 4))
         windows.append(torch.arange(first, first + count, device=device))
         first += count
     return windows

@@ -1,0 +1,181 @@
+"""Cost of OAR attribution, measured in one run, each figure printed against its bound.
+
+    python benchmarks/attribution.py --config cpu      # small model, 2 CPU cores: a few minutes
+    python benchmarks/attribution.py --config cuda     # Qwen2.5-1.5B-shaped, bf16, 1k/2k/4k responses
+
+Figures (same inputs for every method):
+- OAR-P exact vs the naive algorithm (full logits, no key/value reuse, one response at a
+  time): time ratio and max score difference; tokens recomputed vs the floor (each
+  perturbation recomputing only from its own position to the last target position);
+- OAR-G vs the no-grad log-prob pass the trainer runs anyway (full logits, as verl's
+  `compute_log_prob`): time ratio, per target mode;
+- peak memory of each (CUDA allocator peak; not available on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments
+from oar_verl.core.attribution import gradient, perturbation
+from oar_verl.core.targets import TARGET_MODES, answer_positions
+
+
+@dataclass(frozen=True)
+class Setup:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    prompt: int
+    responses: tuple[int, ...]  # response lengths to measure
+    rows: int
+    answer: int  # answer tokens at the end of each response
+    dtype: torch.dtype
+    token_budget: int
+
+
+CONFIGS = {
+    "cpu": Setup(128, 4, 4, 2, 256, 2048, 32, (128, 256), 4, 4, torch.float32, 8192),
+    # Qwen2.5-1.5B's shape (random weights), bf16
+    "cuda": Setup(1536, 28, 12, 2, 8960, 151936, 256, (1024, 2048, 4096), 2, 8, torch.bfloat16, 32768),
+}
+
+
+def build(setup: Setup, device: str):
+    config = Qwen2Config(
+        vocab_size=setup.vocab, hidden_size=setup.hidden, num_hidden_layers=setup.layers, num_attention_heads=setup.heads,
+        num_key_value_heads=setup.kv_heads, intermediate_size=setup.intermediate, max_position_embeddings=8192,
+        attn_implementation="sdpa", tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(config).to(device=device, dtype=setup.dtype).eval()
+
+
+def make_batch(setup: Setup, response_length: int, device: str):
+    generator = torch.Generator().manual_seed(response_length)
+    prompts = [torch.randint(0, setup.vocab, (setup.prompt - 3 * row,), generator=generator).tolist() for row in range(setup.rows)]
+    responses = [torch.randint(0, setup.vocab, (response_length,), generator=generator).tolist() for _ in range(setup.rows)]
+    batch = ResponseBatch.from_token_lists(prompts, responses, pad_token_id=0, device=device)
+    end = torch.full((setup.rows,), response_length, device=device)
+    segments = Segments(end - setup.answer - 2, end - setup.answer, end, torch.ones(setup.rows, dtype=torch.bool, device=device))
+    return batch, segments
+
+
+class Meter:
+    """Median wall time over `repeats` runs and peak memory of a block (CUDA allocator peak
+    above what was allocated before; not measured on the CPU, where torch allocations have
+    no allocator statistics)."""
+
+    def __init__(self, device: str, repeats: int):
+        self.device = device
+        self.repeats = repeats
+
+    def __call__(self, fn):
+        times, peak = [], None
+        for _ in range(self.repeats):
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            start = time.perf_counter()
+            result = fn()
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated() - base
+            times.append(time.perf_counter() - start)
+        return result, sorted(times)[len(times) // 2], peak
+
+
+def memory(peak: int | None) -> str:
+    return "peak n/a (CPU)" if peak is None else f"peak {peak / 2**20:9.1f} MiB"
+
+
+@torch.no_grad()
+def naive_oar_p(model, batch: ResponseBatch, segments: Segments, config: PerturbationConfig) -> torch.Tensor:
+    """The reference fragment's algorithm, fixed: one response at a time, every
+    perturbation a full forward with full logits, targets from them."""
+    from oar_verl.core.lm import lm_parts
+    from oar_verl.core.targets import compute_target, target_shift
+
+    parts = lm_parts(model)
+    scores = torch.zeros(batch.input_ids.shape[0], batch.response_length, device=batch.input_ids.device)
+    for row in range(batch.input_ids.shape[0]):
+        sub, seg = batch.select([row]), segments.select([row])
+        answer = answer_positions(sub, seg)
+        full = model(input_ids=sub.input_ids, attention_mask=sub.attention_mask, position_ids=sub.position_ids, output_hidden_states=True)
+        clean = compute_target(parts, full.hidden_states[-1], answer, config.target)
+        for t in range(int(seg.reasoning_end[0])):
+            ids = sub.input_ids.clone()
+            ids[0, batch.prompt_length + t] = config.perturbation_id
+            out = model(input_ids=ids, attention_mask=sub.attention_mask, position_ids=sub.position_ids, output_hidden_states=True)
+            scores[row, t] = target_shift(clean, compute_target(parts, out.hidden_states[-1], answer, config.target), config.target).abs()[0]
+    return scores
+
+
+def recomputed_tokens(batch: ResponseBatch, segments: Segments, budget: int) -> tuple[int, int]:
+    """(tokens OAR-P exact runs through the model after the clean pass, the floor)."""
+    from oar_verl.core.attribution.perturbation import _windows
+
+    P = batch.prompt_length
+    measured = floor = 0
+    for row in range(batch.input_ids.shape[0]):
+        length = P + int(segments.answer_end[row]) - 1  # up to the last target position
+        for window in _windows(int(segments.reasoning_end[row]), P, length, budget, "cpu"):
+            measured += len(window) * (length - P - int(window[0]))
+        floor += sum(length - P - t for t in range(int(segments.reasoning_end[row])))
+    return measured, floor
+
+
+def log_prob_pass(model, batch: ResponseBatch) -> torch.Tensor:
+    """What the trainer's old_log_prob pass does: full logits, log-softmax, gather."""
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+        return torch.log_softmax(logits.float(), dim=-1)[:, :-1].gather(2, batch.input_ids[:, 1:, None])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (the median is printed)")
+    parser.add_argument("--skip-naive-above", type=int, default=1024, help="response length above which the naive OAR-P baseline is not run")
+    args = parser.parse_args()
+    setup = CONFIGS[args.config]
+    device = "cuda" if args.config == "cuda" else "cpu"
+    torch.set_grad_enabled(True)
+    model = build(setup, device)
+    meter = Meter(device, repeats=args.repeats)
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; model: hidden {setup.hidden}, {setup.layers} layers, vocab {setup.vocab}, {setup.dtype}; {setup.rows} rows, prompt ~{setup.prompt}")
+    for length in setup.responses:
+        batch, segments = make_batch(setup, length, device)
+        print(f"\nresponse length {length} (reasoning {length - setup.answer - 2} tokens per row)")
+        log_probs, base_time, base_peak = meter(lambda: log_prob_pass(model, batch))
+        print(f"  log-prob pass (no grad, full logits)      {base_time:8.3f} s   {memory(base_peak)}")
+        for target in TARGET_MODES:
+            config = GradientConfig(target=target, max_tokens_per_pass=setup.token_budget)
+            _, g_time, g_peak = meter(lambda: gradient.attribute(model, batch, segments, config))
+            bound = 1.3 if target == "answer_logprob" else 2.3
+            print(f"  OAR-G {target:<15}                   {g_time:8.3f} s   {memory(g_peak)}   {g_time / base_time:5.2f}x log-prob pass (target <= {bound}x; standalone, not fused)")
+        config = PerturbationConfig(target="first_answer", perturbation_id=0, max_tokens_per_pass=setup.token_budget)
+        exact, p_time, p_peak = meter(lambda: perturbation.attribute(model, batch, segments, config))
+        measured, floor = recomputed_tokens(batch, segments, setup.token_budget)
+        print(f"  OAR-P exact                               {p_time:8.3f} s   {memory(p_peak)}")
+        print(f"    tokens recomputed {measured} vs floor {floor}: {measured / floor:.3f}x (target <= 1.3x)")
+        if length <= args.skip_naive_above:
+            naive, n_time, n_peak = meter(lambda: naive_oar_p(model, batch, segments, config))
+            difference = float((naive - exact).abs().max())
+            print(f"  OAR-P naive                               {n_time:8.3f} s   {memory(n_peak)}")
+            print(f"    exact is {n_time / p_time:.2f}x faster than naive (target >= 2x); max score difference {difference:.2e}")
+        del log_probs
+
+
+if __name__ == "__main__":
+    main()
