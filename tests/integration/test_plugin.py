@@ -1,7 +1,6 @@
 """The entry point registers OAR in every process that imports verl, Ray actors included."""
 
 import sys
-import types
 
 import ray
 
@@ -44,4 +43,3 @@ def test_after_import_runs_once_on_import_and_at_once_when_loaded(tmp_path, monk
     after_import("oar_probe_module", lambda module: seen.append(module.VALUE + 1))
     assert seen == [1, 2]
     sys.modules.pop("oar_probe_module")
-    assert isinstance(types, types.ModuleType)
