@@ -48,7 +48,13 @@ def test_token_budget_smaller_than_one_sequence_is_refused(model, tokenizer, bat
 
 @pytest.mark.parametrize(
     "settings, name",
-    [({"target": "last"}, "target"), ({"perturbation_id": None}, "perturbation_id"), ({"perturbation_id": 1, "max_tokens_per_pass": 0}, "max_tokens_per_pass")],
+    [
+        ({"target": "last"}, "target"),
+        ({"perturbation_id": None}, "perturbation_id"),
+        ({"perturbation_id": 1, "max_tokens_per_pass": 0}, "max_tokens_per_pass"),
+        ({"perturbation_id": 1, "mode": "fast"}, "mode"),
+        ({"perturbation_id": 1, "mode": "span_approx", "span": 0}, "span"),
+    ],
 )
 def test_bad_config_names_the_setting(settings, name):
     with pytest.raises(ValueError, match=name):
@@ -74,9 +80,33 @@ def test_windows_bound_the_recomputed_tokens():
 
     for reasoning, prompt, tail, budget in [(122, 40, 6, 8192), (1000, 300, 10, 32768), (50, 10, 3, 200), (7, 3, 2, 64)]:
         length = prompt + reasoning + tail
-        windows = _windows(reasoning, prompt, length, budget, "cpu")
+        windows = _windows(reasoning, 1, prompt, length, budget, "cpu")
         assert torch.equal(torch.cat(windows), torch.arange(reasoning))
         recomputed = sum(len(w) * (length - prompt - int(w[0])) for w in windows)
         floor = sum(length - prompt - t for t in range(reasoning))
         assert recomputed <= 1.3 * floor, (reasoning, recomputed / floor)
         assert all(len(w) * (length - prompt - int(w[0])) <= budget for w in windows)
+
+
+@pytest.mark.parametrize("span", [1, 2, 3])
+def test_span_occlusion_equals_its_definition(model, tokenizer, batch_and_segments, span):
+    """span_approx replaces runs of `span` reasoning tokens together; each token of a run
+    gets the run's shift (brute force: one full forward per run)."""
+    prompts, responses, batch, segments = batch_and_segments
+    config = PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id, mode="span_approx", span=span)
+    scores = perturbation.attribute(model, batch, segments, config)
+    for row in range(3):
+        end, start, stop = (int(x[row]) for x in (segments.reasoning_end, segments.answer_start, segments.answer_end))
+        with torch.no_grad():
+            sequence = torch.tensor([prompts[row] + responses[row]])
+            clean = reference.target_from_logits(model(input_ids=sequence).logits[0], len(prompts[row]), responses[row], start, stop, "answer_mean")
+            for first in range(0, end, span):
+                perturbed = sequence.clone()
+                perturbed[0, len(prompts[row]) + first : len(prompts[row]) + min(first + span, end)] = tokenizer.pad_token_id
+                other = reference.target_from_logits(model(input_ids=perturbed).logits[0], len(prompts[row]), responses[row], start, stop, "answer_mean")
+                expected = reference.shift(clean, other, "answer_mean").abs().float()
+                torch.testing.assert_close(scores[row, first : min(first + span, end)], expected.expand(min(first + span, end) - first), atol=1e-5, rtol=0)
+        assert torch.all(scores[row, end:] == 0)
+    exact = perturbation.attribute(model, batch, segments, PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id))
+    if span == 1:
+        torch.testing.assert_close(scores, exact, atol=1e-6, rtol=0)

@@ -48,6 +48,13 @@ def test_bad_settings_name_the_key(values, key):
         OARSettings.from_config(values)
 
 
+@pytest.mark.parametrize("values, key", [({"perturbation_mode": "fast"}, "algorithm.oar.perturbation_mode"), ({"span": 0}, "algorithm.oar.span")])
+def test_bad_perturbation_settings_name_the_key(values, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        OARSettings.from_config(values).method_config("oar_p", pad_token_id=0)
+    assert OARSettings.from_config({"perturbation_mode": "span_approx", "span": 2}).method_config("oar_p", 0).span == 2
+
+
 def test_method_specific_refusals():
     with pytest.raises(ValueError, match=r"algorithm\.oar\.noise_std"):
         OARSettings(noise_std=0.0).method_config("oar_g", 0)

@@ -29,6 +29,7 @@ from oar_verl.core.spans import Segments
 from oar_verl.core.targets import answer_positions, check_target, compute_target, target_shift
 
 NAME = "oar_p"
+MODES = ("exact", "span_approx")
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,15 @@ class PerturbationConfig:
     target: str = field(default="first_answer", metadata={"help": "P_final mode: first_answer (OAR-P reference default), answer_mean or answer_logprob."})
     perturbation_id: int | None = field(default=None, metadata={"help": "Token id put in place of the perturbed token; the tokenizer's pad id in the reference. Required."})
     max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one forward pass (sequences x length): bounds peak memory. Must hold one prompt plus response."})
+    mode: str = field(default="exact", metadata={"help": "exact (the definition), or span_approx: APPROXIMATE, each run of `span` consecutive reasoning tokens is replaced at once and its tokens share the score (about span x fewer sequences)."})
+    span: int = field(default=4, metadata={"help": "span_approx: tokens replaced together (>= 1; 1 is exact)."})
 
     def __post_init__(self) -> None:
         check_target(self.target)
+        if self.mode not in MODES:
+            raise ValueError(f"mode: unknown OAR-P mode {self.mode!r}, expected one of {list(MODES)}")
+        if self.span < 1:
+            raise ValueError(f"span: expected >= 1 consecutive tokens, got {self.span}")
         if self.perturbation_id is None or int(self.perturbation_id) < 0:
             raise ValueError(f"perturbation_id: expected a token id >= 0 (e.g. tokenizer.pad_token_id), got {self.perturbation_id!r}")
         if self.max_tokens_per_pass < 1:
@@ -83,7 +90,8 @@ def attribute(
 
     P = batch.prompt_length
     row_chunks = torch.arange(len(index), device=device).split(per_pass)
-    windows = [(r, t) for r in range(len(index)) for t in _windows(int(sub_segments.reasoning_end[r]), P, L, config.max_tokens_per_pass, device)]
+    span = config.span if config.mode == "span_approx" else 1
+    windows = [(r, w) for r in range(len(index)) for w in _windows(int(sub_segments.reasoning_end[r]), span, P, L, config.max_tokens_per_pass, device)]
     idle = passes_to_run(len(row_chunks) + len(windows), sync_passes) - len(row_chunks) - len(windows)
 
     with eval_mode(model):
@@ -96,40 +104,48 @@ def attribute(
         clean = torch.cat(clean)  # [B', V] or [B']
 
         pair_row, pair_token, shifts = [], [], []
-        for r, tokens in windows:  # tokens: [C] consecutive reasoning positions of row r
-            start = P + int(tokens[0])  # positions before `start` keep their clean keys/values
-            C = len(tokens)
+        for r, units in windows:  # units: [C] first positions of consecutive runs of `span` tokens of row r
+            start = P + int(units[0])  # positions before `start` keep their clean keys/values
+            C = len(units)
             chunk, within = divmod(r, per_pass)
             prefix = copy.deepcopy(caches[chunk])
             prefix.batch_select_indices(torch.tensor([within], device=device))
             prefix.crop(start)
             prefix.batch_repeat_interleave(C)
             suffix = input_ids[r, start:].repeat(C, 1)  # [C, L - start]
-            suffix[torch.arange(C, device=device), P + tokens - start] = config.perturbation_id
+            end = int(sub_segments.reasoning_end[r])
+            for offset in range(span):  # a unit is [first, first + span) within the reasoning
+                inside = units + offset < end
+                suffix[torch.arange(C, device=device)[inside], (P + units + offset - start)[inside]] = config.perturbation_id
             with parts.materialized():
                 hidden, _ = parts.hidden_states_and_cache(
                     attention_mask[r].repeat(C, 1), position_ids[r, start:].repeat(C, 1), suffix, past_key_values=prefix
                 )  # [C, L - start, H]
                 perturbed = compute_target(parts, hidden, answer.select(torch.full((C,), r, device=device)).shifted(-start), config.target)
-            shifts.append(target_shift(clean[[r] * C], perturbed, config.target).abs())  # [C]
-            pair_row.append(torch.full((C,), r, device=device))
-            pair_token.append(tokens)
+            shift = target_shift(clean[[r] * C], perturbed, config.target).abs()  # [C]
+            tokens = (units[:, None] + torch.arange(span, device=device)[None, :]).flatten()  # [C * span]
+            inside = tokens < end
+            shifts.append(shift.repeat_interleave(span)[inside])  # a unit's tokens share its score
+            pair_row.append(torch.full((int(inside.sum()),), r, device=device))
+            pair_token.append(tokens[inside])
         for _ in range(idle):
             parts.idle_pass(device, backward=False)
     pair_row, pair_token = torch.cat(pair_row), torch.cat(pair_token)
     return scatter_scores(B, R, index[pair_row], pair_token, torch.cat(shifts))
 
 
-def _windows(reasoning_end: int, prompt_length: int, length: int, max_tokens: int, device: torch.device) -> list[torch.Tensor]:
-    """A row's reasoning positions 0..reasoning_end-1 split into runs, each batched in one
-    pass: C sequences recomputing the S = L - (P + first) positions from the run's first
-    perturbed token hold at most `max_tokens` tokens, and C <= S / 4, so that the positions
-    a sequence recomputes before its own perturbed token (C / 2 on average) stay a small
-    share of its S: about 1.14x the tokens of recomputing each from its own token."""
+def _windows(reasoning_end: int, span: int, prompt_length: int, length: int, max_tokens: int, device: torch.device) -> list[torch.Tensor]:
+    """A row's perturbation units (first positions 0, span, 2 span, ... below reasoning_end)
+    split into windows, each batched in one pass: C sequences recomputing the
+    S = L - (P + first) positions from the window's first unit hold at most `max_tokens`
+    tokens, and C <= S / (4 span), so that the positions a sequence recomputes before its
+    own unit (C span / 2 on average) stay a small share of its S: about 1.14x the tokens of
+    recomputing each from its own unit."""
+    units = torch.arange(0, reasoning_end, span, device=device)
     windows, first = [], 0
-    while first < reasoning_end:
-        suffix = length - (prompt_length + first)
-        count = max(1, min(reasoning_end - first, max_tokens // suffix, suffix // 4))
-        windows.append(torch.arange(first, first + count, device=device))
+    while first < len(units):
+        suffix = length - (prompt_length + int(units[first]))
+        count = max(1, min(len(units) - first, max_tokens // suffix, suffix // (4 * span)))
+        windows.append(units[first : first + count])
         first += count
     return windows
