@@ -32,8 +32,10 @@ class OARSettings:
     noise_std: float = field(default=1e-3, metadata={"help": "oar_g: sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3); 0 only with target answer_logprob."})
     seed: int = field(default=0, metadata={"help": "oar_g: noise seed; each step and data-parallel rank offsets it so draws differ."})
     perturbation_id: int | None = field(default=None, metadata={"help": "oar_p: token id put in place of a perturbed token. None: the tokenizer's pad id (reference code)."})
-    perturbation_mode: str = field(default="exact", metadata={"help": "oar_p: exact (the definition) or span_approx (APPROXIMATE: runs of `span` tokens replaced together, sharing a score; about span x cheaper)."})
+    perturbation_mode: str = field(default="exact", metadata={"help": "oar_p: exact (the definition); span_approx (APPROXIMATE: runs of `span` tokens replaced together, sharing a score); guided_approx (APPROXIMATE: exact on the top `guided_fraction` by OAR-G plus a random `calibration_fraction` of the rest, the others OAR-G scaled to fit)."})
     span: int = field(default=4, metadata={"help": "oar_p with perturbation_mode span_approx: tokens replaced together (>= 1)."})
+    guided_fraction: float = field(default=0.25, metadata={"help": "oar_p with guided_approx: share of reasoning tokens, the top ones by OAR-G, scored exactly (in (0, 1])."})
+    calibration_fraction: float = field(default=0.1, metadata={"help": "oar_p with guided_approx: share of the other tokens drawn at random and scored exactly to fit the OAR-G scale (in (0, 1])."})
     max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one attribution forward pass on a worker (sequences x length): bounds peak memory. Lower it when attribution runs out of memory; it must hold one prompt plus response."})
     dump_dir: str | None = field(default=None, metadata={"help": "If set, each step writes DIR/step_N.pt: responses, segments, raw scores, weights, GRPO and OAR advantages ([B, R] tensors) for inspection."})
 
@@ -90,8 +92,9 @@ class OARSettings:
             raise ValueError(f"{PREFIX}.perturbation_id: the tokenizer has no pad token; set a token id")
         try:
             return PerturbationConfig(
-                target=target, perturbation_id=perturbation_id, max_tokens_per_pass=self.max_tokens_per_pass, mode=self.perturbation_mode, span=self.span
-            )
+                target=target, perturbation_id=perturbation_id, max_tokens_per_pass=self.max_tokens_per_pass, mode=self.perturbation_mode,
+                span=self.span, guided_fraction=self.guided_fraction, calibration_fraction=self.calibration_fraction, seed=self.seed,
+            )  # fmt: skip
         except ValueError as error:
             message = str(error).replace("mode:", "perturbation_mode:", 1)
             raise ValueError(f"{PREFIX}.{message}") from None

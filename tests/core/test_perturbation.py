@@ -54,6 +54,8 @@ def test_token_budget_smaller_than_one_sequence_is_refused(model, tokenizer, bat
         ({"perturbation_id": 1, "max_tokens_per_pass": 0}, "max_tokens_per_pass"),
         ({"perturbation_id": 1, "mode": "fast"}, "mode"),
         ({"perturbation_id": 1, "mode": "span_approx", "span": 0}, "span"),
+        ({"perturbation_id": 1, "guided_fraction": 0.0}, "guided_fraction"),
+        ({"perturbation_id": 1, "calibration_fraction": 1.5}, "calibration_fraction"),
     ],
 )
 def test_bad_config_names_the_setting(settings, name):
@@ -80,7 +82,7 @@ def test_windows_bound_the_recomputed_tokens():
 
     for reasoning, prompt, tail, budget in [(122, 40, 6, 8192), (1000, 300, 10, 32768), (50, 10, 3, 200), (7, 3, 2, 64)]:
         length = prompt + reasoning + tail
-        windows = _windows(reasoning, 1, prompt, length, budget, "cpu")
+        windows = _windows(torch.arange(reasoning), 1, prompt, length, budget)
         assert torch.equal(torch.cat(windows), torch.arange(reasoning))
         recomputed = sum(len(w) * (length - prompt - int(w[0])) for w in windows)
         floor = sum(length - prompt - t for t in range(reasoning))
@@ -110,3 +112,28 @@ def test_span_occlusion_equals_its_definition(model, tokenizer, batch_and_segmen
     exact = perturbation.attribute(model, batch, segments, PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id))
     if span == 1:
         torch.testing.assert_close(scores, exact, atol=1e-6, rtol=0)
+
+
+def test_guided_approx_scores_exactly_the_top_tokens_and_scales_the_rest(model, tokenizer, batch_and_segments):
+    """guided_approx: the top OAR-G tokens and a calibration sample carry exact OAR-P
+    scores; the others are OAR-G scores times one per-row factor."""
+    from oar_verl.core.attribution import gradient
+
+    _, _, batch, segments = batch_and_segments
+    base = PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id)
+    exact = perturbation.attribute(model, batch, segments, base)
+    config = PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id, mode="guided_approx", guided_fraction=0.34, calibration_fraction=0.5)
+    approx = perturbation.attribute(model, batch, segments, config)
+    guide = gradient.attribute(model, batch, segments, gradient.GradientConfig(target="answer_mean", seed=0))
+    for row in range(3):
+        end = int(segments.reasoning_end[row])
+        top = guide[row, :end].argsort(descending=True)[: -(-34 * end // 100)]
+        torch.testing.assert_close(approx[row, top], exact[row, top], atol=1e-6, rtol=0)
+        same = (approx[row, :end] - exact[row, :end]).abs() < 1e-6
+        assert int(same.sum()) >= len(top) + 1, "the calibration tokens are exact too"
+        scaled = ~same
+        if bool(scaled.any()):
+            ratio = approx[row, :end][scaled] / guide[row, :end][scaled]
+            torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio), rtol=1e-4, atol=0)
+    full = PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id, mode="guided_approx", guided_fraction=1.0)
+    torch.testing.assert_close(perturbation.attribute(model, batch, segments, full), exact, atol=1e-6, rtol=0)

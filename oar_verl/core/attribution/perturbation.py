@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import copy
+import math
 
 import torch
 
@@ -29,7 +30,7 @@ from oar_verl.core.spans import Segments
 from oar_verl.core.targets import answer_positions, check_target, compute_target, target_shift
 
 NAME = "oar_p"
-MODES = ("exact", "span_approx")
+MODES = ("exact", "span_approx", "guided_approx")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class PerturbationConfig:
     max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one forward pass (sequences x length): bounds peak memory. Must hold one prompt plus response."})
     mode: str = field(default="exact", metadata={"help": "exact (the definition), or span_approx: APPROXIMATE, each run of `span` consecutive reasoning tokens is replaced at once and its tokens share the score (about span x fewer sequences)."})
     span: int = field(default=4, metadata={"help": "span_approx: tokens replaced together (>= 1; 1 is exact)."})
+    guided_fraction: float = field(default=0.25, metadata={"help": "guided_approx: share of each response's reasoning tokens, the top ones by OAR-G, scored exactly (in (0, 1])."})
+    calibration_fraction: float = field(default=0.1, metadata={"help": "guided_approx: share drawn at random from the other tokens and scored exactly, to fit the scale applied to their OAR-G scores (in (0, 1])."})
+    seed: int = field(default=0, metadata={"help": "guided_approx: seed of the OAR-G noise and of the calibration draw."})
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -46,6 +50,9 @@ class PerturbationConfig:
             raise ValueError(f"mode: unknown OAR-P mode {self.mode!r}, expected one of {list(MODES)}")
         if self.span < 1:
             raise ValueError(f"span: expected >= 1 consecutive tokens, got {self.span}")
+        for name in ("guided_fraction", "calibration_fraction"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected a fraction in (0, 1], got {getattr(self, name)}")
         if self.perturbation_id is None or int(self.perturbation_id) < 0:
             raise ValueError(f"perturbation_id: expected a token id >= 0 (e.g. tokenizer.pad_token_id), got {self.perturbation_id!r}")
         if self.max_tokens_per_pass < 1:
@@ -91,7 +98,12 @@ def attribute(
     P = batch.prompt_length
     row_chunks = torch.arange(len(index), device=device).split(per_pass)
     span = config.span if config.mode == "span_approx" else 1
-    windows = [(r, w) for r in range(len(index)) for w in _windows(int(sub_segments.reasoning_end[r]), span, P, L, config.max_tokens_per_pass, device)]
+    if config.mode == "guided_approx":
+        guide = _guide(model, sub, sub_segments, config, sync_passes)  # [B', R] OAR-G scores
+        units = _guided_units(guide, sub_segments, config)
+    else:
+        units = [torch.arange(0, int(end), span, device=device) for end in sub_segments.reasoning_end]
+    windows = [(r, w) for r in range(len(index)) for w in _windows(units[r], span, P, L, config.max_tokens_per_pass)]
     idle = passes_to_run(len(row_chunks) + len(windows), sync_passes) - len(row_chunks) - len(windows)
 
     with eval_mode(model):
@@ -104,9 +116,9 @@ def attribute(
         clean = torch.cat(clean)  # [B', V] or [B']
 
         pair_row, pair_token, shifts = [], [], []
-        for r, units in windows:  # units: [C] first positions of consecutive runs of `span` tokens of row r
-            start = P + int(units[0])  # positions before `start` keep their clean keys/values
-            C = len(units)
+        for r, window in windows:  # window: [C] first positions of runs of `span` tokens of row r
+            start = P + int(window[0])  # positions before `start` keep their clean keys/values
+            C = len(window)
             chunk, within = divmod(r, per_pass)
             prefix = copy.deepcopy(caches[chunk])
             prefix.batch_select_indices(torch.tensor([within], device=device))
@@ -115,33 +127,34 @@ def attribute(
             suffix = input_ids[r, start:].repeat(C, 1)  # [C, L - start]
             end = int(sub_segments.reasoning_end[r])
             for offset in range(span):  # a unit is [first, first + span) within the reasoning
-                inside = units + offset < end
-                suffix[torch.arange(C, device=device)[inside], (P + units + offset - start)[inside]] = config.perturbation_id
+                inside = window + offset < end
+                suffix[torch.arange(C, device=device)[inside], (P + window + offset - start)[inside]] = config.perturbation_id
             with parts.materialized():
                 hidden, _ = parts.hidden_states_and_cache(
                     attention_mask[r].repeat(C, 1), position_ids[r, start:].repeat(C, 1), suffix, past_key_values=prefix
                 )  # [C, L - start, H]
                 perturbed = compute_target(parts, hidden, answer.select(torch.full((C,), r, device=device)).shifted(-start), config.target)
             shift = target_shift(clean[[r] * C], perturbed, config.target).abs()  # [C]
-            tokens = (units[:, None] + torch.arange(span, device=device)[None, :]).flatten()  # [C * span]
+            tokens = (window[:, None] + torch.arange(span, device=device)[None, :]).flatten()  # [C * span]
             inside = tokens < end
             shifts.append(shift.repeat_interleave(span)[inside])  # a unit's tokens share its score
             pair_row.append(torch.full((int(inside.sum()),), r, device=device))
             pair_token.append(tokens[inside])
         for _ in range(idle):
             parts.idle_pass(device, backward=False)
-    pair_row, pair_token = torch.cat(pair_row), torch.cat(pair_token)
-    return scatter_scores(B, R, index[pair_row], pair_token, torch.cat(shifts))
+    pair_row, pair_token, shifts = torch.cat(pair_row), torch.cat(pair_token), torch.cat(shifts)
+    if config.mode == "guided_approx":
+        pair_row, pair_token, shifts = _scaled_guide(guide, sub_segments, pair_row, pair_token, shifts, units, config)
+    return scatter_scores(B, R, index[pair_row], pair_token, shifts)
 
 
-def _windows(reasoning_end: int, span: int, prompt_length: int, length: int, max_tokens: int, device: torch.device) -> list[torch.Tensor]:
-    """A row's perturbation units (first positions 0, span, 2 span, ... below reasoning_end)
-    split into windows, each batched in one pass: C sequences recomputing the
+def _windows(units: torch.Tensor, span: int, prompt_length: int, length: int, max_tokens: int) -> list[torch.Tensor]:
+    """A row's perturbation units (sorted first positions of runs of `span` tokens) split
+    into windows, each batched in one pass: C sequences recomputing the
     S = L - (P + first) positions from the window's first unit hold at most `max_tokens`
     tokens, and C <= S / (4 span), so that the positions a sequence recomputes before its
     own unit (C span / 2 on average) stay a small share of its S: about 1.14x the tokens of
     recomputing each from its own unit."""
-    units = torch.arange(0, reasoning_end, span, device=device)
     windows, first = [], 0
     while first < len(units):
         suffix = length - (prompt_length + int(units[first]))
@@ -149,3 +162,50 @@ def _windows(reasoning_end: int, span: int, prompt_length: int, length: int, max
         windows.append(units[first : first + count])
         first += count
     return windows
+
+
+def _guide(model, batch: ResponseBatch, segments: Segments, config: PerturbationConfig, sync_passes) -> torch.Tensor:
+    """[B, R] OAR-G scores that rank the tokens for guided_approx."""
+    from oar_verl.core.attribution import gradient
+
+    guide_config = gradient.GradientConfig(target=config.target, seed=config.seed, max_tokens_per_pass=config.max_tokens_per_pass)
+    with torch.enable_grad():
+        return gradient.attribute(model, batch, segments, guide_config, sync_passes=sync_passes)
+
+
+def _guided_units(guide: torch.Tensor, segments: Segments, config: PerturbationConfig) -> list[torch.Tensor]:
+    """Per row, the sorted positions scored exactly: the top `guided_fraction` by OAR-G and
+    a random `calibration_fraction` of the others."""
+    generator = torch.Generator().manual_seed(config.seed)
+    units = []
+    for row, end in enumerate(segments.reasoning_end.tolist()):
+        order = guide[row, :end].argsort(descending=True).cpu()
+        top = order[: math.ceil(config.guided_fraction * end)]
+        rest = order[len(top) :]
+        draw = rest[torch.randperm(len(rest), generator=generator)[: math.ceil(config.calibration_fraction * len(rest))]]
+        units.append(torch.cat([top, draw]).sort().values.to(guide.device))
+    return units
+
+
+def _scaled_guide(guide, segments, pair_row, pair_token, shifts, units, config):
+    """Exact scores where measured; elsewhere OAR-G x a, a fitted per row by least squares
+    through the origin on the calibration tokens (on every measured token if there are none)."""
+    rows, tokens, values = [pair_row], [pair_token], [shifts]
+    for row, end in enumerate(segments.reasoning_end.tolist()):
+        measured = torch.zeros(end, dtype=torch.bool, device=guide.device)
+        measured[units[row]] = True
+        exact = torch.zeros(end, dtype=shifts.dtype, device=guide.device)
+        mine = pair_row == row
+        exact[pair_token[mine]] = shifts[mine]
+        g = guide[row, :end].to(shifts.dtype)
+        top = guide[row, :end].argsort(descending=True)[: math.ceil(config.guided_fraction * end)]
+        calibration = measured.clone()
+        calibration[top] = False
+        fit = calibration if bool(calibration.any()) else measured
+        denominator = float((g[fit] ** 2).sum())
+        scale = float((exact[fit] * g[fit]).sum()) / denominator if denominator > 0 else 0.0
+        others = (~measured).nonzero().squeeze(1)
+        rows.append(torch.full((len(others),), row, device=guide.device))
+        tokens.append(others)
+        values.append(scale * g[others])
+    return torch.cat(rows), torch.cat(tokens), torch.cat(values)
