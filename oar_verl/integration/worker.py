@@ -1,10 +1,12 @@
 """The attribution role on verl's actor workers.
 
-`OARActorRolloutRefWorker` is verl's `ActorRolloutRefWorker` plus one data-parallel method,
-`compute_oar_scores`, which runs OAR-P or OAR-G (`oar_verl.core`) with the actor engine's
-own model: the FSDP2-sharded parameters that produced `old_log_probs`, in the engine's
-eval mode (offloaded parameters brought back). Each data-parallel rank scores its share
-of the rows; ranks keep the same number of model passes (FSDP gathers are collective).
+`compute_oar_scores(worker, data)` runs OAR-P or OAR-G (`oar_verl.core`) with the actor
+engine's own model: the FSDP2-sharded parameters that produced `old_log_probs`, in the
+engine's eval mode (offloaded parameters brought back). Each data-parallel rank scores its
+share of the rows; ranks keep the same number of model passes (FSDP gathers are
+collective). On a verl with worker computations (patches/verl-0.9.1/0006) it is registered
+as one; on verl 0.9.1 as released, `OARActorRolloutRefWorker` (verl's
+`ActorRolloutRefWorker` plus this data-parallel method) carries it.
 
 Inputs, per row (TransferQueue fields):
     prompts [P_i], responses [R_i]  (nested, unpadded), int64
@@ -46,7 +48,7 @@ def _sync_max(local: int) -> int:
 
 
 def _rows(nested: torch.Tensor) -> list[list[int]]:
-    """The rows of a nested (jagged) or padded-free tensor as id lists."""
+    """The rows of a nested (jagged) tensor of token ids as lists."""
     return [row.tolist() for row in nested.unbind(0)]
 
 
