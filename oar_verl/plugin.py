@@ -17,6 +17,7 @@ level, with its cause, before it propagates.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 
@@ -36,20 +37,13 @@ def _register_estimators(core_algos) -> None:
 
 
 def _install_trainer(trainer_sync) -> None:
-    from oar_verl.integration import trainer
-    from verl.trainer.ppo.v1 import trainer_base
-
-    if trainer.register_pre_advantage_step(trainer_base):
-        logger.info("oar_verl: OAR step registered as verl's pre-advantage step (patched verl)")
-    else:
-        trainer.install(trainer_sync)
-        logger.info("oar_verl: OAR step installed in verl's sync trainer (verl 0.9.1)")
+    # The module installs the OAR step when it is first imported; importing it from here
+    # while it is itself being imported (it imports trainer_sync) is a no-op.
+    importlib.import_module("oar_verl.integration.trainer")
 
 
 def _register_worker_computation(engine_workers) -> None:
-    from oar_verl.integration import worker
-
-    worker.register_computation(engine_workers)
+    importlib.import_module("oar_verl.integration.worker")  # registers on first import
 
 
 def _add_oar_validation(config_module) -> None:

@@ -210,3 +210,21 @@ def install(trainer_sync_module) -> None:
     if current is not trainer_sync_module.PPOTrainerSync:
         raise RuntimeError(f"verl's 'sync' trainer is {current!r}, not verl's PPOTrainerSync: oar_verl cannot install its OAR step")
     trainer_base.TRAINER_REGISTRY["sync"] = OARTrainerSync
+
+
+def _install() -> None:
+    """verl's hooks where verl has them (patched), else the trainer subclass."""
+    import logging
+
+    from verl.trainer.ppo.v1 import trainer_base, trainer_sync
+
+    logger = logging.getLogger("oar_verl")
+    if register_pre_advantage_step(trainer_base):
+        logger.info("oar_verl: OAR step registered as verl's pre-advantage step (patched verl)")
+    else:
+        install(trainer_sync)
+        logger.info("oar_verl: OAR step installed in verl's sync trainer (verl 0.9.1)")
+
+
+# Installed on import (the plugin imports this module when verl imports trainer_sync).
+_install()

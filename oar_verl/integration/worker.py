@@ -19,6 +19,7 @@ Output: oar_scores [R_i] float32 per row (nested).
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import torch
 import torch.distributed as dist
@@ -100,3 +101,7 @@ def register_computation(engine_workers_module) -> bool:
         return False
     registry(COMPUTATION)(compute_oar_scores)
     return True
+
+
+# Installed on import (the plugin imports this module when verl imports engine_workers).
+register_computation(sys.modules[ActorRolloutRefWorker.__module__])

@@ -43,3 +43,15 @@ def test_after_import_runs_once_on_import_and_at_once_when_loaded(tmp_path, monk
     after_import("oar_probe_module", lambda module: seen.append(module.VALUE + 1))
     assert seen == [1, 2]
     sys.modules.pop("oar_probe_module")
+
+
+def test_integration_modules_import_first_in_a_fresh_process():
+    """Importing the trainer or worker module before verl's own (they import verl's, which
+    fires the plugin's hooks that import them back) must still install the OAR step."""
+    import subprocess
+
+    for module in ("oar_verl.integration.worker", "oar_verl.integration.trainer"):
+        code = f"import {module}; from verl.trainer.ppo.v1 import get_trainer_cls; print('TRAINER', get_trainer_cls('sync').__name__)"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "TRAINER OARTrainerSync" in result.stdout
