@@ -116,12 +116,15 @@ def attribute(
         clean = torch.cat(clean)  # [B', V] or [B']
 
         pair_row, pair_token, shifts = [], [], []
+        row_cache, cached_row = None, None
         for r, window in windows:  # window: [C] first positions of runs of `span` tokens of row r
             start = P + int(window[0])  # positions before `start` keep their clean keys/values
             C = len(window)
-            chunk, within = divmod(r, per_pass)
-            prefix = copy.deepcopy(caches[chunk])
-            prefix.batch_select_indices(torch.tensor([within], device=device))
+            if cached_row != r:  # windows come row by row: take the row out of its chunk's cache once
+                chunk, within = divmod(r, per_pass)
+                row_cache, cached_row = copy.deepcopy(caches[chunk]), r
+                row_cache.batch_select_indices(torch.tensor([within], device=device))
+            prefix = copy.deepcopy(row_cache)
             prefix.crop(start)
             prefix.batch_repeat_interleave(C)
             suffix = input_ids[r, start:].repeat(C, 1)  # [C, L - start]
