@@ -3,10 +3,9 @@ out-of-range `algorithm.oar.*` keys and backends the attribution role does not s
 
 from __future__ import annotations
 
+from oar_verl import PINNED_VERL
 from oar_verl.integration import ESTIMATORS
 from oar_verl.integration.config import OARSettings
-
-PINNED_VERL = "0.9.1"
 
 
 def oar_settings_errors(config) -> list[str]:

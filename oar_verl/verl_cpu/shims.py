@@ -20,7 +20,8 @@ import functools
 
 import verl
 
-PINNED_VERL = "0.9.1"
+from oar_verl import PINNED_VERL
+
 _CPU_BACKEND = "cpu:gloo"
 
 
