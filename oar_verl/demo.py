@@ -2,6 +2,7 @@
 
     python -m oar_verl.demo                 # defaults: 400 steps, seed 0, both methods
     python -m oar_verl.demo --steps 200 --methods oar_p
+    python -m oar_verl.demo --html demo.html       # also a token heatmap page
 
 Task: the prompt asks to copy the digit; the response is filler letters with one digit
 planted at a random place, then `\\n#### <digit>`. The answer is decided by that one
@@ -15,12 +16,14 @@ import argparse
 import random
 import string
 import time
+from pathlib import Path
 
 import torch
 
 from oar_verl.core import explain
 from oar_verl.sft import lm_batch, train_step
 from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.viz import TokenHeatmap, render_html
 
 PROMPT = "copy the digit:\n"
 
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=400, help="training steps of the tiny model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=["oar_p", "oar_g"], choices=["oar_p", "oar_g"])
+    parser.add_argument("--html", type=Path, help="also write the explanations as a heatmap page here")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -86,11 +90,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"trained in {time.perf_counter() - start:.1f}s")
     response, pivot = pivot_example(random.Random(args.seed + 1))
     print(f"\nprompt: {PROMPT!r}\nresponse: {response!r} (pivot token {pivot})\n")
+    heatmaps = []
     for method in args.methods:
         explanation = explain(model, tokenizer, PROMPT, response, method=method, answer_pattern="gsm8k")
         reasoning_length = explanation.segments.count("reasoning")
+        rank = pivot_rank(explanation.scores, reasoning_length, pivot)
         print(explanation.format_table())
-        print(f"pivot rank under {method}: {pivot_rank(explanation.scores, reasoning_length, pivot)} of {reasoning_length}\n")
+        print(f"pivot rank under {method}: {rank} of {reasoning_length}\n")
+        heatmaps.append(TokenHeatmap.from_explanation(explanation, tokenizer, title=f"{method}: the planted digit (token {pivot}) ranks {rank} of {reasoning_length}"))
+    if args.html:
+        args.html.write_text(render_html(heatmaps, title="OAR on the planted-pivot task"), encoding="utf-8")
+        print(f"wrote {args.html}")
 
 
 if __name__ == "__main__":

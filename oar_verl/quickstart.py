@@ -45,7 +45,8 @@ CONFIG_DIR = Path(__file__).parent / "config"
 
 
 def train_command(
-    paths: dict[str, Path], checkpoint_dir: Path, *, estimator: str, steps: int, overrides: list[str] = (), stock_entry_point: bool = False
+    paths: dict[str, Path], checkpoint_dir: Path, *, estimator: str, steps: int, overrides: list[str] = (), stock_entry_point: bool = False,
+    loggers: tuple[str, ...] = ("console", "file"),
 ) -> list[str]:
     """The command line of a CPU run: `python -m oar_verl.main_ppo --config-name cpu`, or
     verl's own `python -m verl.trainer.main_ppo` on the same preset (then the environment
@@ -59,7 +60,7 @@ def train_command(
         f"algorithm.adv_estimator={estimator}",
         f"trainer.total_training_steps={steps}",
         f"trainer.default_local_dir={checkpoint_dir}",
-        "trainer.logger=[console,file]",
+        f"trainer.logger=[{','.join(loggers)}]",
         *overrides,
     ]  # fmt: skip
 

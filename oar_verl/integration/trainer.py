@@ -10,7 +10,8 @@ With `algorithm.adv_estimator` = `oar_p` / `oar_g`, the advantage step becomes:
    produced `old_log_probs`;
 3. advantages = Bi-Level weights x GRPO advantage; rows without an answer, with empty
    reasoning or degenerate scores keep weight 1; `oar/*` metrics and
-   `timing_s/oar_attribution` go to verl's trackers.
+   `timing_s/oar_attribution` go to verl's trackers; every `algorithm.oar.heatmap_freq`
+   steps, token heatmaps (`integration/heatmaps.py`).
 
 Two ways in, chosen by what verl offers:
 - verl with the upstream patches (`patches/verl-0.9.1/0004`-`0006`): a pre-advantage step
@@ -45,6 +46,7 @@ from oar_verl.core.reshape import bilevel_weights, degenerate_rows
 from oar_verl.core.spans import segment_responses
 from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 from oar_verl.integration.config import OARSettings
+from oar_verl.integration.heatmaps import publish_heatmaps
 from oar_verl.integration.metrics import oar_metrics
 from oar_verl.integration.worker import COMPUTATION, SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker
 
@@ -138,6 +140,7 @@ def pre_advantage_step(trainer, batch: KVBatchMeta, metrics: dict) -> KVBatchMet
         row_advantage = grpo[torch.arange(len(grpo)), mask.argmax(dim=1)]
         weights, record = attribution_weights(trainer, batch, metrics, row_advantage, padded, use_registered_computation=True)
         dump_record(trainer, {**record, "grpo_advantages": grpo * mask, "advantages": grpo * weights * mask, "path": torch.tensor(1)})
+        publish_heatmaps(trainer, batch, record)
         fields = TensorDict({WEIGHTS_FIELD: response_to_nested(weights, nested_mask)}, batch_size=len(weights))
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
 
@@ -193,6 +196,7 @@ class OARTrainerSync(PPOTrainerSync):
             row_advantage = advantages[torch.arange(len(advantages)), mask.float().argmax(dim=1)]  # [B]
             weights, record = attribution_weights(self, batch, metrics, row_advantage, padded, use_registered_computation=False)
             dump_record(self, {**record, "grpo_advantages": advantages, "advantages": advantages * weights * mask, "path": torch.tensor(0)})
+            publish_heatmaps(self, batch, record)
             reshaped = response_to_nested(advantages * weights * mask, nested_mask)
             output = TensorDict({"advantages": reshaped, "returns": reshaped.clone()}, batch_size=len(advantages))
             return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)

@@ -37,6 +37,8 @@ def test_method_configs_follow_the_spec_defaults():
         ({"min_weight": 0}, "algorithm.oar.min_weight"),
         ({"noise_std": -0.1}, "algorithm.oar.noise_std"),
         ({"max_tokens_per_pass": 0}, "algorithm.oar.max_tokens_per_pass"),
+        ({"heatmap_freq": -1}, "algorithm.oar.heatmap_freq"),
+        ({"heatmap_responses": 0}, "algorithm.oar.heatmap_responses"),
         ({"perturbation_id": -2}, "algorithm.oar.perturbation_id"),
         ({"target": "last"}, "algorithm.oar.target"),
         ({"answer_pattern": "(unclosed"}, "algorithm.oar.answer_pattern"),

@@ -2,8 +2,11 @@
 CPU backend. Advantages must be Bi-Level weights x GRPO advantage on reweighted rows and
 GRPO's elsewhere, and the `oar/*` metrics must reach verl's tracker."""
 
+import re
+
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from oar_verl.core import bilevel_weights
 from oar_verl.quickstart import prepare, read_metrics, run_training, train_command
@@ -34,11 +37,39 @@ def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point,
     dumps = root / f"dump_{estimator}"
     overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={quantile}", f"trainer.n_gpus_per_node={ranks}", f"ray_kwargs.ray_init.num_gpus={ranks}"]
     log, metrics_file = root / f"{estimator}.log", root / f"{estimator}.jsonl"
-    command = train_command(paths, root / f"ckpt_{estimator}", estimator=estimator, steps=2, overrides=overrides, stock_entry_point=stock_entry_point)
-    result = run_training(command, metrics_file, log, env={"VERL_PLATFORM": "cpu"})
+    heatmaps = estimator == "oar_g"  # heatmaps every step, to a tensorboard logger too
+    loggers = ("console", "file", "tensorboard") if heatmaps else ("console", "file")
+    overrides += ["algorithm.oar.heatmap_freq=1", "algorithm.oar.heatmap_responses=2"] if heatmaps else []
+    env = {"VERL_PLATFORM": "cpu", "TENSORBOARD_DIR": str(root / f"tb_{estimator}")}
+    command = train_command(paths, root / f"ckpt_{estimator}", estimator=estimator, steps=2, overrides=overrides, stock_entry_point=stock_entry_point, loggers=loggers)
+    result = run_training(command, metrics_file, log, env=env)
     assert result.returncode == 0, log.read_text()[-6000:]
     assert "OAR step installed in verl's sync trainer (verl 0.9.1)" in log.read_text()
     check_oar_run(read_metrics(metrics_file), dumps, quantile)
+    if heatmaps:
+        check_heatmaps(root / f"ckpt_{estimator}" / "oar_heatmaps", root / f"tb_{estimator}", dumps, steps=(1, 2))
+    else:
+        assert not (root / f"ckpt_{estimator}" / "oar_heatmaps").exists(), "heatmaps are off by default"
+
+
+def check_heatmaps(directory, tensorboard_dir, dumps, steps) -> None:
+    """Each step's page shows 2 responses of that step (one span per response token, a
+    correct and an incorrect one first when reweighted rows of both kinds exist), with a
+    PNG each, also in verl's tensorboard directory."""
+    events = EventAccumulator(str(tensorboard_dir), size_guidance={"images": 0})
+    events.Reload()
+    assert {"oar/heatmap/0", "oar/heatmap/1"} <= set(events.Tags()["images"])
+    for step in steps:
+        page = (directory / f"step_{step}.html").read_text()
+        dump = torch.load(dumps / f"step_{step}.pt")
+        rows = [int(row) for row in re.findall(rf"step {step} · row (\d+) ·", page)]
+        assert len(rows) == 2 and page.count('<span class="tok ') == sum(int(dump["response_mask"][row].sum()) for row in rows)
+        reweighted = (dump["segments"][:, 3] > 0) & ~dump["degenerate"]
+        if bool((reweighted & (dump["row_advantage"] > 0)).any()) and bool((reweighted & (dump["row_advantage"] < 0)).any()):
+            assert dump["row_advantage"][rows[0]] > 0 > dump["row_advantage"][rows[1]]
+        for k in range(2):
+            assert (directory / f"step_{step}_{k}.png").stat().st_size > 1000
+        assert step in {image.step for image in events.Images("oar/heatmap/0")}
 
 
 def check_oar_run(metrics: dict, dumps, quantile: float, steps=(1, 2)) -> None:
