@@ -33,9 +33,13 @@ def warm_start(
     learning_rate: float = 3e-3,
     max_steps: int = 2,
     max_operand: int = 49,
+    slip_probability: float = 0.0,
     log_every: int = 0,
 ) -> Path:
-    """Trains and saves the model and tokenizer to `output_dir` (a Hugging Face model dir)."""
+    """Trains and saves the model and tokenizer to `output_dir` (a Hugging Face model dir).
+
+    `slip_probability`: share of imperfect training traces (`data.arithmetic.make_problem`).
+    """
     tokenizer = byte_tokenizer()
     model = tiny_qwen2(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
     end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -43,7 +47,7 @@ def warm_start(
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     model.train()
     for step in range(steps):
-        problems = [make_problem(rng, max_steps, max_operand) for _ in range(batch_size)]
+        problems = [make_problem(rng, max_steps, max_operand, slip_probability) for _ in range(batch_size)]
         prompts = [
             tokenizer.apply_chat_template([{"role": "user", "content": f"{p.question} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False)
             for p in problems

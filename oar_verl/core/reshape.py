@@ -78,6 +78,28 @@ def bilevel_weights(
     return torch.where(active, weights, 1.0).float()
 
 
+def permute_within_rows(weights: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A control for studies: each row's masked weights in a random order.
+
+    Same weights per row (so the same distribution and, with `preserve_mass`, the same
+    total), but no longer tied to the tokens the attribution scored.
+
+    Args:
+        weights: [B, R] float.
+        mask: [B, R] bool, the entries to shuffle (the reasoning of reweighted rows).
+        generator: a CPU generator (seeded by the caller).
+
+    Returns:
+        [B, R] weights, equal to `weights` outside `mask`.
+    """
+    permuted = weights.clone()
+    for row in range(weights.shape[0]):
+        positions = mask[row].nonzero().flatten()
+        order = torch.randperm(len(positions), generator=generator).to(positions.device)
+        permuted[row, positions] = weights[row, positions[order]]
+    return permuted
+
+
 def _masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
     """[B, 1] the q-quantile of each row's masked values (linear interpolation, as
     `torch.quantile`); 0 for rows with an empty mask."""

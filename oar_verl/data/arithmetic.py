@@ -23,22 +23,34 @@ INSTRUCTION = "Solve, then write the answer after ####."
 class Problem:
     question: str  # e.g. "12+30-7"
     solution: str  # e.g. "12+30=42\n42-7=35\n#### 35"
-    answer: int
+    answer: int  # the correct answer (a slipped solution ends with another number)
 
 
-def make_problem(rng: random.Random, max_steps: int = 2, max_operand: int = 49) -> Problem:
-    """One problem of 1 to `max_steps` additions/subtractions of numbers in [1, max_operand]."""
-    value = rng.randint(1, max_operand)
+def make_problem(rng: random.Random, max_steps: int = 2, max_operand: int = 49, slip_probability: float = 0.0) -> Problem:
+    """One problem of 1 to `max_steps` additions/subtractions of numbers in [1, max_operand].
+
+    With `slip_probability`, the solution is an imperfect trace: one step's result is off
+    by 1 to 3 and the later steps carry the error on, so its final line is wrong (the
+    problem's `answer` stays the correct one). Supervised warm-starts on such traces leave
+    the model making the kind of step errors that decide the answer.
+    """
+    if not 0.0 <= slip_probability <= 1.0:
+        raise ValueError(f"slip_probability: expected a value in [0, 1], got {slip_probability}")
+    value = written = rng.randint(1, max_operand)
     question = str(value)
     lines = []
-    for _ in range(rng.randint(1, max_steps)):
+    steps = rng.randint(1, max_steps)
+    slip_step = rng.randrange(steps) if slip_probability > 0 and rng.random() < slip_probability else -1
+    for step in range(steps):
         operand = rng.randint(1, max_operand)
         operator = rng.choice("+-")
-        result = value + operand if operator == "+" else value - operand
+        sign = 1 if operator == "+" else -1
+        value += sign * operand
+        result = written + sign * operand + (rng.choice((-3, -2, -1, 1, 2, 3)) if step == slip_step else 0)
         question += f"{operator}{operand}"
-        lines.append(f"{value}{operator}{operand}={result}")
-        value = result
-    return Problem(question, "\n".join(lines) + f"\n#### {value}", value)
+        lines.append(f"{written}{operator}{operand}={result}")
+        written = result
+    return Problem(question, "\n".join(lines) + f"\n#### {written}", value)
 
 
 def verl_row(problem: Problem, split: str, index: int) -> dict:

@@ -37,6 +37,7 @@ class OARSettings:
     guided_fraction: float = field(default=0.25, metadata={"help": "oar_p with guided_approx: share of reasoning tokens, the top ones by OAR-G, scored exactly (in (0, 1])."})
     calibration_fraction: float = field(default=0.1, metadata={"help": "oar_p with guided_approx: share of the other tokens drawn at random and scored exactly to fit the OAR-G scale (in (0, 1])."})
     max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one attribution forward pass on a worker (sequences x length): bounds peak memory. Lower it when attribution runs out of memory; it must hold one prompt plus response."})
+    permute_weights: bool = field(default=False, metadata={"help": "CONTROL for studies, not for training: each response's reasoning weights randomly permuted (same weights, no outcome grounding), seeded by `seed` and the step."})
     heatmap_freq: int = field(default=0, metadata={"help": "Every N steps, token heatmaps of a few responses (HTML page + PNGs) under trainer.default_local_dir/oar_heatmaps/, logged to wandb (HTML) and tensorboard (images) when verl has them on. 0: off."})
     heatmap_responses: int = field(default=2, metadata={"help": "Responses per heatmap step (>= 1): a correct and an incorrect one first when the batch has both."})
     dump_dir: str | None = field(default=None, metadata={"help": "If set, each step writes DIR/step_N.pt: responses, segments, raw scores, weights, GRPO and OAR advantages ([B, R] tensors) for inspection."})

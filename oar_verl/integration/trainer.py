@@ -42,7 +42,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
 
-from oar_verl.core.reshape import bilevel_weights, degenerate_rows
+from oar_verl.core.reshape import bilevel_weights, degenerate_rows, permute_within_rows
 from oar_verl.core.spans import segment_responses
 from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 from oar_verl.integration.config import OARSettings
@@ -97,6 +97,9 @@ def attribution_weights(
     reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
     weights = bilevel_weights(scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass)
     degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
+    if settings.permute_weights:  # the study's control: same weights, shuffled within each response
+        generator = torch.Generator().manual_seed(settings.seed + int(trainer.global_steps))
+        weights = permute_within_rows(weights, reasoning & ~degenerate[:, None], generator)
     record = {"responses": responses, "response_mask": response_mask, "segments": segment_field, "found": segments.found,
               "scores": scores, "weights": weights, "row_advantage": row_advantage, "degenerate": degenerate}  # fmt: skip
     metrics.update(

@@ -1,11 +1,13 @@
 """OAR settings checked in the launching process, before Ray starts: unknown or
-out-of-range `algorithm.oar.*` keys and backends the attribution role does not support."""
+out-of-range `algorithm.oar.*` keys, backends the attribution role does not support, and
+training data whose answers `answer_pattern` cannot find (`data_check`)."""
 
 from __future__ import annotations
 
 from oar_verl import PINNED_VERL
 from oar_verl.integration import ESTIMATORS
 from oar_verl.integration.config import OARSettings
+from oar_verl.integration.data_check import data_errors
 
 
 def oar_settings_errors(config) -> list[str]:
@@ -35,6 +37,8 @@ def oar_settings_errors(config) -> list[str]:
     model = config.actor_rollout_ref.model
     if model.get("use_fused_kernels", False):
         errors.append(f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False")
+    if not errors:
+        errors += data_errors(config, OARSettings.from_algorithm_config(config.algorithm).answer_pattern)
     return errors
 
 

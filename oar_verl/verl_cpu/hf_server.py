@@ -45,6 +45,7 @@ class HFRolloutServer:
             model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
         self.config = config
         self.replica_rank = replica_rank
+        torch.manual_seed(int(config.seed) + replica_rank)  # sampling seeded by rollout.seed, as vLLM is
         self.model = AutoModelForCausalLM.from_pretrained(
             model_config.local_path, dtype=torch.float32, attn_implementation="sdpa"
         ).eval()

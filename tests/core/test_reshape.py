@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oar_verl.core import bilevel_weights, degenerate_rows
+from oar_verl.core import bilevel_weights, degenerate_rows, permute_within_rows
 
 SCORES = st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_infinity=False)
 
@@ -173,3 +173,16 @@ def test_bad_inputs_name_the_argument():
         bilevel_weights(torch.rand(3), torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="scores"):
         bilevel_weights(torch.tensor([[0.5, -0.2]]), torch.ones(1, 2, dtype=torch.bool))
+
+
+def test_permuted_control_keeps_each_rows_weights_and_moves_them():
+    weights = torch.rand(6, 40) + 0.5
+    mask = torch.rand(6, 40) < 0.7
+    mask[5] = False
+    permuted = permute_within_rows(weights, mask, torch.Generator().manual_seed(0))
+    assert torch.equal(permuted[~mask], weights[~mask])
+    for row in range(6):
+        assert torch.equal(permuted[row][mask[row]].sort().values, weights[row][mask[row]].sort().values)
+    assert not torch.equal(permuted[mask], weights[mask])  # 5 rows of ~28 entries: some move
+    again = permute_within_rows(weights, mask, torch.Generator().manual_seed(0))
+    assert torch.equal(permuted, again)

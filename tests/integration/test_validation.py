@@ -2,17 +2,24 @@
 
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 
+from oar_verl.data.arithmetic import write_split
 from oar_verl.integration.validation import oar_settings_errors
 from oar_verl.main_ppo import SettingsError, check_and_prepare
 
 
+DATA = write_split(Path(tempfile.mkdtemp()) / "train.parquet", 8, seed=0, split="train")  # GSM8K-format rows
+
+
 def config(*overrides):
     with initialize_config_module(config_module="oar_verl.config", version_base=None):
-        return compose(config_name="ppo", overrides=["algorithm.adv_estimator=oar_g", "actor_rollout_ref.actor.strategy=fsdp2", *overrides])
+        defaults = ["algorithm.adv_estimator=oar_g", "actor_rollout_ref.actor.strategy=fsdp2", f"data.train_files={DATA}", f"data.val_files={DATA}"]
+        return compose(config_name="ppo", overrides=[*defaults, *overrides])
 
 
 def test_defaults_pass():
@@ -31,6 +38,8 @@ def test_defaults_pass():
         ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.strategy=megatron"),
         ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "ulysses_sequence_parallel_size=2"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
+        ("data.train_files=/nowhere/train.parquet", "data.train_files[0] (/nowhere/train.parquet): no such file"),
+        ("algorithm.oar.answer_pattern=boxed", "answer_pattern='boxed' finds no answer in 8 of 8 sampled rows; set algorithm.oar.answer_pattern=gsm8k"),
     ],
 )
 def test_refusals_name_the_setting(override, named):

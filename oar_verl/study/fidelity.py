@@ -1,0 +1,59 @@
+"""Attribution fidelity: how well OAR-G's token ranking agrees with OAR-P's (the exact
+perturbation definition), per response, for each OAR-G target mode."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+from scipy.stats import spearmanr
+
+from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, segment_responses
+from oar_verl.core.attribution import gradient, perturbation
+from oar_verl.data.arithmetic import INSTRUCTION, make_problem
+
+
+def sample_responses(model, tokenizer, questions: list[str], *, max_new_tokens: int, seed: int) -> ResponseBatch:
+    """One sampled response (temperature 1) per question, in verl's layout [B, P + R]."""
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": f"{q} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False)
+        for q in questions
+    ]
+    stop_ids = list(model.generation_config.eos_token_id or [tokenizer.eos_token_id])
+    stop_ids = stop_ids if isinstance(stop_ids, list) else [stop_ids]
+    responses = []
+    torch.manual_seed(seed)
+    for prompt in prompts:
+        output = model.generate(torch.tensor([prompt]), do_sample=True, temperature=1.0, top_k=0, max_new_tokens=max_new_tokens,
+                                eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        responses.append(output[0, len(prompt) :].tolist())
+    return ResponseBatch.from_token_lists(prompts, responses, pad_token_id=tokenizer.pad_token_id)
+
+
+def rank_agreement(model, tokenizer, *, responses: int, targets: tuple[str, ...], max_steps: int, max_operand: int, max_new_tokens: int, seed: int = 0) -> dict:
+    """Per-response Spearman correlation of OAR-G scores (each target) against exact OAR-P
+    (its default target, first_answer) over the reasoning tokens of sampled responses with
+    an answer and at least 3 reasoning tokens.
+
+    Returns {"responses": n used, "sampled": n sampled, target: {"mean", "median",
+    "frac_above_0.5", "values": [...]}}.
+    """
+    rng = random.Random(seed)
+    questions = [make_problem(rng, max_steps, max_operand).question for _ in range(responses)]
+    model.eval()
+    batch = sample_responses(model, tokenizer, questions, max_new_tokens=max_new_tokens, seed=seed)
+    segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
+    usable = segments.usable & (segments.reasoning_end >= 3)
+    exact = perturbation.attribute(model, batch, segments, PerturbationConfig(target="first_answer", perturbation_id=tokenizer.pad_token_id), rows=usable)
+    result: dict = {"responses": int(usable.sum()), "sampled": responses}
+    for target in targets:
+        scores = gradient.attribute(model, batch, segments, GradientConfig(target=target, seed=seed), rows=usable)
+        values = []
+        for row in usable.nonzero().flatten().tolist():
+            n = int(segments.reasoning_end[row])
+            rho = spearmanr(exact[row, :n].numpy(), scores[row, :n].numpy()).statistic
+            values.append(0.0 if math.isnan(rho) else float(rho))  # a constant ranking agrees with nothing
+        tensor = torch.tensor(values or [float("nan")])
+        result[target] = {"mean": float(tensor.mean()), "median": float(tensor.median()), "frac_above_0.5": float((tensor > 0.5).float().mean()), "values": values}
+    return result
