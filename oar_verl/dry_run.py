@@ -1,0 +1,57 @@
+"""A verl run up to the moment Ray would start: compose, resolve, check, stop.
+
+    python -m oar_verl.dry_run OVERRIDES...                 # same arguments as verl.trainer.main_ppo
+    VERL_MAIN="python -m oar_verl.dry_run" bash recipes/gsm8k_qwen2.5-0.5b.sh
+
+Composes verl's `ppo_trainer` configuration with the overrides exactly as
+`python -m verl.trainer.main_ppo` does (an override verl 0.9.1's schema lacks fails here),
+resolves every interpolation, builds verl's algorithm and rollout config dataclasses, runs
+verl's own `validate_config` (to which the oar_verl plugin adds the OAR settings and data
+checks), and checks that the data files exist and carry ground truths. Nothing is loaded:
+no model, no GPU, no Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import verl
+from omegaconf import DictConfig, OmegaConf
+
+VERL_CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
+
+
+class DryRunError(ValueError):
+    """The run would fail before or as it starts."""
+
+
+def check(config: DictConfig) -> None:
+    """Every check `verl.trainer.main_ppo` and oar_verl run before Ray, and the data files."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils import config as verl_config
+    from verl.utils.device import auto_set_device
+
+    from oar_verl.integration.data_check import data_errors
+
+    OmegaConf.resolve(config)
+    auto_set_device(config)
+    verl_config.validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    verl_config.omega_conf_to_dataclass(config.algorithm)
+    verl_config.omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
+    if not config.trainer.get("use_v1", True):
+        raise DryRunError("trainer.use_v1=False: verl 0.9 deprecates the legacy trainer; oar_verl runs on the v1 trainer")
+    errors = data_errors(config, answer_pattern=None)
+    if errors:
+        raise DryRunError("data:\n  - " + "\n  - ".join(errors))
+
+
+@hydra.main(config_path=VERL_CONFIG_DIR, config_name="ppo_trainer", version_base=None)
+def main(config: DictConfig) -> None:
+    check(config)
+    print(f"dry run passed: algorithm.adv_estimator={config.algorithm.adv_estimator}, model {config.actor_rollout_ref.model.path}, "
+          f"{config.trainer.nnodes} x {config.trainer.n_gpus_per_node} GPUs")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Qwen2.5-Math-1.5B on MATH, 1 node x 8 GPUs: GRPO, or OAR by one key. Validation on
+# MATH-500, AIME 2024 and AMC 2023: 4 samples per problem (mean@4 = pass@1, best@4 = pass@4).
+#
+#   python recipes/prepare_data.py --sets math_train math500 aime2024 amc2023
+#   bash recipes/math_qwen2.5-math-1.5b.sh                   # GRPO baseline
+#   ESTIMATOR=oar_g bash recipes/math_qwen2.5-math-1.5b.sh   # OAR-G (or oar_p)
+#
+# Needs: 8 GPUs with >= 40 GB each, vLLM. See recipes/README.md.
+set -euo pipefail
+
+ESTIMATOR=${ESTIMATOR:-grpo}              # grpo | oar_g | oar_p
+DATA_DIR=${DATA_DIR:-$HOME/data}
+MODEL=${MODEL:-Qwen/Qwen2.5-Math-1.5B}
+VERL_MAIN=${VERL_MAIN:-python3 -m verl.trainer.main_ppo}
+REWARD_FN=$(python3 -c 'import oar_verl.rewards as r; print(r.__file__)')
+VAL_FILES="['$DATA_DIR/math500/test.parquet','$DATA_DIR/aime2024/test.parquet','$DATA_DIR/amc2023/test.parquet']"
+
+# Optional OAR settings (new keys take a leading '+' with verl's entry point):
+#   +algorithm.oar.answer_pattern=boxed      # auto finds \boxed{} as well
+#   +algorithm.oar.target=answer_logprob     # OAR-G target: answer_mean (default) | first_answer | answer_logprob
+#   +algorithm.oar.perturbation_mode=guided_approx  # OAR-P: APPROXIMATE, exact on the top OAR-G tokens only
+#   +algorithm.oar.max_tokens_per_pass=16384
+#   +algorithm.oar.heatmap_freq=20
+
+$VERL_MAIN \
+    algorithm.adv_estimator="$ESTIMATOR" \
+    algorithm.use_kl_in_reward=False \
+    data.train_files="$DATA_DIR/math/train.parquet" \
+    data.val_files="$VAL_FILES" \
+    data.train_batch_size=512 \
+    data.max_prompt_length=1024 \
+    data.max_response_length=3072 \
+    data.filter_overlong_prompts=True \
+    data.truncation=error \
+    reward.custom_reward_function.path="$REWARD_FN" \
+    reward.custom_reward_function.name=compute_score \
+    actor_rollout_ref.model.path="$MODEL" \
+    actor_rollout_ref.model.use_remove_padding=True \
+    actor_rollout_ref.model.enable_gradient_checkpointing=True \
+    actor_rollout_ref.actor.strategy=fsdp2 \
+    actor_rollout_ref.actor.optim.lr=1e-6 \
+    actor_rollout_ref.actor.ppo_mini_batch_size=128 \
+    actor_rollout_ref.actor.use_dynamic_bsz=True \
+    actor_rollout_ref.actor.ppo_max_token_len_per_gpu=16384 \
+    actor_rollout_ref.actor.use_kl_loss=True \
+    actor_rollout_ref.actor.kl_loss_coef=0.001 \
+    actor_rollout_ref.actor.kl_loss_type=low_var_kl \
+    actor_rollout_ref.actor.entropy_coeff=0 \
+    actor_rollout_ref.ref.strategy=fsdp2 \
+    actor_rollout_ref.ref.log_prob_use_dynamic_bsz=True \
+    actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=32768 \
+    actor_rollout_ref.rollout.name=vllm \
+    actor_rollout_ref.rollout.n=8 \
+    actor_rollout_ref.rollout.tensor_model_parallel_size=1 \
+    actor_rollout_ref.rollout.gpu_memory_utilization=0.6 \
+    actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=True \
+    actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=32768 \
+    actor_rollout_ref.rollout.val_kwargs.n=4 \
+    actor_rollout_ref.rollout.val_kwargs.do_sample=True \
+    actor_rollout_ref.rollout.val_kwargs.temperature=0.6 \
+    actor_rollout_ref.rollout.val_kwargs.top_p=0.95 \
+    trainer.logger='["console","tensorboard"]' \
+    trainer.project_name=oar_verl_math \
+    trainer.experiment_name="qwen2.5-math-1.5b_${ESTIMATOR}" \
+    trainer.n_gpus_per_node=8 \
+    trainer.nnodes=1 \
+    trainer.val_before_train=True \
+    trainer.test_freq=10 \
+    trainer.save_freq=50 \
+    trainer.total_epochs=10 \
+    "$@"

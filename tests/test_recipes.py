@@ -1,0 +1,96 @@
+"""The recipes: data preparation on local fixtures in the hub's format, and a dry run of
+every recipe and estimator (verl's full configuration composes, verl's and OAR's checks
+pass) that fails when a recipe drifts from verl 0.9.1's config schema."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from oar_verl.data.math_sets import DatasetError, SOURCES, prepare, to_verl_rows
+from oar_verl.rewards import compute_score
+
+ROOT = Path(__file__).parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "hub"
+LOCAL = {"gsm8k_train": "gsm8k", "gsm8k_test": "gsm8k", "math_train": "math_lighteval", "math500": "math500", "aime2024": "aime_2024", "amc2023": "amc23"}
+RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
+
+
+def environment(**extra):
+    """The recipes call `python3`: this interpreter's, with oar_verl and verl installed."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path, "VERL_MAIN": f"{sys.executable} -m oar_verl.dry_run", **extra}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    local = [f"{name}={FIXTURES / folder}" for name, folder in LOCAL.items()]
+    result = subprocess.run([sys.executable, str(ROOT / "recipes" / "prepare_data.py"), "--out", str(out), "--local", *local],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_prepared_rows_follow_verls_layout(data_dir):
+    gsm8k = pd.read_parquet(data_dir / "gsm8k" / "test.parquet")
+    assert list(gsm8k.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
+    assert [r["ground_truth"] for r in gsm8k.reward_model] == ["120", "36", "1800"]  # "1,800" -> "1800"
+    assert set(gsm8k.data_source) == {"openai/gsm8k"} and gsm8k.prompt[0][0]["content"].endswith('output the final answer after "####".')
+    math = pd.read_parquet(data_dir / "math" / "train.parquet")
+    assert [r["ground_truth"] for r in math.reward_model] == ["23", "5", "\\frac{3}{4}", "540"]
+    assert "\\boxed{}" in math.prompt[0][0]["content"] and math.extra_info[0]["solution"].endswith("\\boxed{23}$.")
+    aime = pd.read_parquet(data_dir / "aime2024" / "test.parquet")
+    amc = pd.read_parquet(data_dir / "amc2023" / "test.parquet")
+    assert [r["ground_truth"] for r in aime.reward_model] == ["47", "401"] and [r["ground_truth"] for r in amc.reward_model] == ["31", "12"]
+    assert set(aime.data_source) == {"aime2024"} and set(amc.data_source) == {"amc2023"}
+
+
+def test_bad_datasets_are_named(tmp_path):
+    with pytest.raises(DatasetError, match=r"gsm8k_train \(openai/gsm8k, train\) row 1: no ground-truth answer: expected a solution ending in '#### <number>'"):
+        to_verl_rows("gsm8k_train", [{"question": "q", "answer": "1\n#### 1"}, {"question": "q", "answer": "no marker"}], "train")
+    with pytest.raises(DatasetError, match=r"math500 .* row 0: no problem in column 'problem'"):
+        to_verl_rows("math500", [{"question": "q", "answer": "1"}], "test")
+    with pytest.raises(DatasetError, match="does not exist"):
+        prepare("math500", tmp_path, local_path=tmp_path / "missing")
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"question": "q?", "answer": 3.0}) + "\n")
+    written = prepare("amc2023", tmp_path / "out", local_path=tmp_path / "rows.jsonl")
+    assert pd.read_parquet(written).reward_model[0]["ground_truth"] == "3"
+    assert set(SOURCES) == set(LOCAL)
+
+
+def test_reward_routing_scores_every_recipe_source():
+    assert compute_score("openai/gsm8k", "so 29\n#### 29", "29") == 1.0
+    assert compute_score("openai/gsm8k", "so 28\n#### 28", "29") == 0.0
+    assert compute_score("HuggingFaceH4/MATH-500", "thus \\boxed{\\frac{3}{4}}", "\\frac{3}{4}") == 1.0
+    assert compute_score("aime2024", "the answer is \\boxed{47}", "47") == 1.0
+    assert compute_score("aime2024", "Answer: 47", "47") == 0.0  # the prompts ask for \boxed{}
+    assert compute_score("amc2023", "\\boxed{31}", "31") == 1.0 and compute_score("amc2023", "\\boxed{30}", "31") == 0.0
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "oar_g", "oar_p"])
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_recipe_dry_run(recipe, estimator, data_dir):
+    result = subprocess.run(["bash", str(recipe)], env=environment(ESTIMATOR=estimator, DATA_DIR=str(data_dir)), capture_output=True, text=True, check=False)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert f"dry run passed: algorithm.adv_estimator={estimator}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, env, message",
+    [
+        (["actor_rollout_ref.actor.no_such_key=1"], {}, "no_such_key"),  # drift from verl's schema
+        (["+algorithm.oar.quantile=2.0"], {"ESTIMATOR": "oar_g"}, "algorithm.oar.quantile: expected a value in (0, 1), got 2.0"),
+        (["+algorithm.oar.answer_pattern=answer_colon"], {"ESTIMATOR": "oar_g"}, "set algorithm.oar.answer_pattern=gsm8k"),
+        ([], {"DATA_DIR": "/nowhere"}, "data.train_files[0] (/nowhere/gsm8k/train.parquet): no such file"),
+    ],
+)
+def test_recipe_dry_run_refuses(extra, env, message, data_dir):
+    recipe = ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh"
+    result = subprocess.run(["bash", str(recipe), *extra], env=environment(**{"DATA_DIR": str(data_dir), **env}), capture_output=True, text=True, check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-4000:]
