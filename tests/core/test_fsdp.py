@@ -31,6 +31,10 @@ SCRIPT = textwrap.dedent(
         torch.testing.assert_close(sharded, expected, rtol=1e-4, atol=1e-9)
         config = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=24)
         torch.testing.assert_close(perturbation.attribute(model, batch, segments, config), perturbation.attribute(reference, batch, segments, config), rtol=0, atol=1e-5)
+        fused = gradient.attribute_with_log_probs(model, batch, segments, GradientConfig(target=target, max_tokens_per_pass=12), temperature=0.8)
+        fused_expected = gradient.attribute_with_log_probs(reference, batch, segments, GradientConfig(target=target), temperature=0.8)
+        torch.testing.assert_close(fused.scores, fused_expected.scores, rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(fused.log_probs, fused_expected.log_probs, rtol=1e-5, atol=1e-6)
     assert all(p.grad is None for p in model.parameters()), "parameter gradients were produced"
     assert type(model.model.embed_tokens.weight).__name__ == "DTensor", "root parameters were left gathered"
     with torch.no_grad():  # the sharded model still runs its own forward
@@ -41,11 +45,22 @@ SCRIPT = textwrap.dedent(
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return int(count)
 
+    def sub_segments_of(segments, part):
+        return Segments(segments.reasoning_end[part], segments.answer_start[part], segments.answer_end[part], segments.found[part])
+
     mine = torch.tensor([True, True]) if dist.get_rank() == 0 else torch.tensor([False, False])
     for method, config in ((gradient, GradientConfig(max_tokens_per_pass=12)), (perturbation, PerturbationConfig(perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12))):
         uneven = method.attribute(model, batch, segments, config, rows=mine, sync_passes=sync)
         expected = method.attribute(reference, batch, segments, config, rows=mine)
         torch.testing.assert_close(uneven, expected, rtol=1e-4, atol=1e-6)
+    for target in ("answer_mean", "answer_logprob"):  # fused: rank 1 has 1 row, rank 0 two chunks of 1
+        config = GradientConfig(target=target, max_tokens_per_pass=12)
+        part = slice(0, 2) if dist.get_rank() == 0 else slice(1, 2)
+        sub, sub_segments = batch.select(torch.arange(2)[part]), sub_segments_of(segments, part)
+        uneven = gradient.attribute_with_log_probs(model, sub, sub_segments, config, sync_passes=sync)
+        expected = gradient.attribute_with_log_probs(reference, sub, sub_segments, config)
+        torch.testing.assert_close(uneven.scores, expected.scores, rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(uneven.log_probs, expected.log_probs, rtol=1e-5, atol=1e-6)
     open(os.path.join(os.environ["OK_DIR"], f"rank{dist.get_rank()}.ok"), "w").close()
     """
 )

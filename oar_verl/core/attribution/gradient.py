@@ -106,14 +106,7 @@ def attribute(
             chunk_answer = answer.select(c)
             with parts.materialized(), torch.no_grad():
                 clean = compute_target(parts, parts.hidden_states(mask, pos, input_ids=ids), chunk_answer, config.target)
-                embeds = parts.embeddings(ids)  # [C, L, H]
-            embeds.requires_grad_(True)
-            noisy = embeds + noise[c].to(embeds.dtype)
-            with parts.materialized(), torch.enable_grad():
-                hidden = parts.hidden_states(mask, pos, inputs_embeds=noisy)  # [C, L, H]
-                objective = target_shift(clean, compute_target(parts, hidden, chunk_answer, config.target), config.target)
-                (grad,) = torch.autograd.grad(objective.sum(), embeds)  # rows are independent
-            product = (grad.to(objective.dtype) * embeds.detach().to(objective.dtype)).sum(dim=-1)  # [C, L]
+            product = _noisy_gradient_x_input(parts, ids, mask, pos, noise[c], clean, chunk_answer, config.target)  # [C, L]
             scores.append(product[:, P:].abs())  # [C, L - P]
         for _ in range(idle):
             parts.idle_pass(device, backward=False)
@@ -121,3 +114,113 @@ def attribute(
     scores = torch.cat(scores)  # [B', L - P]
     pair_row, pair_token = reasoning[:, : L - P].nonzero(as_tuple=True)
     return scatter_scores(B, R, index[pair_row], pair_token, scores[pair_row, pair_token])
+
+
+def _noisy_gradient_x_input(parts, ids, mask, pos, noise, clean, answer, target) -> torch.Tensor:
+    """<dJ/dE_t, E_t> [C, L] with J = target_shift(clean, P_final(E + noise)): one forward
+    with autograd and one backward to the embeddings."""
+    with parts.materialized():  # one gather of the root parameters per pass (FSDP ranks stay in step)
+        with torch.no_grad():
+            embeds = parts.embeddings(ids)  # [C, L, H]
+        embeds.requires_grad_(True)
+        with torch.enable_grad():
+            hidden = parts.hidden_states(mask, pos, inputs_embeds=embeds + noise.to(embeds.dtype))  # [C, L, H]
+            objective = target_shift(clean, compute_target(parts, hidden, answer, target), target)
+            (grad,) = torch.autograd.grad(objective.sum(), embeds)  # rows are independent
+    return (grad.to(objective.dtype) * embeds.detach().to(objective.dtype)).sum(dim=-1)
+
+
+@dataclass(frozen=True)
+class ScoresAndLogProbs:
+    """`attribute_with_log_probs`' result.
+
+    Attributes:
+        scores: [B, R] float32 OAR-G scores, as `attribute` gives them.
+        log_probs: [B, R] float32 log-probability of each response token under the model at
+            `temperature` (log_softmax(logits / T)), 0 at padding: verl's `old_log_probs`.
+    """
+
+    scores: torch.Tensor
+    log_probs: torch.Tensor
+
+
+def attribute_with_log_probs(
+    model: torch.nn.Module,
+    batch: ResponseBatch,
+    segments: Segments,
+    config: GradientConfig,
+    rows: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    sync_passes: PassSync | None = None,
+) -> ScoresAndLogProbs:
+    """OAR-G fused with the trainer's log-prob pass: per chunk of rows, one clean forward over
+    the whole sequence gives every row's response log-probs and the attributed rows' clean
+    target; then
+    - `answer_mean` / `first_answer`: one noisy forward with autograd and one backward, as
+      in `attribute` (same noise, same scores);
+    - `answer_logprob`: the gradient is taken from the clean forward itself (run with
+      autograd on the embeddings): s_t = |<d(-phi)/dE_t, E_t>| at the clean embeddings,
+      which is `attribute` with `noise_std=0`; no second forward.
+
+    Args:
+        model, batch, segments, config, rows: as for `attribute`.
+        temperature: the sampling temperature the log-probs are taken at (> 0).
+        sync_passes: under FSDP, as for `attribute`; a pass here is a chunk's clean forward
+            plus, for the KL targets, its noisy forward and backward.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected > 0, got {temperature}")
+    parts = lm_parts(model)
+    B, R, P = batch.input_ids.shape[0], batch.response_length, batch.prompt_length
+    L = P + R
+    device = batch.input_ids.device
+    attributed = torch.zeros(B, dtype=torch.bool, device=device)
+    attributed[attributed_rows(batch, segments, rows)] = True
+    reasoning = segments.reasoning_mask(R).to(device) & attributed[:, None]  # [B, R]
+    noise = attribution_noise(batch, parts.embeddings.embedding_dim, config)  # [B, L, H]
+    noise[:, P:] *= reasoning[:, :, None]
+    noise[:, :P] = 0
+    per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
+    chunks = torch.arange(B, device=device).split(per_pass)
+    idle = passes_to_run(len(chunks), sync_passes) - len(chunks)
+    grad_from_clean = config.target == "answer_logprob"
+    scores = torch.zeros((B, R), dtype=torch.float32, device=device)
+    log_probs = torch.zeros((B, R), dtype=torch.float32, device=device)
+    with eval_mode(model):
+        for c in chunks:
+            ids, mask, pos = batch.input_ids[c], batch.attention_mask[c], batch.position_ids[c]  # [C, L]
+            local = attributed[c].nonzero().squeeze(1)  # attributed rows of the chunk
+            answer = answer_positions(batch.select(c[local]), segments.select(c[local])) if local.numel() else None
+            with parts.materialized(), torch.set_grad_enabled(grad_from_clean and local.numel() > 0):
+                embeds = parts.embeddings(ids)  # [C, L, H]
+                if torch.is_grad_enabled():
+                    embeds = embeds.detach().requires_grad_(True)
+                hidden = parts.hidden_states(mask, pos, inputs_embeds=embeds)  # [C, L, H]
+                log_probs[c] = response_log_probs(parts, hidden.detach(), batch.responses[c], P, temperature)
+                if answer is not None:
+                    clean = compute_target(parts, hidden[local], answer, config.target)
+                    if grad_from_clean:
+                        (grad,) = torch.autograd.grad(-clean.sum(), embeds)
+                        product = (grad[local].to(clean.dtype) * embeds[local].detach().to(clean.dtype)).sum(dim=-1)  # [C', L]
+            if answer is not None and not grad_from_clean:
+                product = _noisy_gradient_x_input(parts, ids[local], mask[local], pos[local], noise[c[local]], clean.detach(), answer, config.target)
+            if answer is not None:
+                scores[c[local]] = product[:, P:].abs().float() * reasoning[c[local]]
+        for _ in range(idle):
+            parts.idle_pass(device, backward=grad_from_clean)
+            if not grad_from_clean:
+                parts.idle_pass(device, backward=True)
+    return ScoresAndLogProbs(scores=scores, log_probs=log_probs * batch.response_mask)
+
+
+def response_log_probs(parts, hidden: torch.Tensor, responses: torch.Tensor, prompt_length: int, temperature: float, slice_tokens: int = 512) -> torch.Tensor:
+    """[C, R] float32 log-probs of the response tokens from hidden states [C, P + R, H],
+    computed `slice_tokens` positions at a time so that at most [C, slice, V] logits exist."""
+    C, R = responses.shape
+    out = torch.empty((C, R), dtype=torch.float32, device=responses.device)
+    for start in range(0, R, slice_tokens):
+        end = min(start + slice_tokens, R)
+        logits = parts.logits(hidden[:, prompt_length - 1 + start : prompt_length - 1 + end]) / temperature  # [C, S, V]
+        out[:, start:end] = torch.log_softmax(logits, dim=-1).gather(2, responses[:, start:end, None])[:, :, 0].float()
+    return out

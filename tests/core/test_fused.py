@@ -1,0 +1,74 @@
+"""OAR-G fused with the log-prob pass: the log-probs are the model's (plain forward, at the
+temperature), the scores are the autograd definition's (answer_logprob: at noise 0), and
+gradient checkpointing on the model changes nothing."""
+
+import pytest
+import torch
+
+from oar_verl.core import TARGET_MODES, GradientConfig
+from oar_verl.core.attribution import gradient
+
+from .test_gradient import reference_scores
+
+
+def plain_log_probs(model, batch, temperature):
+    """[B, R] log-probs of the response tokens from one ordinary forward of the whole model."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits.double()
+    P = batch.prompt_length
+    log_probs = torch.log_softmax(logits[:, P - 1 : -1] / temperature, dim=-1).gather(2, batch.responses[:, :, None])[:, :, 0]
+    return log_probs * batch.response_mask
+
+
+@pytest.mark.parametrize("mode", TARGET_MODES)
+def test_fused_scores_and_log_probs_equal_their_definitions(model64, batch_and_segments, mode):
+    _, _, batch, segments = batch_and_segments
+    sigma = 0.0 if mode == "answer_logprob" else 1e-3  # fused answer_logprob takes the clean-pass gradient
+    config = GradientConfig(target=mode, noise_std=1e-3, seed=7, max_tokens_per_pass=2 * batch.input_ids.shape[1])
+    with torch.no_grad():
+        expected_log_probs = plain_log_probs(model64, batch, temperature=0.7)
+    fused = gradient.attribute_with_log_probs(model64, batch, segments, config, temperature=0.7)
+    torch.testing.assert_close(fused.log_probs.double(), expected_log_probs, rtol=1e-5, atol=1e-6)
+    expected = reference_scores(model64, batch_and_segments, mode, sigma, 7)
+    for row, values in expected.items():
+        end = int(segments.reasoning_end[row])
+        torch.testing.assert_close(fused.scores[row, :end], values.float(), rtol=1e-4, atol=1e-12)
+        assert torch.all(fused.scores[row, end:] == 0)
+    assert torch.all(fused.scores[3] == 0) and torch.any(fused.log_probs[3] != 0)  # unattributed rows still get log-probs
+    for parameter in model64.parameters():
+        assert parameter.grad is None
+
+
+def test_fused_kl_scores_equal_standalone_and_rows_are_honoured(model, batch_and_segments):
+    _, _, batch, segments = batch_and_segments
+    config = GradientConfig(target="answer_mean", seed=3, max_tokens_per_pass=batch.input_ids.shape[1])  # one row per pass
+    rows = torch.tensor([True, False, True, True])
+    standalone = gradient.attribute(model, batch, segments, config, rows=rows)
+    fused = gradient.attribute_with_log_probs(model, batch, segments, config, rows=rows)
+    torch.testing.assert_close(fused.scores, standalone, rtol=1e-4, atol=1e-9)
+    assert torch.all(fused.scores[1] == 0) and torch.any(fused.log_probs[1] != 0)
+
+
+def test_gradient_checkpointing_changes_nothing(model, batch_and_segments):
+    _, _, batch, segments = batch_and_segments
+    config = GradientConfig(target="answer_mean", seed=5)
+    before = gradient.attribute_with_log_probs(model, batch, segments, config)
+    model.gradient_checkpointing_enable()
+    try:
+        model.train()
+        after = gradient.attribute_with_log_probs(model, batch, segments, config)
+        standalone = gradient.attribute(model, batch, segments, config)
+        assert model.training and model.is_gradient_checkpointing  # mode and setting restored
+    finally:
+        model.gradient_checkpointing_disable()
+        model.eval()
+    torch.testing.assert_close(after.scores, before.scores)
+    torch.testing.assert_close(after.log_probs, before.log_probs)
+    torch.testing.assert_close(standalone, before.scores, rtol=1e-4, atol=1e-9)
+
+
+def test_bad_temperature_and_budget_are_named(model, batch_and_segments):
+    _, _, batch, segments = batch_and_segments
+    with pytest.raises(ValueError, match="temperature"):
+        gradient.attribute_with_log_probs(model, batch, segments, GradientConfig(), temperature=0)
+    with pytest.raises(ValueError, match="max_tokens_per_pass: 4 tokens cannot hold one sequence"):
+        gradient.attribute_with_log_probs(model, batch, segments, GradientConfig(max_tokens_per_pass=4))
