@@ -197,7 +197,8 @@ def attribute_with_log_probs(
                 if torch.is_grad_enabled():
                     embeds = embeds.detach().requires_grad_(True)
                 hidden = parts.hidden_states(mask, pos, inputs_embeds=embeds)  # [C, L, H]
-                log_probs[c] = response_log_probs(parts, hidden.detach(), batch.responses[c], P, temperature)
+                with torch.no_grad():  # no graph through the head for the log-probs
+                    log_probs[c] = response_log_probs(parts, hidden.detach(), batch.responses[c], P, temperature)
                 if answer is not None:
                     clean = compute_target(parts, hidden[local], answer, config.target)
                     if grad_from_clean:
