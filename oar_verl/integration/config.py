@@ -31,6 +31,7 @@ class OARSettings:
     preserve_mass: bool = field(default=True, metadata={"help": "Rescale each response's reasoning weights to mean 1, keeping its total advantage (paper abstract)."})
     noise_std: float = field(default=1e-3, metadata={"help": "oar_g: sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3); 0 only with target answer_logprob."})
     seed: int = field(default=0, metadata={"help": "oar_g: noise seed; each step and data-parallel rank offsets it so draws differ."})
+    fuse_log_probs: bool = field(default=True, metadata={"help": "oar_g: answer verl's old-log-prob pass with OAR-G's clean pass (old_log_probs, entropy and the clean target from one forward; answer_logprob's gradient from it too). False: verl's log-prob pass, then OAR-G on its own. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."})
     perturbation_id: int | None = field(default=None, metadata={"help": "oar_p: token id put in place of a perturbed token. None: the tokenizer's pad id (reference code)."})
     perturbation_mode: str = field(default="exact", metadata={"help": "oar_p: exact (the definition); span_approx (APPROXIMATE: runs of `span` tokens replaced together, sharing a score); guided_approx (APPROXIMATE: exact on the top `guided_fraction` by OAR-G plus a random `calibration_fraction` of the rest, the others OAR-G scaled to fit)."})
     span: int = field(default=4, metadata={"help": "oar_p with perturbation_mode span_approx: tokens replaced together (>= 1)."})

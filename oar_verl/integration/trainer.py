@@ -43,12 +43,12 @@ from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
 
 from oar_verl.core.reshape import bilevel_weights, degenerate_rows, permute_within_rows
-from oar_verl.core.spans import segment_responses
+from oar_verl.core.spans import Segments, segment_responses
 from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 from oar_verl.integration.config import OARSettings
 from oar_verl.integration.heatmaps import publish_heatmaps
 from oar_verl.integration.metrics import oar_metrics
-from oar_verl.integration.worker import COMPUTATION, SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker
+from oar_verl.integration.worker import COMPUTATION, FUSED_KEY, SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
 
@@ -57,11 +57,103 @@ def uses_oar(config) -> bool:
     return config.algorithm.adv_estimator in ESTIMATORS
 
 
+@dataclasses.dataclass
+class AttributionRequest:
+    """A step's rows prepared for attribution (see `prepare_attribution`).
+
+    Attributes:
+        batch: the rows' TransferQueue meta, with the `oar_segments` field added.
+        extra_info: the worker request's batch-level settings (method, settings, step).
+        responses, response_mask: [B, R] padded.
+        segments: the rows' segments; real, nonzero, attribute: [B] bool.
+    """
+
+    batch: KVBatchMeta
+    extra_info: dict
+    responses: torch.Tensor
+    response_mask: torch.Tensor
+    segments: Segments
+    real: torch.Tensor
+    nonzero: torch.Tensor
+    attribute: torch.Tensor
+
+    @property
+    def segment_field(self) -> torch.Tensor:
+        """[B, 4]: reasoning_end, answer_start, answer_end, attribute."""
+        s = self.segments
+        return torch.stack([s.reasoning_end, s.answer_start, s.answer_end, self.attribute.long()], dim=1)
+
+
+def grpo_row_advantage(trainer, padded: TensorDict) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B] each row's GRPO advantage, [B, R] GRPO advantages), as verl computes them, from
+    `rm_scores` and `uid`."""
+    mask = padded["response_mask"].float()
+    uid = padded["uid"]  # group ids: a non-tensor stack or list, as verl stores them
+    uid = np.array(uid.tolist() if hasattr(uid, "tolist") else list(uid), dtype=object)
+    grpo, _ = compute_grpo_outcome_advantage(padded["rm_scores"].float(), mask, uid, norm_adv_by_std_in_grpo=trainer.config.algorithm.get("norm_adv_by_std_in_grpo", True))
+    return grpo[torch.arange(len(grpo)), mask.argmax(dim=1)], grpo * mask
+
+
+def prepare_attribution(trainer, batch: KVBatchMeta, row_advantage: torch.Tensor, padded: TensorDict) -> AttributionRequest:
+    """Segments the rows (tokenizer, sampled ids), picks those to attribute (real, nonzero
+    advantage, answer found, reasoning not empty) and writes `oar_segments` for the workers."""
+    settings = OARSettings.from_algorithm_config(trainer.config.algorithm)
+    response_mask = padded["response_mask"].bool()  # [B, R]
+    responses = padded["responses"].long()  # [B, R]
+    real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags]) & response_mask.any(dim=1)  # [B]
+    nonzero = real & (row_advantage != 0)
+    segments = segment_responses(trainer.tokenizer, responses, response_mask, settings.answer_pattern)
+    request = AttributionRequest(batch, {}, responses, response_mask, segments, real, nonzero, nonzero & segments.usable)
+    request.batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict({SEGMENTS_FIELD: request.segment_field}, batch_size=len(responses)))
+    request.extra_info = {"oar_method": trainer.config.algorithm.adv_estimator, "oar_settings": dataclasses.asdict(settings), "oar_step": int(trainer.global_steps)}
+    return request
+
+
+def request_scores(trainer, request: AttributionRequest, use_registered_computation: bool) -> None:
+    """Runs the attribution on the actor workers; they write `oar_scores` per row."""
+    meta = KVBatchMeta(keys=request.batch.keys, tags=request.batch.tags, partition_id=request.batch.partition_id,
+                       fields=["prompts", "responses", SEGMENTS_FIELD], extra_info=dict(request.extra_info))  # fmt: skip
+    if use_registered_computation:
+        meta.extra_info["computation"] = COMPUTATION
+        trainer.actor_rollout_wg.compute_registered(meta)
+    else:
+        trainer.actor_rollout_wg.compute_oar_scores(meta)
+
+
+def weights_from_scores(trainer, request: AttributionRequest, metrics: dict, row_advantage: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bi-Level weights [B, R] from the workers' `oar_scores` (1 where nothing is
+    reweighted), the `oar/*` metrics, and the step's record for `dump_dir` / heatmaps."""
+    settings = OARSettings.from_algorithm_config(trainer.config.algorithm)
+    batch, segments, attribute, nonzero = request.batch, request.segments, request.attribute, request.nonzero
+    R = request.response_mask.shape[1]
+    scores = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[SCORES_FIELD])
+    scores = scores.to_padded_tensor()[SCORES_FIELD].float()[:, :R]  # [B, R]
+    reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
+    weights = bilevel_weights(scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass)
+    degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
+    if settings.permute_weights:  # the study's control: same weights, shuffled within each response
+        generator = torch.Generator().manual_seed(settings.seed + int(trainer.global_steps))
+        weights = permute_within_rows(weights, reasoning & ~degenerate[:, None], generator)
+    record = {"responses": request.responses, "response_mask": request.response_mask, "segments": request.segment_field, "found": segments.found,
+              "scores": scores, "weights": weights, "row_advantage": row_advantage, "degenerate": degenerate}  # fmt: skip
+    metrics.update(
+        oar_metrics(
+            weights=weights,
+            reasoning=reasoning & ~degenerate[:, None],
+            real=request.real,
+            answer_found=segments.found,
+            nonzero=nonzero,
+            degenerate=degenerate,
+            attributed=attribute & ~degenerate,
+        )
+    )
+    return weights, record
+
+
 def attribution_weights(
     trainer, batch: KVBatchMeta, metrics: dict, row_advantage: torch.Tensor, padded: TensorDict, use_registered_computation: bool
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Bi-Level weights [B, R] of a batch (1 where nothing is reweighted), and the step's
-    record for `algorithm.oar.dump_dir` (responses, segments, scores, weights, ...).
+    """Segmentation, worker scores and Bi-Level weights of a batch in one go.
 
     Args:
         trainer: verl's v1 trainer (its tokenizer, worker group, step, config).
@@ -72,48 +164,9 @@ def attribution_weights(
         use_registered_computation: call the workers through verl's worker computations
             (patched verl) instead of the OAR worker subclass's method.
     """
-    method = trainer.config.algorithm.adv_estimator
-    settings = OARSettings.from_algorithm_config(trainer.config.algorithm)
-    response_mask = padded["response_mask"].bool()  # [B, R]
-    responses = padded["responses"].long()  # [B, R]
-    B, R = response_mask.shape
-    real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags]) & response_mask.any(dim=1)  # [B]
-    nonzero = real & (row_advantage != 0)
-    segments = segment_responses(trainer.tokenizer, responses, response_mask, settings.answer_pattern)
-    attribute = nonzero & segments.usable  # [B]
-
-    segment_field = torch.stack([segments.reasoning_end, segments.answer_start, segments.answer_end, attribute.long()], dim=1)  # [B, 4]
-    tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict({SEGMENTS_FIELD: segment_field}, batch_size=B))
-    extra_info = {"oar_method": method, "oar_settings": dataclasses.asdict(settings), "oar_step": int(trainer.global_steps)}
-    request = KVBatchMeta(keys=batch.keys, tags=batch.tags, partition_id=batch.partition_id, fields=["prompts", "responses", SEGMENTS_FIELD], extra_info=extra_info)
-    if use_registered_computation:
-        request.extra_info["computation"] = COMPUTATION
-        trainer.actor_rollout_wg.compute_registered(request)
-    else:
-        trainer.actor_rollout_wg.compute_oar_scores(request)
-    scores = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[SCORES_FIELD])
-    scores = scores.to_padded_tensor()[SCORES_FIELD].float()[:, :R]  # [B, R]
-
-    reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
-    weights = bilevel_weights(scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass)
-    degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
-    if settings.permute_weights:  # the study's control: same weights, shuffled within each response
-        generator = torch.Generator().manual_seed(settings.seed + int(trainer.global_steps))
-        weights = permute_within_rows(weights, reasoning & ~degenerate[:, None], generator)
-    record = {"responses": responses, "response_mask": response_mask, "segments": segment_field, "found": segments.found,
-              "scores": scores, "weights": weights, "row_advantage": row_advantage, "degenerate": degenerate}  # fmt: skip
-    metrics.update(
-        oar_metrics(
-            weights=weights,
-            reasoning=reasoning & ~degenerate[:, None],
-            real=real,
-            answer_found=segments.found,
-            nonzero=nonzero,
-            degenerate=degenerate,
-            attributed=attribute & ~degenerate,
-        )
-    )
-    return weights, record
+    request = prepare_attribution(trainer, batch, row_advantage, padded)
+    request_scores(trainer, request, use_registered_computation)
+    return weights_from_scores(trainer, request, metrics, row_advantage)
 
 
 def dump_record(trainer, record: dict[str, torch.Tensor]) -> None:
@@ -134,15 +187,9 @@ def pre_advantage_step(trainer, batch: KVBatchMeta, metrics: dict) -> KVBatchMet
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores", "responses", "response_mask"])
         nested_mask = data["response_mask"]
         padded = data.to_padded_tensor()
-        mask = padded["response_mask"].float()
-        uid = padded["uid"]  # group ids: a non-tensor stack or list, as verl stores them
-        uid = np.array(uid.tolist() if hasattr(uid, "tolist") else list(uid), dtype=object)
-        grpo, _ = compute_grpo_outcome_advantage(
-            padded["rm_scores"].float(), mask, uid, norm_adv_by_std_in_grpo=trainer.config.algorithm.get("norm_adv_by_std_in_grpo", True)
-        )
-        row_advantage = grpo[torch.arange(len(grpo)), mask.argmax(dim=1)]
+        row_advantage, grpo = grpo_row_advantage(trainer, padded)
         weights, record = attribution_weights(trainer, batch, metrics, row_advantage, padded, use_registered_computation=True)
-        dump_record(trainer, {**record, "grpo_advantages": grpo * mask, "advantages": grpo * weights * mask, "path": torch.tensor(1)})
+        dump_record(trainer, {**record, "grpo_advantages": grpo, "advantages": grpo * weights, "path": torch.tensor(1)})
         publish_heatmaps(trainer, batch, record)
         fields = TensorDict({WEIGHTS_FIELD: response_to_nested(weights, nested_mask)}, batch_size=len(weights))
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
@@ -176,7 +223,16 @@ def _estimator(config, name: str):
 
 
 class OARTrainerSync(PPOTrainerSync):
-    """verl's v1 synchronous trainer with the OAR advantage step."""
+    """verl's v1 synchronous trainer with the OAR advantage step.
+
+    With `oar_g` and `algorithm.oar.fuse_log_probs` (the default), the old-log-prob step
+    is answered by fused OAR-G: the rows are segmented before it (rewards are known by
+    then), the actor workers return verl's `log_probs` / `entropy` and the OAR-G scores from
+    one clean pass, and verl's own code turns them into `old_log_probs`, `entropy` and its
+    metrics; the advantage step then only reads the scores.
+    """
+
+    _oar_fused: AttributionRequest | None = None
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
@@ -184,6 +240,30 @@ class OARTrainerSync(PPOTrainerSync):
             for role in ACTOR_ROLES:
                 if role in self.role_worker_mapping:
                     self.role_worker_mapping[role] = ray.remote(OARActorRolloutRefWorker)
+
+    def _fuses_log_probs(self) -> bool:
+        if self.config.algorithm.adv_estimator != "oar_g" or not OARSettings.from_algorithm_config(self.config.algorithm).fuse_log_probs:
+            return False
+        correction = self.config.algorithm.get("rollout_correction", None)
+        return not (correction and correction.get("bypass_mode", False))  # bypass: verl takes the rollout's log-probs
+
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        self._oar_fused = None
+        if not self._fuses_log_probs():
+            return super()._compute_old_log_prob(batch, metrics)
+        with marked_timer("oar_attribution", self.timing_raw):
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores", "responses", "response_mask"])
+            row_advantage, _ = grpo_row_advantage(self, data.to_padded_tensor())
+            request = prepare_attribution(self, batch, row_advantage, data.to_padded_tensor())
+        fused_keys = {**request.extra_info, FUSED_KEY: True}
+        request.batch.extra_info.update(fused_keys)
+        try:
+            output = super()._compute_old_log_prob(request.batch, metrics)
+        finally:
+            for key in fused_keys:
+                request.batch.extra_info.pop(key, None)
+        self._oar_fused = request
+        return output
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         if not uses_oar(self.config):
@@ -197,8 +277,12 @@ class OARTrainerSync(PPOTrainerSync):
             advantages = padded["advantages"].float()  # [B, R]
             mask = padded["response_mask"].bool()
             row_advantage = advantages[torch.arange(len(advantages)), mask.float().argmax(dim=1)]  # [B]
-            weights, record = attribution_weights(self, batch, metrics, row_advantage, padded, use_registered_computation=False)
-            dump_record(self, {**record, "grpo_advantages": advantages, "advantages": advantages * weights * mask, "path": torch.tensor(0)})
+            fused, self._oar_fused = self._oar_fused, None
+            if fused is not None and list(fused.batch.keys) == list(batch.keys):  # scores came with old_log_probs
+                weights, record = weights_from_scores(self, fused, metrics, row_advantage)
+            else:
+                weights, record = attribution_weights(self, batch, metrics, row_advantage, padded, use_registered_computation=False)
+            dump_record(self, {**record, "grpo_advantages": advantages, "advantages": advantages * weights * mask, "path": torch.tensor(0), "fused": torch.tensor(fused is not None)})
             publish_heatmaps(self, batch, record)
             reshaped = response_to_nested(advantages * weights * mask, nested_mask)
             output = TensorDict({"advantages": reshaped, "returns": reshaped.clone()}, batch_size=len(advantages))

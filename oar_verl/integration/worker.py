@@ -14,6 +14,12 @@ Inputs, per row (TransferQueue fields):
 Batch-level (extra_info): oar_method ("oar_p" | "oar_g"), oar_settings (dict of
 `OARSettings`), oar_step (int, offsets the OAR-G noise seed).
 Output: oar_scores [R_i] float32 per row (nested).
+
+Fused OAR-G (`algorithm.oar.fuse_log_probs`, verl 0.9.1 path): the trainer sends its
+old-log-prob request with `oar_fused` set; `OARActorRolloutRefWorker.compute_log_prob`
+then answers it with `gradient.attribute_with_log_probs`: verl's `log_probs` and `entropy`
+(at the request's `temperature`, nested [P_i + R_i] as verl's model outputs are) and
+`oar_scores` from the same clean pass.
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from oar_verl.core.attribution import get_method
+from oar_verl.core.attribution import get_method, gradient
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.spans import Segments
 from oar_verl.integration.config import OARSettings
 
 SEGMENTS_FIELD = "oar_segments"
 SCORES_FIELD = "oar_scores"
+FUSED_KEY = "oar_fused"  # extra_info flag of an old-log-prob request answered by fused OAR-G
 COMPUTATION = "oar_scores"  # its name among verl's worker computations, where verl has them
 
 
@@ -74,14 +81,37 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
     spans = Segments(segments[:, 0], segments[:, 1], segments[:, 2], segments[:, 2] > 0).to(device)
     attribute_rows = (segments[:, 3] > 0).to(device)
 
+    fused = bool(tu.get(data, key=FUSED_KEY, default=False))
     with engine.eval_mode():
-        scores = get_method(method).attribute(
-            engine.module, batch, spans, config, rows=attribute_rows, sync_passes=_sync_max
-        )  # [b, R]
+        if fused:
+            temperature = float(tu.get(data, key="temperature", default=1.0))
+            result = gradient.attribute_with_log_probs(engine.module, batch, spans, config, rows=attribute_rows, temperature=temperature, sync_passes=_sync_max)
+        else:
+            scores = get_method(method).attribute(engine.module, batch, spans, config, rows=attribute_rows, sync_passes=_sync_max)
     lengths = [len(r) for r in responses]
-    nested = torch.nested.as_nested_tensor([row[:n] for row, n in zip(scores.cpu(), lengths)], layout=torch.jagged)
-    output = TensorDict({SCORES_FIELD: nested}, batch_size=[len(prompts)])  # [b, R_i] per row
+    fields = {SCORES_FIELD: _nested_responses(result.scores if fused else scores, lengths)}  # [b, R_i] per row
+    if fused:  # verl's model-output layout: [P_i + R_i] per row, position j holding token j + 1's value
+        prompt_lengths = [len(p) for p in prompts]
+        fields["log_probs"] = _nested_sequences(result.log_probs, prompt_lengths, lengths)
+        fields["entropy"] = _nested_sequences(result.entropy, prompt_lengths, lengths)
+    output = TensorDict(fields, batch_size=[len(prompts)])
     return output if engine.is_mp_src_rank_with_outputs() else None
+
+
+def _nested_responses(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """[b, R] padded per-response values -> nested [R_i]."""
+    return torch.nested.as_nested_tensor([row[:n] for row, n in zip(values.cpu(), lengths)], layout=torch.jagged)
+
+
+def _nested_sequences(values: torch.Tensor, prompt_lengths: list[int], lengths: list[int]) -> torch.Tensor:
+    """[b, R] per-response-token values -> nested [P_i + R_i] in the layout of verl's model
+    outputs (`verl.workers.utils.padding.response_from_nested` reads them back)."""
+    rows = []
+    for row, p, n in zip(values.cpu(), prompt_lengths, lengths):
+        sequence = torch.zeros(p + n, dtype=row.dtype)
+        sequence[p - 1 : p - 1 + n] = row[:n]
+        rows.append(sequence)
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 
 
 class OARActorRolloutRefWorker(ActorRolloutRefWorker):
@@ -91,6 +121,13 @@ class OARActorRolloutRefWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_oar_scores(self, data: TensorDict) -> TensorDict | None:
         return compute_oar_scores(self, data)
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_log_prob(self, data: TensorDict) -> TensorDict | None:
+        """verl's log-prob pass, or fused OAR-G when the request carries `oar_fused`."""
+        if tu.get(data, key=FUSED_KEY, default=False):
+            return compute_oar_scores(self, data)
+        return super().compute_log_prob(data)
 
 
 def register_computation(engine_workers_module) -> bool:

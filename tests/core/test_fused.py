@@ -12,11 +12,12 @@ from .test_gradient import reference_scores
 
 
 def plain_log_probs(model, batch, temperature):
-    """[B, R] log-probs of the response tokens from one ordinary forward of the whole model."""
+    """([B, R] log-probs of the response tokens, [B, R] entropies) from one ordinary forward."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits.double()
     P = batch.prompt_length
-    log_probs = torch.log_softmax(logits[:, P - 1 : -1] / temperature, dim=-1).gather(2, batch.responses[:, :, None])[:, :, 0]
-    return log_probs * batch.response_mask
+    distribution = torch.distributions.Categorical(logits=logits[:, P - 1 : -1] / temperature)
+    log_probs = distribution.log_prob(batch.responses)
+    return log_probs * batch.response_mask, distribution.entropy() * batch.response_mask
 
 
 @pytest.mark.parametrize("mode", TARGET_MODES)
@@ -25,9 +26,10 @@ def test_fused_scores_and_log_probs_equal_their_definitions(model64, batch_and_s
     sigma = 0.0 if mode == "answer_logprob" else 1e-3  # fused answer_logprob takes the clean-pass gradient
     config = GradientConfig(target=mode, noise_std=1e-3, seed=7, max_tokens_per_pass=2 * batch.input_ids.shape[1])
     with torch.no_grad():
-        expected_log_probs = plain_log_probs(model64, batch, temperature=0.7)
+        expected_log_probs, expected_entropy = plain_log_probs(model64, batch, temperature=0.7)
     fused = gradient.attribute_with_log_probs(model64, batch, segments, config, temperature=0.7)
     torch.testing.assert_close(fused.log_probs.double(), expected_log_probs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.entropy.double(), expected_entropy, rtol=1e-5, atol=1e-6)
     expected = reference_scores(model64, batch_and_segments, mode, sigma, 7)
     for row, values in expected.items():
         end = int(segments.reasoning_end[row])

@@ -46,6 +46,12 @@ def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point,
     assert result.returncode == 0, log.read_text()[-6000:]
     assert "OAR step installed in verl's sync trainer (verl 0.9.1)" in log.read_text()
     check_oar_run(read_metrics(metrics_file), dumps, quantile)
+    fused = estimator == "oar_g"  # algorithm.oar.fuse_log_probs defaults to true
+    metrics = read_metrics(metrics_file)
+    for step in (1, 2):
+        assert bool(torch.load(dumps / f"step_{step}.pt")["fused"]) == fused
+        # old_log_probs (fused: from OAR-G's clean pass) agree with the rollout's own log-probs
+        assert metrics[step]["training/rollout_probs_diff_max"] < 1e-4 and metrics[step]["actor/entropy"] > 0
     if heatmaps:
         check_heatmaps(root / f"ckpt_{estimator}" / "oar_heatmaps", root / f"tb_{estimator}", dumps, steps=(1, 2))
     else:

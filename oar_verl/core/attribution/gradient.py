@@ -138,10 +138,13 @@ class ScoresAndLogProbs:
         scores: [B, R] float32 OAR-G scores, as `attribute` gives them.
         log_probs: [B, R] float32 log-probability of each response token under the model at
             `temperature` (log_softmax(logits / T)), 0 at padding: verl's `old_log_probs`.
+        entropy: [B, R] float32 entropy of the model's next-token distribution at each
+            response position, at `temperature`, 0 at padding (verl's `entropy`).
     """
 
     scores: torch.Tensor
     log_probs: torch.Tensor
+    entropy: torch.Tensor
 
 
 def attribute_with_log_probs(
@@ -187,6 +190,7 @@ def attribute_with_log_probs(
     grad_from_clean = config.target == "answer_logprob"
     scores = torch.zeros((B, R), dtype=torch.float32, device=device)
     log_probs = torch.zeros((B, R), dtype=torch.float32, device=device)
+    entropy = torch.zeros((B, R), dtype=torch.float32, device=device)
     with eval_mode(model):
         for c in chunks:
             ids, mask, pos = batch.input_ids[c], batch.attention_mask[c], batch.position_ids[c]  # [C, L]
@@ -198,7 +202,7 @@ def attribute_with_log_probs(
                     embeds = embeds.detach().requires_grad_(True)
                 hidden = parts.hidden_states(mask, pos, inputs_embeds=embeds)  # [C, L, H]
                 with torch.no_grad():  # no graph through the head for the log-probs
-                    log_probs[c] = response_log_probs(parts, hidden.detach(), batch.responses[c], P, temperature)
+                    log_probs[c], entropy[c] = response_log_probs(parts, hidden.detach(), batch.responses[c], P, temperature)
                 if answer is not None:
                     clean = compute_target(parts, hidden[local], answer, config.target)
                     if grad_from_clean:
@@ -212,16 +216,22 @@ def attribute_with_log_probs(
             parts.idle_pass(device, backward=grad_from_clean)
             if not grad_from_clean:
                 parts.idle_pass(device, backward=True)
-    return ScoresAndLogProbs(scores=scores, log_probs=log_probs * batch.response_mask)
+    return ScoresAndLogProbs(scores=scores, log_probs=log_probs * batch.response_mask, entropy=entropy * batch.response_mask)
 
 
-def response_log_probs(parts, hidden: torch.Tensor, responses: torch.Tensor, prompt_length: int, temperature: float, slice_tokens: int = 512) -> torch.Tensor:
-    """[C, R] float32 log-probs of the response tokens from hidden states [C, P + R, H],
-    computed `slice_tokens` positions at a time so that at most [C, slice, V] logits exist."""
+def response_log_probs(
+    parts, hidden: torch.Tensor, responses: torch.Tensor, prompt_length: int, temperature: float, slice_tokens: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([C, R] log-probs of the response tokens, [C, R] entropies), float32, from hidden
+    states [C, P + R, H] at `temperature`, `slice_tokens` positions at a time so that at
+    most [C, slice, V] logits exist."""
     C, R = responses.shape
-    out = torch.empty((C, R), dtype=torch.float32, device=responses.device)
+    log_probs = torch.empty((C, R), dtype=torch.float32, device=responses.device)
+    entropy = torch.empty((C, R), dtype=torch.float32, device=responses.device)
     for start in range(0, R, slice_tokens):
         end = min(start + slice_tokens, R)
         logits = parts.logits(hidden[:, prompt_length - 1 + start : prompt_length - 1 + end]) / temperature  # [C, S, V]
-        out[:, start:end] = torch.log_softmax(logits, dim=-1).gather(2, responses[:, start:end, None])[:, :, 0].float()
-    return out
+        log_softmax = torch.log_softmax(logits, dim=-1)
+        log_probs[:, start:end] = log_softmax.gather(2, responses[:, start:end, None])[:, :, 0].float()
+        entropy[:, start:end] = -(log_softmax.exp() * log_softmax).sum(dim=-1).float()
+    return log_probs, entropy
