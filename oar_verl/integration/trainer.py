@@ -253,8 +253,9 @@ class OARTrainerSync(PPOTrainerSync):
             return super()._compute_old_log_prob(batch, metrics)
         with marked_timer("oar_attribution", self.timing_raw):
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores", "responses", "response_mask"])
-            row_advantage, _ = grpo_row_advantage(self, data.to_padded_tensor())
-            request = prepare_attribution(self, batch, row_advantage, data.to_padded_tensor())
+            padded = data.to_padded_tensor()
+            row_advantage, _ = grpo_row_advantage(self, padded)
+            request = prepare_attribution(self, batch, row_advantage, padded)
         fused_keys = {**request.extra_info, FUSED_KEY: True}
         request.batch.extra_info.update(fused_keys)
         try:
