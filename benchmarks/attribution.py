@@ -16,7 +16,8 @@ Figures (same inputs for every method):
   and Spearman rank correlation against exact per response on trained tiny models (the
   demo's planted-pivot model, the study's arithmetic model; random weights give
   meaningless rankings);
-- peak memory of each (CUDA allocator peak; not available on the CPU).
+- peak memory of each (CUDA: allocator peak; CPU: tensor memory from torch.profiler's
+  allocation events).
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ def make_batch(setup: Setup, response_length: int, device: str):
 
 class Meter:
     """Median wall time over `repeats` runs (after one untimed warm-up run) and peak memory
-    of a block (CUDA allocator peak above what was allocated before; not measured on the
-    CPU, where torch allocations have no allocator statistics)."""
+    of a block: on CUDA the allocator's peak above what was allocated before; on the CPU
+    the peak of the tensor memory allocated and freed during the warm-up run, replayed
+    from torch.profiler's memory events (`cpu_peak_memory`)."""
 
     def __init__(self, device: str, repeats: int):
         self.device = device
@@ -98,7 +100,10 @@ class Meter:
 
     def __call__(self, fn):
         times, peak = [], None
-        fn()  # warm-up: first-call allocations and kernel selection are not timed
+        if self.device == "cuda":
+            fn()  # warm-up: first-call allocations and kernel selection are not timed
+        else:
+            peak = cpu_peak_memory(fn)  # the warm-up run, profiled
         for _ in range(self.repeats):
             if self.device == "cuda":
                 torch.cuda.synchronize()
@@ -114,7 +119,22 @@ class Meter:
 
 
 def memory(peak: int | None) -> str:
-    return "peak n/a (CPU)" if peak is None else f"peak {peak / 2**20:9.1f} MiB"
+    return "peak n/a" if peak is None else f"peak {peak / 2**20:9.1f} MiB"
+
+
+def cpu_peak_memory(fn) -> int:
+    """Bytes: the highest net tensor memory allocated while `fn` runs on the CPU, from
+    torch.profiler's allocation and free events in time order (net per operator, so a
+    temporary allocated and freed inside one operator is not seen)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
 
 
 @torch.no_grad()
@@ -173,6 +193,7 @@ def main() -> None:
     meter = Meter(device, repeats=args.repeats)
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; model: hidden {setup.hidden}, {setup.layers} layers, vocab {setup.vocab}, {setup.dtype}; {setup.rows} rows, prompt ~{setup.prompt}")
+    exact_peaks: dict[int, int | None] = {}
     for length in setup.responses:
         batch, segments = make_batch(setup, length, device)
         print(f"\nresponse length {length} (reasoning {length - setup.answer - 2} tokens per row)")
@@ -189,6 +210,7 @@ def main() -> None:
                   f"{(f_time - base_time) / base_time:5.2f}x beyond it (target <= {bound}x); log-probs max diff {agree:.1e}")  # fmt: skip
         config = PerturbationConfig(target="first_answer", perturbation_id=0, max_tokens_per_pass=setup.token_budget)
         exact, p_time, p_peak = meter(lambda: perturbation.attribute(model, batch, segments, config))
+        exact_peaks[length] = p_peak
         measured, floor = recomputed_tokens(batch, segments, setup.token_budget)
         print(f"  OAR-P exact                               {p_time:8.3f} s   {memory(p_peak)}")
         print(f"    tokens recomputed {measured} vs floor {floor}: {measured / floor:.3f}x (target <= 1.3x)")
@@ -203,6 +225,12 @@ def main() -> None:
             versus = f"{n_time / a_time:6.1f}x faster than naive (target >= 20x)" if n_time else f"{p_time / a_time:6.1f}x faster than exact"
             print(f"  OAR-P {label:<34} {a_time:8.3f} s   {memory(a_peak)}   {versus}")
         del log_probs
+    if None not in exact_peaks.values():
+        peaks = ", ".join(f"{length}: {peak / 2**20:.1f} MiB" for length, peak in exact_peaks.items())
+        lengths = sorted(exact_peaks)
+        growth = exact_peaks[lengths[-1]] / exact_peaks[lengths[0]]
+        print(f"\nOAR-P exact peak memory at a {setup.token_budget}-token budget: {peaks}; x{growth:.2f} for x{lengths[-1] / lengths[0]:.0f} the length "
+              "(target: flat in length at a fixed budget)")  # fmt: skip
     print("\nagreement with exact OAR-P on trained tiny models (mean per-response Spearman):")
     for label, rho in approximate_agreement():
         print(f"  {label:<80} {rho:.3f} (target >= 0.85)")
