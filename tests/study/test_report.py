@@ -25,10 +25,12 @@ def test_verdict_separates_a_real_difference_from_noise():
 
 
 def test_report_has_the_table_curves_and_verdict(tmp_path):
-    path = write_report(synthetic({"grpo": [0.50, 0.52], "oar_g": [0.55, 0.57]}), tmp_path, command="python -m oar_verl.study", wall_s=600)
+    results = synthetic({"grpo": [0.50, 0.52], "oar_g": [0.55, 0.57]})
+    results["runs"][2]["step_time_s"] = 6.0  # oar_g seed 0: 1.5x GRPO seed 0; seed 1: 1.0x
+    path = write_report({**results, "prepare_s": 60.0}, tmp_path, command="python -m oar_verl.study")
     text = path.read_text()
-    assert "| GRPO | 2 | 0.510 ± 0.014 |" in text and "| OAR-G | 2 | 0.560 ± 0.014 |" in text
-    assert "(10 minutes for this run) on test machine" in text and "## Verdict" in text
+    assert "| GRPO | 2 | 0.510 ± 0.014 | 0.510 | 4.00 | 1.00x |" in text and "| OAR-G | 2 | 0.560 ± 0.014 | 0.560 | 5.00 | 1.25x |" in text
+    assert "on test machine: 8 minutes of compute" in text and "## Verdict" in text
     for image in ("accuracy.png", "train_reward.png"):
         assert Image.open(tmp_path / "results" / image).size[0] > 400
 
