@@ -183,7 +183,8 @@ def log_prob_pass(model, batch: ResponseBatch) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (the median is printed)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per OAR-P figure (the median is printed)")
+    parser.add_argument("--gradient-repeats", type=int, default=21, help="timed runs per log-prob / OAR-G figure (passes of milliseconds on the CPU config)")
     parser.add_argument("--skip-naive-above", type=int, default=1024, help="response length above which the naive OAR-P baseline is not run")
     args = parser.parse_args()
     setup = CONFIGS[args.config]
@@ -191,18 +192,19 @@ def main() -> None:
     torch.set_grad_enabled(True)
     model = build(setup, device)
     meter = Meter(device, repeats=args.repeats)
+    gradient_meter = Meter(device, repeats=args.gradient_repeats)
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; model: hidden {setup.hidden}, {setup.layers} layers, vocab {setup.vocab}, {setup.dtype}; {setup.rows} rows, prompt ~{setup.prompt}")
     exact_peaks: dict[int, int | None] = {}
     for length in setup.responses:
         batch, segments = make_batch(setup, length, device)
         print(f"\nresponse length {length} (reasoning {length - setup.answer - 2} tokens per row)")
-        log_probs, base_time, base_peak = meter(lambda: log_prob_pass(model, batch))
+        log_probs, base_time, base_peak = gradient_meter(lambda: log_prob_pass(model, batch))
         print(f"  log-prob pass (no grad, full logits)      {base_time:8.3f} s   {memory(base_peak)}")
         for target in TARGET_MODES:
             config = GradientConfig(target=target, max_tokens_per_pass=setup.token_budget)
-            _, g_time, g_peak = meter(lambda: gradient.attribute(model, batch, segments, config))
-            fused, f_time, f_peak = meter(lambda: gradient.attribute_with_log_probs(model, batch, segments, config))
+            _, g_time, g_peak = gradient_meter(lambda: gradient.attribute(model, batch, segments, config))
+            fused, f_time, f_peak = gradient_meter(lambda: gradient.attribute_with_log_probs(model, batch, segments, config))
             bound = 1.3 if target == "answer_logprob" else 2.3
             agree = float((fused.log_probs - log_probs[:, batch.prompt_length - 1 :, 0] * batch.response_mask).abs().max())
             print(f"  OAR-G {target:<15} standalone        {g_time:8.3f} s   {memory(g_peak)}   {g_time / base_time:5.2f}x log-prob pass")

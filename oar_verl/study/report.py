@@ -131,6 +131,10 @@ def write_report(results: dict, out_dir: Path, *, command: str) -> Path:
         "",
         *[f"- {line}" for line in verdict(results)],
         "",
+        "Read it at its scale: a tiny model, a short budget and one task; a difference within twice its standard error "
+        "is evidence neither way, and the control tells whether OAR-G's weights matter because of where they are "
+        "(outcome grounding) or only because they vary.",
+        "",
         "## Held-out accuracy",
         "",
         "![held-out accuracy, mean and min-max over seeds](results/accuracy.png)",

@@ -103,46 +103,43 @@ def attribute(
         units = _guided_units(guide, sub_segments, config)
     else:
         units = [torch.arange(0, int(end), span, device=device) for end in sub_segments.reasoning_end]
-    windows = [(r, w) for r in range(len(index)) for w in _windows(units[r], span, P, L, config.max_tokens_per_pass)]
-    idle = passes_to_run(len(row_chunks) + len(windows), sync_passes) - len(row_chunks) - len(windows)
+    windows = [_windows(units[r], span, P, L, config.max_tokens_per_pass) for r in range(len(index))]  # per row
+    passes = len(row_chunks) + sum(len(w) for w in windows)
+    idle = passes_to_run(passes, sync_passes) - passes
 
+    pair_row, pair_token, shifts = [], [], []
     with eval_mode(model):
-        clean, caches = [], []
-        for c in row_chunks:
+        for c in row_chunks:  # one chunk's clean key/value cache at a time: memory does not grow with the batch
             with parts.materialized():
                 hidden, cache = parts.hidden_states_and_cache(attention_mask[c], position_ids[c], input_ids[c])  # [C, L, H]
-                clean.append(compute_target(parts, hidden, answer.select(c), config.target))
-            caches.append(cache)
-        clean = torch.cat(clean)  # [B', V] or [B']
-
-        pair_row, pair_token, shifts = [], [], []
-        row_cache, cached_row = None, None
-        for r, window in windows:  # window: [C] first positions of runs of `span` tokens of row r
-            start = P + int(window[0])  # positions before `start` keep their clean keys/values
-            C = len(window)
-            if cached_row != r:  # windows come row by row: take the row out of its chunk's cache once
-                chunk, within = divmod(r, per_pass)
-                row_cache, cached_row = copy.deepcopy(caches[chunk]), r
+                clean = compute_target(parts, hidden, answer.select(c), config.target)  # [C, V] or [C]
+            del hidden
+            for within, r in enumerate(c.tolist()):
+                row_cache = copy.deepcopy(cache)  # the row taken out of its chunk's cache once
                 row_cache.batch_select_indices(torch.tensor([within], device=device))
-            prefix = copy.deepcopy(row_cache)
-            prefix.crop(start)
-            prefix.batch_repeat_interleave(C)
-            suffix = input_ids[r, start:].repeat(C, 1)  # [C, L - start]
-            end = int(sub_segments.reasoning_end[r])
-            for offset in range(span):  # a unit is [first, first + span) within the reasoning
-                inside = window + offset < end
-                suffix[torch.arange(C, device=device)[inside], (P + window + offset - start)[inside]] = config.perturbation_id
-            with parts.materialized():
-                hidden, _ = parts.hidden_states_and_cache(
-                    attention_mask[r].repeat(C, 1), position_ids[r, start:].repeat(C, 1), suffix, past_key_values=prefix
-                )  # [C, L - start, H]
-                perturbed = compute_target(parts, hidden, answer.select(torch.full((C,), r, device=device)).shifted(-start), config.target)
-            shift = target_shift(clean[[r] * C], perturbed, config.target).abs()  # [C]
-            tokens = (window[:, None] + torch.arange(span, device=device)[None, :]).flatten()  # [C * span]
-            inside = tokens < end
-            shifts.append(shift.repeat_interleave(span)[inside])  # a unit's tokens share its score
-            pair_row.append(torch.full((int(inside.sum()),), r, device=device))
-            pair_token.append(tokens[inside])
+                end = int(sub_segments.reasoning_end[r])
+                for window in windows[r]:  # window: [C'] first positions of runs of `span` tokens
+                    start = P + int(window[0])  # positions before `start` keep their clean keys/values
+                    count = len(window)
+                    prefix = copy.deepcopy(row_cache)
+                    prefix.crop(start)
+                    prefix.batch_repeat_interleave(count)
+                    suffix = input_ids[r, start:].repeat(count, 1)  # [C', L - start]
+                    for offset in range(span):  # a unit is [first, first + span) within the reasoning
+                        inside = window + offset < end
+                        suffix[torch.arange(count, device=device)[inside], (P + window + offset - start)[inside]] = config.perturbation_id
+                    with parts.materialized():
+                        hidden, _ = parts.hidden_states_and_cache(
+                            attention_mask[r].repeat(count, 1), position_ids[r, start:].repeat(count, 1), suffix, past_key_values=prefix
+                        )  # [C', L - start, H]
+                        perturbed = compute_target(parts, hidden, answer.select(torch.full((count,), r, device=device)).shifted(-start), config.target)
+                    shift = target_shift(clean[[within] * count], perturbed, config.target).abs()  # [C']
+                    tokens = (window[:, None] + torch.arange(span, device=device)[None, :]).flatten()  # [C' * span]
+                    inside = tokens < end
+                    shifts.append(shift.repeat_interleave(span)[inside])  # a unit's tokens share its score
+                    pair_row.append(torch.full((int(inside.sum()),), r, device=device))
+                    pair_token.append(tokens[inside])
+            del cache
         for _ in range(idle):
             parts.idle_pass(device, backward=False)
     pair_row, pair_token, shifts = torch.cat(pair_row), torch.cat(pair_token), torch.cat(shifts)
@@ -153,15 +150,17 @@ def attribute(
 
 def _windows(units: torch.Tensor, span: int, prompt_length: int, length: int, max_tokens: int) -> list[torch.Tensor]:
     """A row's perturbation units (sorted first positions of runs of `span` tokens) split
-    into windows, each batched in one pass: C sequences recomputing the
-    S = L - (P + first) positions from the window's first unit hold at most `max_tokens`
-    tokens, and C <= S / (4 span), so that the positions a sequence recomputes before its
-    own unit (C span / 2 on average) stay a small share of its S: about 1.14x the tokens of
+    into windows, each batched in one pass: C sequences, each recomputing the
+    S = L - (P + first) positions from the window's first unit on top of a copy of the
+    clean key/value cache before it, hold at most `max_tokens` tokens counting both
+    (C L <= max_tokens, so memory is bounded by the budget whatever the length), and
+    C <= S / (4 span), so that the positions a sequence recomputes before its own unit
+    (C span / 2 on average) stay a small share of its S: about 1.14x the tokens of
     recomputing each from its own unit."""
     windows, first = [], 0
     while first < len(units):
         suffix = length - (prompt_length + int(units[first]))
-        count = max(1, min(len(units) - first, max_tokens // suffix, suffix // (4 * span)))
+        count = max(1, min(len(units) - first, max_tokens // length, suffix // (4 * span)))
         windows.append(units[first : first + count])
         first += count
     return windows
