@@ -11,7 +11,9 @@ leaves every position before t as it was, so each row's clean pass keeps its key
 cache and a perturbed sequence recomputes only from its window's first perturbed position
 on, up to the last position the target reads (later tokens cannot change it). A window is
 a run of a row's reasoning positions batched in one pass, as many sequences as
-`max_tokens_per_pass` holds; logits are computed at the target positions only.
+`max_tokens_per_pass` holds counting each one's cached prefix (so peak memory is bounded
+by the budget, not by the response length); rows are processed one chunk at a time, and
+logits are computed at the target positions only.
 """
 
 from __future__ import annotations
