@@ -86,10 +86,11 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
         if fused:
             temperature = float(tu.get(data, key="temperature", default=1.0))
             result = gradient.attribute_with_log_probs(engine.module, batch, spans, config, rows=attribute_rows, temperature=temperature, sync_passes=_sync_max)
+            scores = result.scores
         else:
             scores = get_method(method).attribute(engine.module, batch, spans, config, rows=attribute_rows, sync_passes=_sync_max)
     lengths = [len(r) for r in responses]
-    fields = {SCORES_FIELD: _nested_responses(result.scores if fused else scores, lengths)}  # [b, R_i] per row
+    fields = {SCORES_FIELD: _nested_responses(scores, lengths)}  # [b, R_i] per row
     if fused:  # verl's model-output layout: [P_i + R_i] per row, position j holding token j + 1's value
         prompt_lengths = [len(p) for p in prompts]
         fields["log_probs"] = _nested_sequences(result.log_probs, prompt_lengths, lengths)

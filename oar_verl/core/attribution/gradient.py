@@ -47,12 +47,16 @@ class GradientConfig:
             raise ValueError(f"max_tokens_per_pass: expected >= 1, got {self.max_tokens_per_pass}")
 
 
-def attribution_noise(batch: ResponseBatch, hidden_size: int, config: GradientConfig) -> torch.Tensor:
-    """[B, L, H] float32 noise, before masking to reasoning positions (see module docstring)."""
+def attribution_noise(batch: ResponseBatch, hidden_size: int, config: GradientConfig, reasoning: torch.Tensor) -> torch.Tensor:
+    """[B, P + R, H] float32 noise (see module docstring), zero outside `reasoning` ([B, R]
+    bool, the response positions to perturb)."""
     device = batch.input_ids.device
     generator = torch.Generator(device=device).manual_seed(config.seed)
     shape = (*batch.input_ids.shape, hidden_size)
-    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32) * config.noise_std
+    noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32) * config.noise_std
+    on_reasoning = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=device)
+    on_reasoning[:, batch.prompt_length :] = reasoning.to(device)
+    return noise * on_reasoning[:, :, None]
 
 
 def attribute(
@@ -90,12 +94,8 @@ def attribute(
     answer = answer_positions(sub, sub_segments)  # [B', A]
     L = int(answer.columns_needed.max())
     per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
-    hidden_size = parts.embeddings.embedding_dim
-    noise = attribution_noise(batch, hidden_size, config)[index, :L]  # [B', L, H]
+    noise = attribution_noise(batch, parts.embeddings.embedding_dim, config, segments.reasoning_mask(R))[index, :L]  # [B', L, H]
     reasoning = sub_segments.reasoning_mask(R)  # [B', R]
-    on_reasoning = torch.zeros((len(index), L), dtype=torch.bool, device=index.device)
-    on_reasoning[:, P:] = reasoning[:, : L - P]  # [B', L]
-    noise = noise * on_reasoning[:, :, None]
 
     chunks = torch.arange(len(index), device=device).split(per_pass)
     idle = passes_to_run(len(chunks), sync_passes) - len(chunks)
@@ -181,13 +181,11 @@ def attribute_with_log_probs(
     attributed = torch.zeros(B, dtype=torch.bool, device=device)
     attributed[attributed_rows(batch, segments, rows)] = True
     reasoning = segments.reasoning_mask(R).to(device) & attributed[:, None]  # [B, R]
-    noise = attribution_noise(batch, parts.embeddings.embedding_dim, config)  # [B, L, H]
-    noise[:, P:] *= reasoning[:, :, None]
-    noise[:, :P] = 0
+    grad_from_clean = config.target == "answer_logprob"  # no noisy pass, no noise
+    noise = None if grad_from_clean else attribution_noise(batch, parts.embeddings.embedding_dim, config, reasoning)  # [B, L, H]
     per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
     chunks = torch.arange(B, device=device).split(per_pass)
     idle = passes_to_run(len(chunks), sync_passes) - len(chunks)
-    grad_from_clean = config.target == "answer_logprob"
     scores = torch.zeros((B, R), dtype=torch.float32, device=device)
     log_probs = torch.zeros((B, R), dtype=torch.float32, device=device)
     entropy = torch.zeros((B, R), dtype=torch.float32, device=device)
@@ -196,22 +194,22 @@ def attribute_with_log_probs(
             ids, mask, pos = batch.input_ids[c], batch.attention_mask[c], batch.position_ids[c]  # [C, L]
             local = attributed[c].nonzero().squeeze(1)  # attributed rows of the chunk
             answer = answer_positions(batch.select(c[local]), segments.select(c[local])) if local.numel() else None
-            with parts.materialized(), torch.set_grad_enabled(grad_from_clean and local.numel() > 0):
+            with parts.materialized(), torch.set_grad_enabled(grad_from_clean and answer is not None):
                 embeds = parts.embeddings(ids)  # [C, L, H]
                 if torch.is_grad_enabled():
                     embeds = embeds.detach().requires_grad_(True)
                 hidden = parts.hidden_states(mask, pos, inputs_embeds=embeds)  # [C, L, H]
                 with torch.no_grad():  # no graph through the head for the log-probs
                     log_probs[c], entropy[c] = response_log_probs(parts, hidden.detach(), batch.responses[c], P, temperature)
-                if answer is not None:
-                    clean = compute_target(parts, hidden[local], answer, config.target)
-                    if grad_from_clean:
-                        (grad,) = torch.autograd.grad(-clean.sum(), embeds)
-                        product = (grad[local].to(clean.dtype) * embeds[local].detach().to(clean.dtype)).sum(dim=-1)  # [C', L]
-            if answer is not None and not grad_from_clean:
+                if answer is None:
+                    continue
+                clean = compute_target(parts, hidden[local], answer, config.target)
+                if grad_from_clean:
+                    (grad,) = torch.autograd.grad(-clean.sum(), embeds)
+                    product = (grad[local].to(clean.dtype) * embeds[local].detach().to(clean.dtype)).sum(dim=-1)  # [C', L]
+            if not grad_from_clean:
                 product = _noisy_gradient_x_input(parts, ids[local], mask[local], pos[local], noise[c[local]], clean.detach(), answer, config.target)
-            if answer is not None:
-                scores[c[local]] = product[:, P:].abs().float() * reasoning[c[local]]
+            scores[c[local]] = product[:, P:].abs().float() * reasoning[c[local]]
         for _ in range(idle):
             parts.idle_pass(device, backward=grad_from_clean)
             if not grad_from_clean:
