@@ -57,7 +57,7 @@ def uses_oar(config) -> bool:
     return config.algorithm.adv_estimator in ESTIMATORS
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class AttributionRequest:
     """A step's rows prepared for attribution (see `prepare_attribution`).
 
@@ -103,10 +103,10 @@ def prepare_attribution(trainer, batch: KVBatchMeta, row_advantage: torch.Tensor
     real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags]) & response_mask.any(dim=1)  # [B]
     nonzero = real & (row_advantage != 0)
     segments = segment_responses(trainer.tokenizer, responses, response_mask, settings.answer_pattern)
-    request = AttributionRequest(batch, {}, responses, response_mask, segments, real, nonzero, nonzero & segments.usable)
-    request.batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict({SEGMENTS_FIELD: request.segment_field}, batch_size=len(responses)))
-    request.extra_info = {"oar_method": trainer.config.algorithm.adv_estimator, "oar_settings": dataclasses.asdict(settings), "oar_step": int(trainer.global_steps)}
-    return request
+    extra_info = {"oar_method": trainer.config.algorithm.adv_estimator, "oar_settings": dataclasses.asdict(settings), "oar_step": int(trainer.global_steps)}
+    request = AttributionRequest(batch, extra_info, responses, response_mask, segments, real, nonzero, nonzero & segments.usable)
+    fields = TensorDict({SEGMENTS_FIELD: request.segment_field}, batch_size=len(responses))
+    return dataclasses.replace(request, batch=tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields))
 
 
 def request_scores(trainer, request: AttributionRequest, use_registered_computation: bool) -> None:

@@ -67,6 +67,11 @@ class TokenHeatmap:
             title=title if title is not None else explanation.method, notes=notes,
         )  # fmt: skip
 
+    def summary(self) -> list[str]:
+        """The facts shown under the title: reward, length, then `notes`."""
+        reward = "unknown" if self.reward is None else f"{self.reward:g}"
+        return [f"reward {reward}", f"{len(self.token_ids)} tokens", *self.notes]
+
     def weight_range(self) -> tuple[float, float]:
         """(lowest, highest) finite weight, widened to include 1."""
         finite = [w for w in self.weights if math.isfinite(w)] or [1.0]
@@ -86,6 +91,11 @@ def token_pieces(tokenizer, ids: list[int]) -> list[str]:
         shown_until = max(shown_until, end)
         pieces.append(piece or BYTE_PIECE)
     return pieces
+
+
+def scale_stops(low: float, high: float) -> list[float]:
+    """The weights a colour legend shows: both ends, 1, and the midpoints."""
+    return sorted({low, (low + 1) / 2, 1.0, (1 + high) / 2, high})
 
 
 def weight_intensity(weight: float, low: float, high: float) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from oar_verl.viz.heatmap import SEGMENT_COLOURS, TokenHeatmap, weight_colour
+from oar_verl.viz.heatmap import SEGMENT_COLOURS, TokenHeatmap, scale_stops, weight_colour
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -39,8 +39,7 @@ def render_html(heatmaps: Sequence[TokenHeatmap], *, title: str = "OAR token cre
 
 def _section(index: int, heatmap: TokenHeatmap) -> str:
     low, high = heatmap.weight_range()
-    reward = "unknown" if heatmap.reward is None else f"{heatmap.reward:g}"
-    notes = " · ".join(html.escape(note) for note in (f"reward {reward}", f"{len(heatmap.token_ids)} tokens", *heatmap.notes))
+    notes = " · ".join(html.escape(note) for note in heatmap.summary())
     tokens = "".join(_token(k, heatmap, low, high) for k in range(len(heatmap.token_ids)))
     return (
         f"<section class=\"heatmap\" id=\"response-{index}\">"
@@ -62,7 +61,6 @@ def _token(k: int, heatmap: TokenHeatmap, low: float, high: float) -> str:
 
 
 def _legend(low: float, high: float) -> str:
-    stops = sorted({low, (low + 1) / 2, 1.0, (1 + high) / 2, high})
-    swatches = "".join(f"<span style=\"background-color: rgb{weight_colour(w, low, high)}\">{w:.2f}</span>" for w in stops)
+    swatches = "".join(f"<span style=\"background-color: rgb{weight_colour(w, low, high)}\">{w:.2f}</span>" for w in scale_stops(low, high))
     segments = "".join(f"<span class=\"key seg-{name}\">{name}</span>" for name in SEGMENT_COLOURS)
     return f"<div class=\"legend\">weight {swatches} &nbsp; segment {segments}</div>"

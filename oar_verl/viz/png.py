@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from oar_verl.viz.heatmap import SEGMENT_COLOURS, TokenHeatmap, weight_colour
+from oar_verl.viz.heatmap import SEGMENT_COLOURS, TokenHeatmap, scale_stops, weight_colour
 
 FONT = {"family": "DejaVu Sans Mono", "size": 10}
 CHAR_WIDTH_IN = 0.6 * FONT["size"] / 72  # DejaVu Sans Mono advance: 0.6 em
@@ -38,8 +38,7 @@ def render_png(heatmap: TokenHeatmap, path: str | Path, *, width: int = 100, max
     axes.set_ylim(lines + HEADER_LINES + FOOTER_LINES, 0)
     axes.axis("off")
 
-    reward = "unknown" if heatmap.reward is None else f"{heatmap.reward:g}"
-    notes = [f"reward {reward}", f"{len(heatmap.token_ids)} tokens", *heatmap.notes]
+    notes = heatmap.summary()
     if len(heatmap.pieces) > max_tokens:
         notes.append(f"first {max_tokens} shown")
     axes.text(0, 0.8, heatmap.title or "OAR token credit", fontdict={**FONT, "weight": "bold"}, va="center")
@@ -75,11 +74,10 @@ def _layout(pieces: list[str], width: int) -> list[tuple[int, int, str]]:
 
 def _scale(axes, top: float, low: float, high: float, width: int) -> None:
     """The colour scale from `low` to `high` and the segment key, on one line."""
-    stops = sorted({low, (low + 1) / 2, 1.0, (1 + high) / 2, high})
     column = 0
     axes.text(column, top + 0.5, "weight", fontdict=FONT, va="center")
     column += 7
-    for weight in stops:
+    for weight in scale_stops(low, high):
         label = f"{weight:.2f}"
         axes.add_patch(Rectangle((column, top + 0.1), len(label) + 1, 0.8, facecolor=[c / 255 for c in weight_colour(weight, low, high)]))
         axes.text(column + 0.5, top + 0.5, label, fontdict=FONT, va="center")
