@@ -28,16 +28,22 @@ HELD_OUT_METRIC = "val-core/openai/gsm8k/acc/mean@1"
 TASK = {"max_steps": 1, "max_operand": 9}  # one-step single-digit sums: learnable in seconds
 
 
-def prepare(workdir: Path, *, warm_start_steps: int = 300, train_size: int = 512, val_size: int = 64, seed: int = 0) -> dict[str, Path]:
-    """The model and the data of a run, built under `workdir` (reused when present)."""
+def prepare(
+    workdir: Path, *, warm_start_steps: int = 300, train_size: int = 512, val_size: int = 64, seed: int = 0, task: dict = TASK, slip_probability: float = 0.0
+) -> dict[str, Path]:
+    """The model and the data of a run, built under `workdir` (reused when present).
+
+    `task`: `max_steps` / `max_operand` of the arithmetic (`data.arithmetic.make_problem`);
+    `slip_probability`: share of imperfect warm-start traces.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {"model": workdir / "model", "train": workdir / "train.parquet", "val": workdir / "val.parquet"}
     if not (paths["model"] / "config.json").exists():
-        warm_start(paths["model"], steps=warm_start_steps, seed=seed, **TASK)
+        warm_start(paths["model"], steps=warm_start_steps, seed=seed, slip_probability=slip_probability, **task)
     if not paths["train"].exists():
-        write_split(paths["train"], train_size, seed=seed + 1, split="train", **TASK)
+        write_split(paths["train"], train_size, seed=seed + 1, split="train", **task)
     if not paths["val"].exists():
-        write_split(paths["val"], val_size, seed=seed + 2, split="test", **TASK)
+        write_split(paths["val"], val_size, seed=seed + 2, split="test", **task)
     return paths
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from oar_verl.data.arithmetic import write_split
 from oar_verl.quickstart import HELD_OUT_METRIC, read_metrics, run_training, train_command
+from oar_verl.quickstart import prepare as prepare_run
 from oar_verl.study.fidelity import rank_agreement
 from oar_verl.study.plan import METHODS, StudyPlan
-from oar_verl.warmstart import warm_start
 
 TRAIN_SCORE_METRIC = "critic/score/mean"
 ENTROPY_METRIC = "actor/entropy"
@@ -26,16 +25,8 @@ ENTROPY_METRIC = "actor/entropy"
 
 def prepare(plan: StudyPlan, workdir: Path) -> dict[str, Path]:
     """The warm-started model and the train / fixed held-out parquet files (reused when present)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    paths = {"model": workdir / "model", "train": workdir / "train.parquet", "val": workdir / "test.parquet"}
-    task = {"max_steps": plan.max_steps, "max_operand": plan.max_operand}
-    if not (paths["model"] / "config.json").exists():
-        warm_start(paths["model"], steps=plan.warm_start_steps, seed=plan.warm_start_seed, slip_probability=plan.slip_probability, **task)
-    if not paths["train"].exists():
-        write_split(paths["train"], plan.train_size, seed=1, split="train", **task)
-    if not paths["val"].exists():
-        write_split(paths["val"], plan.test_size, seed=2, split="test", **task)
-    return paths
+    return prepare_run(workdir, warm_start_steps=plan.warm_start_steps, train_size=plan.train_size, val_size=plan.test_size, seed=plan.warm_start_seed,
+                       task={"max_steps": plan.max_steps, "max_operand": plan.max_operand}, slip_probability=plan.slip_probability)  # fmt: skip
 
 
 def machine() -> str:
