@@ -22,28 +22,20 @@ from omegaconf import DictConfig, OmegaConf
 VERL_CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
 
 
-class DryRunError(ValueError):
-    """The run would fail before or as it starts."""
-
-
 def check(config: DictConfig) -> None:
     """Every check `verl.trainer.main_ppo` and oar_verl run before Ray, and the data files."""
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils import config as verl_config
-    from verl.utils.device import auto_set_device
+    from verl.utils.config import omega_conf_to_dataclass
 
     from oar_verl.integration.data_check import data_errors
+    from oar_verl.main_ppo import SettingsError, verl_checks
 
     OmegaConf.resolve(config)
-    auto_set_device(config)
-    verl_config.validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
-    verl_config.omega_conf_to_dataclass(config.algorithm)
-    verl_config.omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
-    if not config.trainer.get("use_v1", True):
-        raise DryRunError("trainer.use_v1=False: verl 0.9 deprecates the legacy trainer; oar_verl runs on the v1 trainer")
+    verl_checks(config)
+    omega_conf_to_dataclass(config.algorithm)
+    omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
     errors = data_errors(config, answer_pattern=None)
     if errors:
-        raise DryRunError("data:\n  - " + "\n  - ".join(errors))
+        raise SettingsError("data:\n  - " + "\n  - ".join(errors))
 
 
 @hydra.main(config_path=VERL_CONFIG_DIR, config_name="ppo_trainer", version_base=None)

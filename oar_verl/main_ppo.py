@@ -44,9 +44,9 @@ def check_and_prepare(config: DictConfig) -> None:
     backend.install()
 
 
-def run(config: DictConfig) -> None:
-    """Checks, then runs verl's trainer as `verl.trainer.main_ppo.main` does."""
-    check_and_prepare(config)
+def verl_checks(config: DictConfig) -> None:
+    """What `verl.trainer.main_ppo.main` checks before Ray (device, `validate_config`, with
+    the plugin's OAR check), and that the v1 trainer is selected."""
     from verl.trainer import main_ppo as verl_main
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
 
@@ -54,6 +54,14 @@ def run(config: DictConfig) -> None:
     verl_main.validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     if not config.trainer.use_v1:
         raise SettingsError("trainer.use_v1=False: oar_verl runs on verl's v1 trainer; the legacy trainer is deprecated in verl 0.9")
+
+
+def run(config: DictConfig) -> None:
+    """Checks, then runs verl's trainer as `verl.trainer.main_ppo.main` does."""
+    check_and_prepare(config)
+    verl_checks(config)
+    from verl.trainer import main_ppo as verl_main
+
     verl_main.run_ppo(config, task_runner_class=verl_main.TaskRunnerV1)
 
 
