@@ -83,8 +83,10 @@ def tiny_qwen2(
     max_positions: int = 512,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    tie_embeddings: bool = False,
 ) -> Qwen2ForCausalLM:
-    """A randomly initialised Qwen2 causal LM of `num_layers` layers (sdpa attention)."""
+    """A randomly initialised Qwen2 causal LM of `num_layers` layers (sdpa attention); the
+    output head shares the input embeddings' weight when `tie_embeddings`."""
     config = Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -93,7 +95,7 @@ def tiny_qwen2(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
         attn_implementation="sdpa",
     )
     torch.manual_seed(seed)

@@ -1,25 +1,39 @@
-"""The parts of a Hugging Face causal LM that attribution drives separately.
+"""The parts of a Hugging Face causal LM that attribution drives separately (the HF /
+FSDP2 adapter of the attribution methods).
 
 Attribution needs logits at a few target positions only, never [N, L, V]: it runs the
-backbone (the model without its head) to hidden states [N, L, H] and applies the output
-head to the gathered target positions. OAR-G also feeds the backbone input embeddings.
+backbone (the model without its head) on input embeddings to hidden states [N, L, H] and
+applies the output head to the gathered target positions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 
 @dataclass(frozen=True)
 class LMParts:
-    """backbone: inputs -> last hidden state [N, L, H]; embeddings: ids [N, L] -> [N, L, H];
-    head: [..., H] -> logits [..., V]; logit_softcap: the model's final logit soft-cap;
-    model: the whole LM (for FSDP2, the module whose root parameters must be gathered)."""
+    """backbone: input embeddings [N, L, H] -> last hidden state [N, L, H]; embeddings: ids
+    [N, L] -> [N, L, H]; head: [..., H] -> logits [..., V]; logit_softcap: the model's final
+    logit soft-cap; model: the whole LM (under FSDP2, the root module).
+
+    Under FSDP2 every parameter gather is a collective that all ranks must issue alike. A
+    model pass runs inside `materialized()`, which gathers the parameters the parts use
+    outside the decoder layers once, on entry, in a fixed order; inside it `embed` and
+    `logits` issue no collective however often they are called, and the decoder layers
+    gather their own in their hooks, once per backbone forward and once per backward. So
+    ranks stay in step exactly when they run the same sequence of backbone passes, whatever
+    their rows: the attribution methods run every rank through the same number of steps of
+    the same program (`base.synchronized_steps`).
+    """
 
     backbone: nn.Module
     embeddings: nn.Module
@@ -27,55 +41,54 @@ class LMParts:
     logit_softcap: float | None
     model: nn.Module
 
+    def _sharded_modules(self) -> list[nn.Module]:
+        """The FSDP2 modules holding the root's, the embeddings' and the head's parameters
+        (verl's `apply_fsdp2` wraps an untied model's embeddings and head on their own), each
+        once, in that order; none for a plain model."""
+        modules: list[nn.Module] = []
+        for module in (self.model, self.embeddings, self.head):
+            if hasattr(module, "unshard") and all(module is not other for other in modules):
+                modules.append(module)
+        return modules
+
     @contextlib.contextmanager
     def materialized(self) -> Iterator[None]:
-        """Runs the block with the model's own parameters gathered.
-
-        The parts are called directly, not through the model's forward. Under FSDP2
-        (`fully_shard`) that forward is what gathers the parameters the root module holds
-        (embeddings, final norm, head), so they are gathered here and re-sharded after;
-        sharded sub-modules (decoder layers) gather their own in their hooks, forward and
-        backward. Plain modules need nothing.
-        """
-        unshard = getattr(self.model, "unshard", None)
-        if unshard is None:
+        """Runs one model pass with the root's, the embeddings' and the head's parameters
+        gathered (see the class docstring). A backward inside the block must be the block's
+        last use of the embeddings and the head: FSDP reshards every group when a backward
+        ends."""
+        modules = self._sharded_modules()
+        if not modules:
             yield
             return
         # What the root's pre-forward does first (idempotent): mark the root, share its state
         # with the sub-modules. torch has no public call for it.
         self.model._get_fsdp_state()._lazy_init()
-        unshard()
+        for module in modules:
+            module.unshard()
         try:
             yield
         finally:
-            self.model.reshard()
+            for module in modules:
+                module.reshard()
 
-    def hidden_states(
-        self,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        *,
-        input_ids: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """[N, L, H] last hidden states for ids [N, L] or embeddings [N, L, H]."""
-        output = self.backbone(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        )
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[N, L, H] input embeddings of ids [N, L] (the module's own forward: no FSDP hook)."""
+        return self.embeddings.forward(input_ids)
+
+    def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """[N, L, H] last hidden states of input embeddings [N, L, H]."""
+        output = self.backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
-    def hidden_states_and_cache(self, attention_mask, position_ids, input_ids, past_key_values=None):
+    def hidden_states_and_cache(self, input_ids, attention_mask, position_ids, past_key_values=None):
         """([N, L, H] hidden states of `input_ids` [N, L], the key/value cache after them).
 
         With `past_key_values` (a cache of the first M positions), `input_ids` are the
         positions after them and `attention_mask` [N, M + L] covers both.
         """
         output = self.backbone(
-            input_ids=input_ids,
+            inputs_embeds=self.embed(input_ids),
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
@@ -83,26 +96,20 @@ class LMParts:
         )
         return output.last_hidden_state, output.past_key_values
 
-    def idle_pass(self, device: torch.device, backward: bool) -> None:
-        """A one-token forward (and backward to the input) whose result is discarded.
-
-        Under FSDP every rank must run the same number of forward and backward passes
-        (each gathers the sharded parameters collectively); a rank with less attribution
-        work than the others runs these to keep step with them.
-        """
+    def idle_forward(self, device: torch.device) -> None:
+        """A one-token forward whose result is discarded: OAR-P's pass on a rank with fewer
+        passes than the others (every OAR-P pass is one backbone forward)."""
         ids = torch.zeros((1, 1), dtype=torch.long, device=device)
-        ones = torch.ones_like(ids)
-        with self.materialized(), torch.set_grad_enabled(backward):
-            embeds = self.embeddings(ids).detach().requires_grad_(backward)
-            hidden = self.hidden_states(ones, ids, inputs_embeds=embeds)
-            logits = self.logits(hidden[:, -1])
-            if backward:
-                torch.autograd.grad(logits.sum(), embeds)
+        with self.materialized(), torch.no_grad():
+            self.hidden_states(self.embed(ids), torch.ones_like(ids), ids)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., V] logits of hidden states [..., H], in float32 (float64 for a float64 model)."""
-        logits = self.head(hidden)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    def logits(self, hidden: torch.Tensor, upcast: bool = True) -> torch.Tensor:
+        """[..., V] logits of hidden states [..., H] (the head's own forward: no FSDP hook):
+        in float32 (float64 for a float64 model) with `upcast`, else in the head's dtype, as
+        the model's forward gives them."""
+        logits = self.head.forward(hidden)
+        if upcast:
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if self.logit_softcap:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
@@ -125,6 +132,35 @@ def lm_parts(model: nn.Module) -> LMParts:
         raise ValueError(f"model: {type(model).__name__} exposes no input embeddings or no output head")
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     return LMParts(backbone, embeddings, head, softcap, model)
+
+
+@contextlib.contextmanager
+def activation_checkpointing(model: nn.Module) -> Iterator[None]:
+    """Runs a pass with autograd checkpointing the decoder layers the model checkpoints in
+    training (Hugging Face's `gradient_checkpointing_enable`, as verl's
+    `enable_gradient_checkpointing` sets it), which eval mode otherwise turns off: the
+    backward then keeps one layer's activations at a time instead of every layer's.
+
+    Such a layer is a `GradientCheckpointingLayer` that checkpoints only while its own
+    `training` flag is set: the flag is set on the layer alone (its attention, MLP and
+    dropout stay in eval mode, so the numbers are eval's), with torch's non-reentrant
+    checkpoint (the reentrant one cannot give gradients to the inputs), and both restored
+    after. Not for passes with a key/value cache (checkpointing drops it).
+    """
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    saved = [(layer, layer.training, layer.__dict__.get("_gradient_checkpointing_func")) for layer in layers]
+    for layer in layers:
+        layer.training = True
+        layer._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for layer, training, function in saved:
+            layer.training = training
+            if function is None:
+                del layer._gradient_checkpointing_func
+            else:
+                layer._gradient_checkpointing_func = function
 
 
 @contextlib.contextmanager

@@ -58,4 +58,5 @@ def test_perturbing_the_pivot_changes_the_prediction(trained):
     rows = torch.arange(EXAMPLES)
     predicted = logits[rows, P + segments.answer_start - 1].argmax(-1)
     answers = batch.responses[rows, segments.answer_start]
-    assert (predicted == answers).float().mean() >= 0.9
+    # 0.85 to 1.0 on different x86 CPUs: the 400-step training's float sums differ by machine
+    assert (predicted == answers).float().mean() >= 0.8

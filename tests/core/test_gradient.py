@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -7,23 +8,22 @@ from oar_verl.core.attribution import gradient
 from . import reference
 
 
-def documented_noise(batch, hidden_size, sigma, seed):
-    """The noise draw the module docstring promises: [B, L, H] from a seeded generator."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn((*batch.input_ids.shape, hidden_size), generator=generator, dtype=torch.float32) * sigma
+def documented_noise(row, reasoning_tokens, hidden_size, sigma, seed):
+    """The noise draw the module docstring promises for one row: [n, H] on its n reasoning
+    tokens, from a generator seeded by (seed, row)."""
+    row_seed = int(np.random.SeedSequence([seed, row]).generate_state(1, np.uint64)[0]) % 2**63
+    generator = torch.Generator().manual_seed(row_seed)
+    return torch.randn((reasoning_tokens, hidden_size), generator=generator, dtype=torch.float32) * sigma
 
 
 def reference_scores(model, batch_and_segments, mode, sigma, seed):
     prompts, responses, batch, segments = batch_and_segments
-    noise = documented_noise(batch, model.config.hidden_size, sigma, seed)
-    P = batch.prompt_length
     expected = {}
     for row in range(3):
         end, start, stop = (int(x[row]) for x in (segments.reasoning_end, segments.answer_start, segments.answer_end))
         prompt, response = prompts[row], responses[row]
-        row_noise = noise[row, P - len(prompt) : P + len(response)].clone()  # the row's real positions
-        row_noise[: len(prompt)] = 0
-        row_noise[len(prompt) + end :] = 0
+        row_noise = torch.zeros(len(prompt) + len(response), model.config.hidden_size)  # the row's real positions
+        row_noise[len(prompt) : len(prompt) + end] = documented_noise(row, end, model.config.hidden_size, sigma, seed)
         expected[row] = reference.oar_g(model, prompt, response, end, start, stop, mode, row_noise)
     return expected
 
@@ -99,7 +99,7 @@ def test_attribution_runs_in_eval_mode(tokenizer, batch_and_segments):
 
 @pytest.mark.parametrize(
     "settings, name",
-    [({"target": "last"}, "target"), ({"noise_std": -1.0}, "noise_std"), ({"noise_std": 0.0}, "noise_std"), ({"max_tokens_per_pass": 0}, "max_tokens_per_pass")],
+    [({"target": "last"}, "target"), ({"noise_std": -1.0}, "noise_std"), ({"noise_std": 0.0}, "noise_std"), ({"seed": -1}, "seed"), ({"max_tokens_per_pass": 0}, "max_tokens_per_pass")],
 )
 def test_bad_config_names_the_setting(settings, name):
     with pytest.raises(ValueError, match=name):

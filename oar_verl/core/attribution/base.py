@@ -1,5 +1,6 @@
 """What the attribution methods share: input checks, row selection, the scatter of
-per-reasoning-token scores back to [B, R], and passes under a token budget.
+per-reasoning-token scores back to [B, R], passes under a token budget, and the step
+count every data-parallel rank runs.
 
 Every method module exposes `attribute(model, batch, segments, config, rows=None)` and
 returns raw scores [B, R] (float32, >= 0): one per reasoning token of every attributed row,
@@ -9,16 +10,21 @@ returns raw scores [B, R] (float32, >= 0): one per reasoning token of every attr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
-
-PassSync = Callable[[int], int]
-"""Maps this process's number of model passes to the number every process runs (e.g. an
-all-reduce max over data-parallel ranks): FSDP ranks must run the same number of passes."""
+import torch.distributed as dist
 
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.spans import Segments
+
+PassSync = Callable[[int], int]
+"""Maps this process's number of model passes (or steps) to the number every process runs
+(`max_over_ranks`): FSDP ranks must run the same passes, each gathering parameters
+collectively."""
+
+Step = TypeVar("Step")
 
 
 def attributed_rows(batch: ResponseBatch, segments: Segments, rows: torch.Tensor | None) -> torch.Tensor:
@@ -54,6 +60,33 @@ def passes_to_run(local: int, sync: PassSync | None) -> int:
     if total < local:
         raise ValueError(f"sync_passes: returned {total} passes, fewer than this process needs ({local})")
     return total
+
+
+def split_rows(index: torch.Tensor, per_pass: int) -> list[torch.Tensor]:
+    """Row indices [B'] in chunks of at most `per_pass`; none for no rows (where
+    `Tensor.split` gives one empty chunk)."""
+    return list(index.split(per_pass)) if index.numel() else []
+
+
+def max_over_ranks(local: int) -> int:
+    """The `PassSync` of the default process group: every rank's maximum of `local` (one
+    all-reduce, on the CPU where the group has gloo, as verl's groups do, else on the
+    accelerator)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    on_cpu = "gloo" in str(dist.get_backend())
+    count = torch.tensor([local], dtype=torch.long, device="cpu" if on_cpu else torch.accelerator.current_accelerator())
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return int(count)
+
+
+def synchronized_steps(steps: Sequence[Step], sync: PassSync | None) -> Iterator[Step | None]:
+    """This process's steps, then None up to the number of steps every process runs: a
+    method runs the same program on each item (on None, on a one-token dummy input whose
+    result it drops), so all ranks issue the same collectives whatever their rows."""
+    total = passes_to_run(len(steps), sync)
+    for k in range(total):
+        yield steps[k] if k < len(steps) else None
 
 
 def scatter_scores(

@@ -10,22 +10,32 @@ P0 / phi0 come from a clean pass without gradients. J and its backward run in fl
 gradient vanishes; with noise it is about H eps, a second-order sensitivity whose size
 scales with sigma. `answer_logprob` gives a first-order signal.
 
-The noise is drawn once for the whole batch, `torch.randn(B, L, H, generator=g) * sigma`
-with `g` a generator on the batch's device seeded with `seed`, then zeroed outside
-reasoning positions, so a row's scores do not depend on how rows are split into passes.
+The noise of row b (its index in the batch) is drawn per pass, for that row alone:
+`torch.randn(n_b, H, generator=g_b) * sigma` on its n_b reasoning tokens, in order, zero
+elsewhere, with `g_b` a generator on the batch's device seeded with
+`numpy.random.SeedSequence([seed, b]).generate_state(1, numpy.uint64)[0] % 2**63`. So a
+row's scores do not depend on the rows it shares a pass with, on the padding or on the
+token budget, and no pass holds noise for more than its own rows.
+
+Every rank of a data-parallel group runs the same program (`base.synchronized_steps`):
+per step a clean forward and a noisy forward and backward (fused `answer_logprob`: one
+forward and backward; fused log-prob-only rows: one forward), on its next chunk of rows or
+on a one-token dummy once it has none left.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from oar_verl.core.attribution.base import PassSync, attributed_rows, passes_to_run, rows_per_pass, scatter_scores
+from oar_verl.core.attribution.base import PassSync, attributed_rows, rows_per_pass, split_rows, synchronized_steps
 from oar_verl.core.layout import ResponseBatch
-from oar_verl.core.lm import eval_mode, lm_parts
+from oar_verl.core.lm import LMParts, activation_checkpointing, eval_mode, lm_parts
 from oar_verl.core.spans import Segments
-from oar_verl.core.targets import answer_positions, check_target, compute_target, target_shift
+from oar_verl.core.targets import AnswerPositions, answer_positions, check_target, compute_target, target_shift
 
 NAME = "oar_g"
 
@@ -34,7 +44,7 @@ NAME = "oar_g"
 class GradientConfig:
     target: str = field(default="answer_mean", metadata={"help": "P_final mode: answer_mean (OAR-G reference default), first_answer or answer_logprob."})
     noise_std: float = field(default=1e-3, metadata={"help": "sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3). 0 is allowed only with answer_logprob, where the KL gradient does not vanish."})
-    seed: int = field(default=0, metadata={"help": "Seed of the noise generator."})
+    seed: int = field(default=0, metadata={"help": "Seed of the noise generators (>= 0; each row's generator is seeded from it and the row's index)."})
     max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one forward+backward pass (rows x length): bounds peak memory."})
 
     def __post_init__(self) -> None:
@@ -43,20 +53,72 @@ class GradientConfig:
             raise ValueError(f"noise_std: expected a finite value >= 0, got {self.noise_std}")
         if self.noise_std == 0 and self.target != "answer_logprob":
             raise ValueError(f"noise_std: 0 gives all-zero KL gradients with target {self.target!r}; use > 0 or target 'answer_logprob'")
+        if self.seed < 0:
+            raise ValueError(f"seed: expected >= 0, got {self.seed}")
         if self.max_tokens_per_pass < 1:
             raise ValueError(f"max_tokens_per_pass: expected >= 1, got {self.max_tokens_per_pass}")
 
 
-def attribution_noise(batch: ResponseBatch, hidden_size: int, config: GradientConfig, reasoning: torch.Tensor) -> torch.Tensor:
-    """[B, P + R, H] float32 noise (see module docstring), zero outside `reasoning` ([B, R]
-    bool, the response positions to perturb)."""
-    device = batch.input_ids.device
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    shape = (*batch.input_ids.shape, hidden_size)
-    noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32) * config.noise_std
-    on_reasoning = torch.zeros(batch.input_ids.shape, dtype=torch.bool, device=device)
-    on_reasoning[:, batch.prompt_length :] = reasoning.to(device)
-    return noise * on_reasoning[:, :, None]
+LogProbFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(logits [N, S, V] at the temperature, in the head's dtype; tokens [N, S]) -> (log-probs
+[N, S], entropies [N, S]): how the trainer turns logits into `old_log_probs` and `entropy`."""
+
+LOGIT_TOKENS = 4096  # positions whose [.., V] logits exist at once in the log-prob pass
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The seed of row `row`'s noise generator (see the module docstring)."""
+    return int(np.random.SeedSequence([seed, row]).generate_state(1, np.uint64)[0]) % 2**63
+
+
+def row_noise(rows: torch.Tensor, reasoning_end: torch.Tensor, length: int, prompt_length: int, hidden_size: int, config: GradientConfig) -> torch.Tensor:
+    """[C, length, H] float32 noise of batch rows `rows` [C] whose reasoning is response
+    tokens 0..reasoning_end [C] (sequence positions P + k): see the module docstring."""
+    device = rows.device
+    noise = torch.zeros((len(rows), length, hidden_size), dtype=torch.float32, device=device)
+    for i, (row, end) in enumerate(zip(rows.tolist(), reasoning_end.tolist())):
+        generator = torch.Generator(device=device).manual_seed(row_seed(config.seed, row))
+        noise[i, prompt_length : prompt_length + end] = torch.randn((end, hidden_size), generator=generator, device=device, dtype=torch.float32)
+    return noise * config.noise_std
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One pass's rows: `rows` [C] their batch indices (None: the dummy of a rank with no
+    rows left), `input_ids` / `attention_mask` / `position_ids` [C, L], `prompt_length` P,
+    `answer` their answer positions (None for log-prob-only rows), `reasoning_end` [C]."""
+
+    rows: torch.Tensor | None
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prompt_length: int
+    answer: AnswerPositions | None
+    reasoning_end: torch.Tensor
+
+    @classmethod
+    def of(cls, batch: ResponseBatch, segments: Segments, rows: torch.Tensor, length: int, with_answer: bool) -> Chunk:
+        """Rows `rows` of the batch, cut to the first `length` positions."""
+        sub, sub_segments = batch.select(rows), segments.select(rows)
+        answer = answer_positions(sub, sub_segments) if with_answer else None
+        return cls(rows, sub.input_ids[:, :length], sub.attention_mask[:, :length], sub.position_ids[:, :length], batch.prompt_length, answer, sub_segments.reasoning_end)
+
+    @classmethod
+    def dummy(cls, device: torch.device) -> Chunk:
+        """A one-token prompt and a one-token response that is its own answer, no reasoning."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+        answer = AnswerPositions(torch.zeros((1, 1), dtype=torch.long, device=device), torch.zeros((1, 1), dtype=torch.long, device=device), torch.ones((1, 1), dtype=torch.bool, device=device))
+        return cls(None, ids, torch.ones_like(ids), torch.arange(2, device=device)[None], 1, answer, torch.zeros(1, dtype=torch.long, device=device))
+
+    def noise(self, hidden_size: int, config: GradientConfig) -> torch.Tensor:
+        """[C, L, H] the rows' noise (zero for the dummy)."""
+        rows = self.rows if self.rows is not None else torch.zeros(1, dtype=torch.long, device=self.input_ids.device)
+        return row_noise(rows, self.reasoning_end, self.input_ids.shape[1], self.prompt_length, hidden_size, config)
+
+    @property
+    def responses(self) -> torch.Tensor:
+        """[C, L - P] the response tokens."""
+        return self.input_ids[:, self.prompt_length :]
 
 
 def attribute(
@@ -75,57 +137,41 @@ def attribute(
         segments: the responses' segments, [B].
         config: target mode, noise, seed, token budget.
         rows: [B] bool, the rows to attribute (e.g. nonzero advantage); default all.
-        sync_passes: under FSDP, maps this rank's pass count to the count all ranks run
-            (see `base.PassSync`); a pass here is a clean forward plus a forward and
-            backward, the extra ones one-token idle passes.
+        sync_passes: under FSDP, maps this rank's step count to the count all ranks run
+            (`base.max_over_ranks`); a step is a clean forward plus a noisy forward and
+            backward on a chunk of rows.
     """
     parts = lm_parts(model)
-    B, R = batch.input_ids.shape[0], batch.response_length
-    P = batch.prompt_length
+    B, R, P = batch.input_ids.shape[0], batch.response_length, batch.prompt_length
     device = batch.input_ids.device
     index = attributed_rows(batch, segments, rows)  # [B']
-    if index.numel() == 0:
-        with eval_mode(model):
-            for _ in range(passes_to_run(0, sync_passes)):
-                parts.idle_pass(device, backward=False)
-                parts.idle_pass(device, backward=True)
-        return torch.zeros((B, R), dtype=torch.float32, device=device)
-    sub, sub_segments = batch.select(index), segments.select(index)
-    answer = answer_positions(sub, sub_segments)  # [B', A]
-    L = int(answer.columns_needed.max())
+    L = int(answer_positions(batch.select(index), segments.select(index)).columns_needed.max()) if index.numel() else P + 1  # no target reads past column L
     per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
-    noise = attribution_noise(batch, parts.embeddings.embedding_dim, config, segments.reasoning_mask(R))[index, :L]  # [B', L, H]
-    reasoning = sub_segments.reasoning_mask(R)  # [B', R]
-
-    chunks = torch.arange(len(index), device=device).split(per_pass)
-    idle = passes_to_run(len(chunks), sync_passes) - len(chunks)
-    scores = []
+    reasoning = segments.reasoning_mask(R).to(device)[:, : L - P]  # [B, L - P]
+    scores = torch.zeros((B, R), dtype=torch.float32, device=device)
     with eval_mode(model):
-        for c in chunks:
-            ids, mask, pos = sub.input_ids[c, :L], sub.attention_mask[c, :L], sub.position_ids[c, :L]  # [C, L]
-            chunk_answer = answer.select(c)
+        for step_rows in synchronized_steps(split_rows(index, per_pass), sync_passes):
+            chunk = Chunk.of(batch, segments, step_rows, L, with_answer=True) if step_rows is not None else Chunk.dummy(device)
             with parts.materialized(), torch.no_grad():
-                clean = compute_target(parts, parts.hidden_states(mask, pos, input_ids=ids), chunk_answer, config.target)
-            product = _noisy_gradient_x_input(parts, ids, mask, pos, noise[c], clean, chunk_answer, config.target)  # [C, L]
-            scores.append(product[:, P:].abs())  # [C, L - P]
-        for _ in range(idle):
-            parts.idle_pass(device, backward=False)
-            parts.idle_pass(device, backward=True)
-    scores = torch.cat(scores)  # [B', L - P]
-    pair_row, pair_token = reasoning[:, : L - P].nonzero(as_tuple=True)
-    return scatter_scores(B, R, index[pair_row], pair_token, scores[pair_row, pair_token])
+                hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)  # [C, L, H]
+                clean = compute_target(parts, hidden, chunk.answer, config.target)  # [C, V] or [C]
+            product = _noisy_gradient_x_input(parts, chunk, clean, config)  # [C, L]
+            if step_rows is not None:
+                scores[step_rows, : L - P] = product[:, P:].abs().float() * reasoning[step_rows]
+    return scores
 
 
-def _noisy_gradient_x_input(parts, ids, mask, pos, noise, clean, answer, target) -> torch.Tensor:
+def _noisy_gradient_x_input(parts: LMParts, chunk: Chunk, clean: torch.Tensor, config: GradientConfig) -> torch.Tensor:
     """<dJ/dE_t, E_t> [C, L] with J = target_shift(clean, P_final(E + noise)): one forward
-    with autograd and one backward to the embeddings."""
-    with parts.materialized():  # one gather of the root parameters per pass (FSDP ranks stay in step)
+    with autograd and one backward to the embeddings (activation checkpointing honoured)."""
+    with parts.materialized():
         with torch.no_grad():
-            embeds = parts.embeddings(ids)  # [C, L, H]
+            embeds = parts.embed(chunk.input_ids)  # [C, L, H]
+        noise = chunk.noise(embeds.shape[-1], config).to(embeds.dtype)
         embeds.requires_grad_(True)
-        with torch.enable_grad():
-            hidden = parts.hidden_states(mask, pos, inputs_embeds=embeds + noise.to(embeds.dtype))  # [C, L, H]
-            objective = target_shift(clean, compute_target(parts, hidden, answer, target), target)
+        with torch.enable_grad(), activation_checkpointing(parts.model):
+            hidden = parts.hidden_states(embeds + noise, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
+            objective = target_shift(clean, compute_target(parts, hidden, chunk.answer, config.target), config.target)  # [C]
             (grad,) = torch.autograd.grad(objective.sum(), embeds)  # rows are independent
     return (grad.to(objective.dtype) * embeds.detach().to(objective.dtype)).sum(dim=-1)
 
@@ -137,7 +183,7 @@ class ScoresAndLogProbs:
     Attributes:
         scores: [B, R] float32 OAR-G scores, as `attribute` gives them.
         log_probs: [B, R] float32 log-probability of each response token under the model at
-            `temperature` (log_softmax(logits / T)), 0 at padding: verl's `old_log_probs`.
+            `temperature`, 0 at padding: verl's `old_log_probs`.
         entropy: [B, R] float32 entropy of the model's next-token distribution at each
             response position, at `temperature`, 0 at padding (verl's `entropy`).
     """
@@ -155,81 +201,106 @@ def attribute_with_log_probs(
     rows: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
+    log_prob_fn: LogProbFn | None = None,
     sync_passes: PassSync | None = None,
 ) -> ScoresAndLogProbs:
-    """OAR-G fused with the trainer's log-prob pass: per chunk of rows, one clean forward over
-    the whole sequence gives every row's response log-probs and the attributed rows' clean
-    target; then
-    - `answer_mean` / `first_answer`: one noisy forward with autograd and one backward, as
-      in `attribute` (same noise, same scores);
+    """OAR-G fused with the trainer's log-prob pass: every row's response log-probs and
+    entropies come from a clean forward over its whole sequence, and for the attributed rows
+    that same forward gives the clean target; then
+    - `answer_mean` / `first_answer`: one noisy forward with autograd and one backward on the
+      same rows (same shapes as the clean forward), as in `attribute` (same noise, same
+      scores);
     - `answer_logprob`: the gradient is taken from the clean forward itself (run with
       autograd on the embeddings): s_t = |<d(-phi)/dE_t, E_t>| at the clean embeddings,
       which is `attribute` with `noise_std=0`; no second forward.
+    Attributed rows go in chunks of their own, the others (log-probs only) after them.
 
     Args:
         model, batch, segments, config, rows: as for `attribute`.
-        temperature: the sampling temperature the log-probs are taken at (> 0).
-        sync_passes: under FSDP, as for `attribute`; a pass here is a chunk's clean forward
-            plus, for the KL targets, its noisy forward and backward.
+        temperature: the sampling temperature the log-probs are taken at (> 0), applied as
+            verl does (`scale_by_temperature`).
+        log_prob_fn: logits at the temperature -> (log-probs, entropies), default
+            `float32_log_probs`; the verl worker passes verl's own functions.
+        sync_passes: under FSDP, as for `attribute`; ranks run the same number of
+            attributed steps, then the same number of log-prob-only steps.
     """
     if not temperature > 0:
         raise ValueError(f"temperature: expected > 0, got {temperature}")
+    log_prob_fn = log_prob_fn or float32_log_probs
     parts = lm_parts(model)
     B, R, P = batch.input_ids.shape[0], batch.response_length, batch.prompt_length
     L = P + R
     device = batch.input_ids.device
-    attributed = torch.zeros(B, dtype=torch.bool, device=device)
-    attributed[attributed_rows(batch, segments, rows)] = True
-    reasoning = segments.reasoning_mask(R).to(device) & attributed[:, None]  # [B, R]
-    grad_from_clean = config.target == "answer_logprob"  # no noisy pass, no noise
-    noise = None if grad_from_clean else attribution_noise(batch, parts.embeddings.embedding_dim, config, reasoning)  # [B, L, H]
+    attributed = attributed_rows(batch, segments, rows)  # [B']
+    chosen = torch.zeros(B, dtype=torch.bool, device=device)
+    chosen[attributed] = True
+    plain = (~chosen).nonzero().squeeze(1)  # [B - B'] rows that only need log-probs
     per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
-    chunks = torch.arange(B, device=device).split(per_pass)
-    idle = passes_to_run(len(chunks), sync_passes) - len(chunks)
+    reasoning = segments.reasoning_mask(R).to(device)  # [B, R]
     scores = torch.zeros((B, R), dtype=torch.float32, device=device)
     log_probs = torch.zeros((B, R), dtype=torch.float32, device=device)
     entropy = torch.zeros((B, R), dtype=torch.float32, device=device)
+
+    def log_probs_of(chunk: Chunk, hidden: torch.Tensor) -> None:
+        with torch.no_grad():  # no graph through the head for the log-probs
+            values, entropies = response_log_probs(parts, hidden.detach(), chunk.responses, chunk.prompt_length, temperature, log_prob_fn)
+        if chunk.rows is not None:
+            log_probs[chunk.rows], entropy[chunk.rows] = values, entropies
+
     with eval_mode(model):
-        for c in chunks:
-            ids, mask, pos = batch.input_ids[c], batch.attention_mask[c], batch.position_ids[c]  # [C, L]
-            local = attributed[c].nonzero().squeeze(1)  # attributed rows of the chunk
-            answer = answer_positions(batch.select(c[local]), segments.select(c[local])) if local.numel() else None
-            with parts.materialized(), torch.set_grad_enabled(grad_from_clean and answer is not None):
-                embeds = parts.embeddings(ids)  # [C, L, H]
-                if torch.is_grad_enabled():
-                    embeds = embeds.detach().requires_grad_(True)
-                hidden = parts.hidden_states(mask, pos, inputs_embeds=embeds)  # [C, L, H]
-                with torch.no_grad():  # no graph through the head for the log-probs
-                    log_probs[c], entropy[c] = response_log_probs(parts, hidden.detach(), batch.responses[c], P, temperature)
-                if answer is None:
-                    continue
-                clean = compute_target(parts, hidden[local], answer, config.target)
-                if grad_from_clean:
-                    (grad,) = torch.autograd.grad(-clean.sum(), embeds)
-                    product = (grad[local].to(clean.dtype) * embeds[local].detach().to(clean.dtype)).sum(dim=-1)  # [C', L]
-            if not grad_from_clean:
-                product = _noisy_gradient_x_input(parts, ids[local], mask[local], pos[local], noise[c[local]], clean.detach(), answer, config.target)
-            scores[c[local]] = product[:, P:].abs().float() * reasoning[c[local]]
-        for _ in range(idle):
-            parts.idle_pass(device, backward=grad_from_clean)
-            if not grad_from_clean:
-                parts.idle_pass(device, backward=True)
+        for step_rows in synchronized_steps(split_rows(attributed, per_pass), sync_passes):
+            chunk = Chunk.of(batch, segments, step_rows, L, with_answer=True) if step_rows is not None else Chunk.dummy(device)
+            if config.target == "answer_logprob":  # the gradient of the clean pass
+                with parts.materialized():
+                    embeds = parts.embed(chunk.input_ids).detach().requires_grad_(True)  # [C, L, H]
+                    with torch.enable_grad(), activation_checkpointing(model):
+                        hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
+                        log_probs_of(chunk, hidden)
+                        phi = compute_target(parts, hidden, chunk.answer, config.target)  # [C]
+                        (grad,) = torch.autograd.grad(-phi.sum(), embeds)
+                product = (grad.to(phi.dtype) * embeds.detach().to(phi.dtype)).sum(dim=-1)  # [C, L]
+            else:
+                with parts.materialized(), torch.no_grad():
+                    hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)
+                    log_probs_of(chunk, hidden)
+                    clean = compute_target(parts, hidden, chunk.answer, config.target)
+                product = _noisy_gradient_x_input(parts, chunk, clean, config)  # [C, L]
+            if step_rows is not None:
+                scores[step_rows] = product[:, P:].abs().float() * reasoning[step_rows]
+        for step_rows in synchronized_steps(split_rows(plain, per_pass), sync_passes):
+            chunk = Chunk.of(batch, segments, step_rows, L, with_answer=False) if step_rows is not None else Chunk.dummy(device)
+            with parts.materialized(), torch.no_grad():
+                log_probs_of(chunk, parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids))
     return ScoresAndLogProbs(scores=scores, log_probs=log_probs * batch.response_mask, entropy=entropy * batch.response_mask)
 
 
+def scale_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T as verl's FSDP engine takes them (`_scale_logits_by_temperature`): in the
+    logits' own dtype, T rounded to it, and not at all at T = 1."""
+    if float(temperature) == 1.0:
+        return logits
+    return logits / torch.tensor(temperature, dtype=torch.float32, device=logits.device).clamp(min=1e-8).to(logits.dtype)
+
+
+def float32_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default `LogProbFn`: log_softmax in float32 (float64 for a float64 model)."""
+    log_softmax = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [N, S, V]
+    return log_softmax.gather(-1, tokens[..., None])[..., 0], -(log_softmax.exp() * log_softmax).sum(dim=-1)
+
+
 def response_log_probs(
-    parts, hidden: torch.Tensor, responses: torch.Tensor, prompt_length: int, temperature: float, slice_tokens: int = 512
+    parts: LMParts, hidden: torch.Tensor, responses: torch.Tensor, prompt_length: int, temperature: float, log_prob_fn: LogProbFn
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """([C, R] log-probs of the response tokens, [C, R] entropies), float32, from hidden
-    states [C, P + R, H] at `temperature`, `slice_tokens` positions at a time so that at
-    most [C, slice, V] logits exist."""
+    states [C, P + R, H]: logits in the head's dtype, at `temperature`, for at most
+    `LOGIT_TOKENS` positions at a time."""
     C, R = responses.shape
     log_probs = torch.empty((C, R), dtype=torch.float32, device=responses.device)
     entropy = torch.empty((C, R), dtype=torch.float32, device=responses.device)
-    for start in range(0, R, slice_tokens):
-        end = min(start + slice_tokens, R)
-        logits = parts.logits(hidden[:, prompt_length - 1 + start : prompt_length - 1 + end]) / temperature  # [C, S, V]
-        log_softmax = torch.log_softmax(logits, dim=-1)
-        log_probs[:, start:end] = log_softmax.gather(2, responses[:, start:end, None])[:, :, 0].float()
-        entropy[:, start:end] = -(log_softmax.exp() * log_softmax).sum(dim=-1).float()
+    step = max(1, LOGIT_TOKENS // C)
+    for start in range(0, R, step):
+        end = min(start + step, R)
+        logits = scale_by_temperature(parts.logits(hidden[:, prompt_length - 1 + start : prompt_length - 1 + end], upcast=False), temperature)  # [C, S, V]
+        values, entropies = log_prob_fn(logits, responses[:, start:end])
+        log_probs[:, start:end], entropy[:, start:end] = values.float(), entropies.float()
     return log_probs, entropy

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from oar_verl.core.attribution.base import PassSync, attributed_rows, passes_to_run, rows_per_pass, scatter_scores
+from oar_verl.core.attribution.base import PassSync, attributed_rows, passes_to_run, rows_per_pass, scatter_scores, split_rows
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.lm import eval_mode, lm_parts
 from oar_verl.core.spans import Segments
@@ -79,18 +79,21 @@ def attribute(
         config: target mode, perturbation id, token budget.
         rows: [B] bool, the rows to attribute (e.g. nonzero advantage); default all.
         sync_passes: under FSDP, maps this rank's pass count to the count all ranks run
-            (see `base.PassSync`); the extra passes are one-token idle passes.
+            (`base.max_over_ranks`); every pass is one backbone forward (`LMParts`), the
+            extra ones one-token idle forwards. guided_approx first runs OAR-G's steps.
     """
     parts = lm_parts(model)
     B, R = batch.input_ids.shape[0], batch.response_length
     device = batch.input_ids.device
     index = attributed_rows(batch, segments, rows)  # [B']
+    sub, sub_segments = batch.select(index), segments.select(index)
+    # guided_approx: OAR-G's steps first, on every rank (a rank without rows runs dummies)
+    guide = _guide(model, sub, sub_segments, config, sync_passes) if config.mode == "guided_approx" else None  # [B', R]
     if index.numel() == 0:
         with eval_mode(model):
             for _ in range(passes_to_run(0, sync_passes)):
-                parts.idle_pass(device, backward=False)
+                parts.idle_forward(device)
         return torch.zeros((B, R), dtype=torch.float32, device=device)
-    sub, sub_segments = batch.select(index), segments.select(index)
     answer = answer_positions(sub, sub_segments)  # [B', A]
     L = int(answer.columns_needed.max())  # no target reads past column L
     input_ids = sub.input_ids[:, :L]
@@ -98,10 +101,9 @@ def attribute(
     per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
 
     P = batch.prompt_length
-    row_chunks = torch.arange(len(index), device=device).split(per_pass)
+    row_chunks = split_rows(torch.arange(len(index), device=device), per_pass)
     span = config.span if config.mode == "span_approx" else 1
     if config.mode == "guided_approx":
-        guide = _guide(model, sub, sub_segments, config, sync_passes)  # [B', R] OAR-G scores
         units = _guided_units(guide, sub_segments, config)
     else:
         units = [torch.arange(0, int(end), span, device=device) for end in sub_segments.reasoning_end]
@@ -113,7 +115,7 @@ def attribute(
     with eval_mode(model):
         for c in row_chunks:  # one chunk's clean key/value cache at a time: memory does not grow with the batch
             with parts.materialized():
-                hidden, cache = parts.hidden_states_and_cache(attention_mask[c], position_ids[c], input_ids[c])  # [C, L, H]
+                hidden, cache = parts.hidden_states_and_cache(input_ids[c], attention_mask[c], position_ids[c])  # [C, L, H]
                 clean = compute_target(parts, hidden, answer.select(c), config.target)  # [C, V] or [C]
             del hidden
             for within, r in enumerate(c.tolist()):
@@ -132,7 +134,7 @@ def attribute(
                         suffix[torch.arange(count, device=device)[inside], (P + window + offset - start)[inside]] = config.perturbation_id
                     with parts.materialized():
                         hidden, _ = parts.hidden_states_and_cache(
-                            attention_mask[r].repeat(count, 1), position_ids[r, start:].repeat(count, 1), suffix, past_key_values=prefix
+                            suffix, attention_mask[r].repeat(count, 1), position_ids[r, start:].repeat(count, 1), past_key_values=prefix
                         )  # [C', L - start, H]
                         perturbed = compute_target(parts, hidden, answer.select(torch.full((count,), r, device=device)).shifted(-start), config.target)
                     shift = target_shift(clean[[within] * count], perturbed, config.target).abs()  # [C']
@@ -142,8 +144,8 @@ def attribute(
                     pair_row.append(torch.full((int(inside.sum()),), r, device=device))
                     pair_token.append(tokens[inside])
             del cache
-        for _ in range(idle):
-            parts.idle_pass(device, backward=False)
+        for _ in range(idle):  # every pass is one backbone forward: a one-token one keeps step
+            parts.idle_forward(device)
     pair_row, pair_token, shifts = torch.cat(pair_row), torch.cat(pair_token), torch.cat(shifts)
     if config.mode == "guided_approx":
         pair_row, pair_token, shifts = _scaled_guide(guide, sub_segments, pair_row, pair_token, shifts, units, config)
