@@ -8,6 +8,8 @@
     oar/rows/zero_advantage         responses skipped: their group's rewards were all equal
     oar/rows/degenerate             responses with nonzero advantage left at GRPO weights:
                                     no answer, empty reasoning, constant or non-finite scores
+    oar/ranks/without_attributed_rows  data-parallel ranks that attributed no response (they
+                                    ran one-token dummy steps while the others attributed)
 """
 
 from __future__ import annotations
@@ -24,15 +26,18 @@ def oar_metrics(
     nonzero: torch.Tensor,
     degenerate: torch.Tensor,
     attributed: torch.Tensor,
+    dp_rank: torch.Tensor,
 ) -> dict[str, float]:
     """weights [B, R]; reasoning [B, R] bool (reweighted tokens); real, answer_found,
-    nonzero, degenerate, attributed: [B] bool (padding rows have `real` False)."""
+    nonzero, degenerate, attributed: [B] bool (padding rows have `real` False); dp_rank
+    [B] int64, the data-parallel rank that held each row."""
     values = weights[reasoning].float()
     metrics = {
         "oar/answer_found_rate": float(answer_found[real].float().mean()) if bool(real.any()) else 0.0,
         "oar/rows/attributed": float(attributed.sum()),
         "oar/rows/zero_advantage": float((real & ~nonzero).sum()),
         "oar/rows/degenerate": float(degenerate.sum()),
+        "oar/ranks/without_attributed_rows": float(len(dp_rank.unique()) - len(dp_rank[attributed].unique())),
     }
     if values.numel():
         metrics.update(

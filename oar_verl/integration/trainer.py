@@ -48,7 +48,7 @@ from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 from oar_verl.integration.config import OARSettings
 from oar_verl.integration.heatmaps import publish_heatmaps
 from oar_verl.integration.metrics import oar_metrics
-from oar_verl.integration.worker import COMPUTATION, FUSED_KEY, SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker
+from oar_verl.integration.worker import COMPUTATION, FUSED_KEY, RANK_FIELD, SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
 
@@ -126,8 +126,8 @@ def weights_from_scores(trainer, request: AttributionRequest, metrics: dict, row
     settings = OARSettings.from_algorithm_config(trainer.config.algorithm)
     batch, segments, attribute, nonzero = request.batch, request.segments, request.attribute, request.nonzero
     R = request.response_mask.shape[1]
-    scores = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[SCORES_FIELD])
-    scores = scores.to_padded_tensor()[SCORES_FIELD].float()[:, :R]  # [B, R]
+    outputs = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[SCORES_FIELD, RANK_FIELD]).to_padded_tensor()
+    scores, dp_rank = outputs[SCORES_FIELD].float()[:, :R], outputs[RANK_FIELD].long()  # [B, R], [B]
     reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
     weights = bilevel_weights(scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass)
     degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
@@ -135,7 +135,7 @@ def weights_from_scores(trainer, request: AttributionRequest, metrics: dict, row
         generator = torch.Generator().manual_seed(settings.seed + int(trainer.global_steps))
         weights = permute_within_rows(weights, reasoning & ~degenerate[:, None], generator)
     record = {"responses": request.responses, "response_mask": request.response_mask, "segments": request.segment_field, "found": segments.found,
-              "scores": scores, "weights": weights, "row_advantage": row_advantage, "degenerate": degenerate}  # fmt: skip
+              "scores": scores, "weights": weights, "row_advantage": row_advantage, "degenerate": degenerate, "dp_rank": dp_rank}  # fmt: skip
     metrics.update(
         oar_metrics(
             weights=weights,
@@ -145,6 +145,7 @@ def weights_from_scores(trainer, request: AttributionRequest, metrics: dict, row
             nonzero=nonzero,
             degenerate=degenerate,
             attributed=attribute & ~degenerate,
+            dp_rank=dp_rank,
         )
     )
     return weights, record

@@ -13,17 +13,22 @@ Inputs, per row (TransferQueue fields):
     oar_segments [4] int64: reasoning_end, answer_start, answer_end, attribute (0/1)
 Batch-level (extra_info): oar_method ("oar_p" | "oar_g"), oar_settings (dict of
 `OARSettings`), oar_step (int, offsets the OAR-G noise seed).
-Output: oar_scores [R_i] float32 per row (nested).
+Output: oar_scores [R_i] float32 per row (nested), oar_dp_rank int64 per row (the
+data-parallel rank that held it, for the `oar/ranks/*` metric).
 
 Fused OAR-G (`algorithm.oar.fuse_log_probs`, verl 0.9.1 path): the trainer sends its
 old-log-prob request with `oar_fused` set; `OARActorRolloutRefWorker.compute_log_prob`
 then answers it with `gradient.attribute_with_log_probs`: verl's `log_probs` and `entropy`
 (at the request's `temperature`, nested [P_i + R_i] as verl's model outputs are) and
-`oar_scores` from the same clean pass.
+`oar_scores` from the same clean pass. The numbers are verl's: the passes run under the
+autocast verl's FSDP engine runs its forward in, and the log-probs and entropies come from
+verl's own functions (`verl_log_prob_fn`) on logits at the temperature taken as verl
+takes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 
@@ -32,27 +37,42 @@ import torch.distributed as dist
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
-from verl.utils.device import get_device_id
+from verl.utils import torch_functional as verl_F
+from verl.utils.device import get_device_id, get_device_name
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from oar_verl.core.attribution import get_method, gradient
+from oar_verl.core.attribution.base import max_over_ranks
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.spans import Segments
 from oar_verl.integration.config import OARSettings
 
 SEGMENTS_FIELD = "oar_segments"
 SCORES_FIELD = "oar_scores"
+RANK_FIELD = "oar_dp_rank"  # the data-parallel rank that scored the row
 FUSED_KEY = "oar_fused"  # extra_info flag of an old-log-prob request answered by fused OAR-G
 COMPUTATION = "oar_scores"  # its name among verl's worker computations, where verl has them
 
 
-def _sync_max(local: int) -> int:
-    """All ranks' maximum of `local` (the number of model passes to run)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return local
-    count = torch.tensor([local], dtype=torch.long)
-    dist.all_reduce(count, op=dist.ReduceOp.MAX)
-    return int(count)
+def engine_autocast(engine) -> contextlib.AbstractContextManager:
+    """The autocast verl's FSDP engine runs its forward in (`forward_step`): the mixed
+    precision's parameter dtype, none for float32."""
+    dtype = getattr(engine, "_autocast_dtype", torch.bfloat16)
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device_type=get_device_name(), dtype=dtype)
+
+
+def verl_log_prob_fn(worker: ActorRolloutRefWorker) -> gradient.LogProbFn:
+    """verl's log-probs and entropies of logits at the temperature, by the functions its FSDP
+    engine uses (`prepare_model_outputs`): `logprobs_from_logits`, and the engine's
+    `compute_entropy_from_logits` with remove-padding, `entropy_from_logits` without."""
+    engine = worker.actor.engine
+    packed = worker.actor.model_config.get("use_remove_padding", False)
+    entropy_fn = engine.compute_entropy_from_logits if packed else verl_F.entropy_from_logits
+
+    def log_prob_fn(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return verl_F.logprobs_from_logits(logits, tokens), entropy_fn(logits)
+
+    return log_prob_fn
 
 
 def _rows(nested: torch.Tensor) -> list[list[int]]:
@@ -82,15 +102,17 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
     attribute_rows = (segments[:, 3] > 0).to(device)
 
     fused = bool(tu.get(data, key=FUSED_KEY, default=False))
-    with engine.eval_mode():
+    with engine.eval_mode(), engine_autocast(engine):
         if fused:
             temperature = float(tu.get(data, key="temperature", default=1.0))
-            result = gradient.attribute_with_log_probs(engine.module, batch, spans, config, rows=attribute_rows, temperature=temperature, sync_passes=_sync_max)
+            result = gradient.attribute_with_log_probs(
+                engine.module, batch, spans, config, rows=attribute_rows, temperature=temperature, log_prob_fn=verl_log_prob_fn(worker), sync_passes=max_over_ranks
+            )
             scores = result.scores
         else:
-            scores = get_method(method).attribute(engine.module, batch, spans, config, rows=attribute_rows, sync_passes=_sync_max)
+            scores = get_method(method).attribute(engine.module, batch, spans, config, rows=attribute_rows, sync_passes=max_over_ranks)
     lengths = [len(r) for r in responses]
-    fields = {SCORES_FIELD: _nested_responses(scores, lengths)}  # [b, R_i] per row
+    fields = {SCORES_FIELD: _nested_responses(scores, lengths), RANK_FIELD: torch.full((len(lengths),), engine.get_data_parallel_rank())}  # [b, R_i], [b]
     if fused:  # verl's model-output layout: [P_i + R_i] per row, position j holding token j + 1's value
         prompt_lengths = [len(p) for p in prompts]
         fields["log_probs"] = _nested_sequences(result.log_probs, prompt_lengths, lengths)

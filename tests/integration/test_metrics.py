@@ -15,9 +15,11 @@ def test_metrics_on_a_known_batch():
         nonzero=torch.tensor([True, True, False]),
         degenerate=torch.tensor([False, True, False]),
         attributed=torch.tensor([True, False, False]),
+        dp_rank=torch.tensor([0, 1, 1]),
     )
     assert metrics["oar/weight/mean"] == 1.0 and metrics["oar/weight/min"] == 0.5 and metrics["oar/weight/max"] == 1.5
     assert metrics["oar/weight/std"] == pytest.approx(0.5)
     assert metrics["oar/weight/frac_suppressed"] == 0.5 and metrics["oar/weight/frac_boosted"] == 0.5
     assert metrics["oar/answer_found_rate"] == 0.5  # of the real rows
     assert metrics["oar/rows/attributed"] == 1 and metrics["oar/rows/degenerate"] == 1 and metrics["oar/rows/zero_advantage"] == 0
+    assert metrics["oar/ranks/without_attributed_rows"] == 1  # rank 1 held rows, attributed none

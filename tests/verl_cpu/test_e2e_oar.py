@@ -2,14 +2,17 @@
 CPU backend. Advantages must be Bi-Level weights x GRPO advantage on reweighted rows and
 GRPO's elsewhere, and the `oar/*` metrics must reach verl's tracker."""
 
+import random
 import re
 
+import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from oar_verl.core import bilevel_weights
-from oar_verl.quickstart import prepare, read_metrics, run_training, train_command
+from oar_verl.data.arithmetic import make_problem, verl_row
+from oar_verl.quickstart import TASK, prepare, read_metrics, run_training, train_command
 
 OAR_METRICS = (
     "oar/weight/mean", "oar/weight/std", "oar/weight/min", "oar/weight/max", "oar/weight/frac_suppressed",
@@ -56,6 +59,55 @@ def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point,
         check_heatmaps(root / f"ckpt_{estimator}" / "oar_heatmaps", root / f"tb_{estimator}", dumps, steps=(1, 2))
     else:
         assert not (root / f"ckpt_{estimator}" / "oar_heatmaps").exists(), "heatmaps are off by default"
+
+
+def write_sevens(path, size: int):
+    """Problems of the quickstart's task whose answer is 7, in verl's layout."""
+    rng, rows = random.Random(7), []
+    while len(rows) < size:
+        problem = make_problem(rng, **TASK)
+        if problem.answer == 7:
+            rows.append(verl_row(problem, "train", len(rows)))
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+IDLE_RANK_STEPS = 16  # a mixed group in about 1 step of 4 here (the rollout is seeded: the same steps each run)
+
+
+def test_fused_oar_g_with_a_rank_that_has_nothing_to_attribute(workdir):
+    """Fused oar_g on two FSDP2 ranks with an untied model (verl wraps its embeddings and
+    head as FSDP modules of their own). A step is one prompt with two responses, one per
+    rank; every answer is 7 and the answer pattern finds only `#### 7`, so in a mixed group
+    the correct response is attributed on its rank while the other rank has no row to
+    attribute and runs dummy steps. The ranks must stay in step and the advantages be
+    right."""
+    root, paths = workdir
+    sevens = write_sevens(root / "sevens.parquet", 2 * IDLE_RANK_STEPS)
+    dumps = root / "dump_idle_rank"
+    overrides = [
+        f"data.train_files={sevens}", f"data.val_files={sevens}", "data.train_batch_size=1", "actor_rollout_ref.rollout.n=2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=1", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+        "trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2", f"algorithm.oar.dump_dir={dumps}",
+        "algorithm.oar.answer_pattern='#### (?P<answer>7)(?![0-9])'",
+    ]  # fmt: skip
+    log, metrics_file = root / "idle_rank.log", root / "idle_rank.jsonl"
+    command = train_command(paths, root / "ckpt_idle_rank", estimator="oar_g", steps=IDLE_RANK_STEPS, overrides=overrides)
+    result = run_training(command, metrics_file, log)
+    assert result.returncode == 0, log.read_text()[-6000:]
+    metrics = read_metrics(metrics_file)
+    idle_steps = []
+    for step in range(1, IDLE_RANK_STEPS + 1):
+        dump = torch.load(dumps / f"step_{step}.pt")
+        assert bool(dump["fused"]) and sorted(dump["dp_rank"].tolist()) == [0, 1]  # one response per rank
+        attributed = (dump["segments"][:, 3] > 0) & ~dump["degenerate"]
+        assert int(attributed.sum()) <= 1, "only a correct response (#### 7) has an answer to attribute"
+        if int(attributed.sum()) == 1:
+            assert metrics[step]["oar/ranks/without_attributed_rows"] == 1
+            idle_steps.append(step)
+        assert metrics[step]["training/rollout_probs_diff_max"] < 1e-4  # fused old_log_probs are the model's
+    assert idle_steps, f"no step had a mixed group: {[metrics[s]['critic/score/mean'] for s in metrics]}"
+    check_oar_run(metrics, dumps, quantile=0.25, steps=idle_steps)
 
 
 def check_heatmaps(directory, tensorboard_dir, dumps, steps) -> None:
