@@ -9,9 +9,10 @@ token of the pass, with b bytes per element of the compute dtype, H the hidden s
 the key/value width (key/value heads x head size), I the intermediate size, N layers:
 
     A = 8H + b (7H + 2K + 4I)   a Qwen2/Llama decoder layer's tensors kept for the backward:
-                                each RMSNorm's float32 input (4H) and normalised input (bH),
-                                the q/k/v input, rotated q and k, v, the attention output
-                                and o_proj's input (b(4H + 2K)), the MLP's input, gate,
+                                each RMSNorm's float32 copy of its input (4H, none when the
+                                model computes in float32) and normalised input (bH), the
+                                q/k/v input, rotated q and k, v, the attention output and
+                                o_proj's input (b(4H + 2K)), the MLP's input, gate,
                                 activation, up and product (b(H + 4I))
     E = 4H + 5bH                outside the layers: the float32 noise, the embeddings (a
                                 leaf), their gradient, the noisy input, the last hidden
@@ -25,7 +26,8 @@ heads x S x b per token for sequences of S tokens in every layer without checkpo
 (flash / memory-efficient kernels on GPUs keep none); the measurement adds that term to
 the model. Fixed costs beside the per-token ones: the gathered embeddings and output head
 (2 V H b) and, in fused OAR-G, the log-prob pass's logits (`gradient.LOGIT_TOKENS`
-positions at a time, about 4 copies of [LOGIT_TOKENS, V] in float32 at most).
+positions at a time, at most about 20 bytes per logit with their float32 log-softmax and
+entropy temporaries).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class Shape:
 
     def layer_bytes(self, b: int) -> int:
         """A: bytes per token one layer keeps for the backward."""
-        return 8 * self.hidden + b * (7 * self.hidden + 2 * self.kv_width + 4 * self.intermediate)
+        float32_copies = 8 * self.hidden if b < 4 else 0
+        return float32_copies + b * (7 * self.hidden + 2 * self.kv_width + 4 * self.intermediate)
 
     def bytes_per_token(self, b: int, checkpointing: bool, sequence: int = 0) -> int:
         """Bytes per token of the noisy forward + backward; `sequence` > 0 adds the math
@@ -75,11 +78,13 @@ MEASURED = (
 SEQUENCE = 128  # tokens per sequence in the measurements
 BUDGETS = (1024, 2048)  # tokens per pass: the slope between them is the per-token cost
 
-RECIPES = (  # (recipe, model shape, GPUs, GPU memory in GiB)
-    ("gsm8k_qwen2.5-0.5b", Shape("Qwen2.5-0.5B-Instruct", 896, 24, 14, 2, 4864, 151936), 1, 80),
-    ("math_qwen2.5-math-1.5b", Shape("Qwen2.5-Math-1.5B", 1536, 28, 12, 2, 8960, 151936), 8, 80),
-    ("math_gsm8k_qwen2.5-math-7b", Shape("Qwen2.5-Math-7B", 3584, 28, 28, 4, 18944, 152064), 8, 80),
+RECIPES = (  # (recipe, model shape, GPUs)
+    ("gsm8k_qwen2.5-0.5b", Shape("Qwen2.5-0.5B-Instruct", 896, 24, 14, 2, 4864, 151936), 1),
+    ("math_qwen2.5-math-1.5b", Shape("Qwen2.5-Math-1.5B", 1536, 28, 12, 2, 8960, 151936), 8),
+    ("math_gsm8k_qwen2.5-math-7b", Shape("Qwen2.5-Math-7B", 3584, 28, 28, 4, 18944, 152064), 8),
 )
+GPU_MEMORY_GIB = (24, 40, 80, 141)
+USABLE = 0.8  # share of a GPU's memory attribution may plan on (the rest: allocator slack, workspace, NCCL buffers)
 PARAMETERS = {"Qwen2.5-0.5B-Instruct": 0.49e9, "Qwen2.5-Math-1.5B": 1.54e9, "Qwen2.5-Math-7B": 7.62e9}
 
 
@@ -122,17 +127,18 @@ def main() -> None:
                   f"   (peaks {peaks[0] / 2**20:.1f} / {peaks[1] / 2**20:.1f} MiB)")  # fmt: skip
 
     budget = GradientConfig().max_tokens_per_pass
-    print(f"\nrecipes, bf16 (b = 2), GPU attention kernels (no probabilities kept); default budget {budget} tokens:")
-    for recipe, shape, gpus, memory in RECIPES:
-        fixed = 2 * shape.vocab * shape.hidden * 2 + 4 * gradient.LOGIT_TOKENS * shape.vocab * 4
-        state = 16 * PARAMETERS[shape.name] / gpus  # fp32 parameters, gradients and Adam moments, sharded
+    print(f"\nrecipes, bf16 (b = 2), GPU attention kernels (no probabilities kept); default budget {budget} tokens;")
+    print(f"largest budget in {USABLE:.0%} of a GPU's memory beside the sharded actor state (fp32 parameters, gradients, Adam: 16 B per parameter / GPUs), the gathered")
+    print("embeddings and head, and the log-prob logits (vLLM asleep during the old-log-prob step, as verl's colocated rollout is):")
+    print(f"  {'recipe':<28} {'checkpointing':<14} {'MiB/token':>9} {'GiB at default':>15}  " + "  ".join(f"{memory:>4} GiB" for memory in GPU_MEMORY_GIB))
+    for recipe, shape, gpus in RECIPES:
+        fixed = 2 * shape.vocab * shape.hidden * 2 + 20 * gradient.LOGIT_TOKENS * shape.vocab
+        state = 16 * PARAMETERS[shape.name] / gpus
         for checkpointing in (True, False):
             per_token = shape.bytes_per_token(2, checkpointing)
-            total = budget * per_token + fixed
-            fits = int((memory * 2**30 * 0.9 - state - fixed) // per_token)
-            print(f"  {recipe:<28} {'checkpointing' if checkpointing else 'no checkpointing':<17} {per_token / 2**20:6.2f} MiB/token"
-                  f"   {total / 2**30:6.1f} GiB at {budget} tokens   largest budget in 90% of {memory} GiB beside "
-                  f"{state / 2**30:.1f} GiB of sharded actor state: {max(fits, 0)} tokens")  # fmt: skip
+            fits = [max(int((memory * 2**30 * USABLE - state - fixed) // per_token), 0) for memory in GPU_MEMORY_GIB]
+            print(f"  {recipe:<28} {'on' if checkpointing else 'off':<14} {per_token / 2**20:9.3f} {(budget * per_token + fixed) / 2**30:15.1f}  "
+                  + "  ".join(f"{tokens:>8}" for tokens in fits))  # fmt: skip
 
 
 if __name__ == "__main__":

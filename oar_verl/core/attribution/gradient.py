@@ -63,7 +63,7 @@ LogProbFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Ten
 """(logits [N, S, V] at the temperature, in the head's dtype; tokens [N, S]) -> (log-probs
 [N, S], entropies [N, S]): how the trainer turns logits into `old_log_probs` and `entropy`."""
 
-LOGIT_TOKENS = 4096  # positions whose [.., V] logits exist at once in the log-prob pass
+LOGIT_TOKENS = 1024  # positions whose [.., V] logits exist at once in the log-prob pass (~20 B per logit with temporaries)
 
 
 def row_seed(seed: int, row: int) -> int:
