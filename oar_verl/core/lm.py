@@ -77,9 +77,26 @@ class LMParts:
         return self.embeddings.forward(input_ids)
 
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """[N, L, H] last hidden states of input embeddings [N, L, H]."""
-        output = self.backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        """[N, L, H] last hidden states of input embeddings [N, L, H] in verl's padded layout.
+
+        The backbone runs on the rows as verl's FSDP engine lays out a micro-batch: each
+        row's real tokens moved to the front, padding after them, so that its kernels see
+        the same data as the trainer's own passes (left padding changes low-order bits in
+        bf16); the states are moved back to the input's layout.
+        """
+        L = attention_mask.shape[1]
+        leading = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)  # [N] left-padding columns
+        to_front = (torch.arange(L, device=attention_mask.device)[None, :] + leading[:, None]) % L  # [N, L]
+        back = (torch.arange(L, device=attention_mask.device)[None, :] - leading[:, None]) % L
+        H = inputs_embeds.shape[-1]
+        output = self.backbone(
+            inputs_embeds=inputs_embeds.gather(1, to_front[:, :, None].expand(-1, -1, H)),
+            attention_mask=attention_mask.gather(1, to_front),
+            position_ids=position_ids.gather(1, to_front),
+            use_cache=False,
+        )
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        return hidden.gather(1, back[:, :, None].expand(-1, -1, hidden.shape[-1]))
 
     def hidden_states_and_cache(self, input_ids, attention_mask, position_ids, past_key_values=None):
         """([N, L, H] hidden states of `input_ids` [N, L], the key/value cache after them).

@@ -61,13 +61,11 @@ def engine_autocast(engine) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device_type=get_device_name(), dtype=dtype)
 
 
-def verl_log_prob_fn(worker: ActorRolloutRefWorker) -> gradient.LogProbFn:
+def verl_log_prob_fn(engine, use_remove_padding: bool) -> gradient.LogProbFn:
     """verl's log-probs and entropies of logits at the temperature, by the functions its FSDP
     engine uses (`prepare_model_outputs`): `logprobs_from_logits`, and the engine's
     `compute_entropy_from_logits` with remove-padding, `entropy_from_logits` without."""
-    engine = worker.actor.engine
-    packed = worker.actor.model_config.get("use_remove_padding", False)
-    entropy_fn = engine.compute_entropy_from_logits if packed else verl_F.entropy_from_logits
+    entropy_fn = engine.compute_entropy_from_logits if use_remove_padding else verl_F.entropy_from_logits
 
     def log_prob_fn(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return verl_F.logprobs_from_logits(logits, tokens), entropy_fn(logits)
@@ -106,7 +104,7 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
         if fused:
             temperature = float(tu.get(data, key="temperature", default=1.0))
             result = gradient.attribute_with_log_probs(
-                engine.module, batch, spans, config, rows=attribute_rows, temperature=temperature, log_prob_fn=verl_log_prob_fn(worker), sync_passes=max_over_ranks
+                engine.module, batch, spans, config, rows=attribute_rows, temperature=temperature, log_prob_fn=verl_log_prob_fn(engine, worker.actor.model_config.get("use_remove_padding", False)), sync_passes=max_over_ranks
             )
             scores = result.scores
         else:

@@ -275,11 +275,13 @@ def attribute_with_log_probs(
 
 
 def scale_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """logits / T as verl's FSDP engine takes them (`_scale_logits_by_temperature`): in the
-    logits' own dtype, T rounded to it, and not at all at T = 1."""
+    """logits [N, S, V] / T as verl's FSDP engine takes them (`_scale_logits_by_temperature`):
+    in the logits' own dtype, T rounded to it, divided by a per-row tensor [N, 1, 1] exactly
+    as verl's is, and not at all at T = 1."""
     if float(temperature) == 1.0:
         return logits
-    return logits / torch.tensor(temperature, dtype=torch.float32, device=logits.device).clamp(min=1e-8).to(logits.dtype)
+    divisor = torch.full((logits.shape[0], 1, 1), temperature, dtype=torch.float32, device=logits.device)
+    return logits / divisor.clamp(min=1e-8).to(logits.dtype)
 
 
 def float32_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

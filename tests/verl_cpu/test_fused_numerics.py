@@ -1,0 +1,92 @@
+"""Fused OAR-G's `old_log_probs` and `entropy` are verl's: verl's FSDP2 engine (CPU backend,
+one gloo rank) computes them on a batch with several micro-batch sizes, fused OAR-G with
+several token budgets, at T = 0.6, 1.0 and 1.2, with float32 and bf16 mixed precision. The
+fused values must differ from verl's by no more than verl's own passes differ from each
+other (in bf16: not at all)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, torch, torch.distributed as dist
+    import verl  # the plugin: cpu platform and engines
+    from tensordict import TensorDict
+    from verl.trainer.config import CheckpointConfig
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+    from verl.workers.engine import EngineRegistry
+    from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+    from oar_verl.core import GradientConfig, ResponseBatch, Segments
+    from oar_verl.core.attribution import gradient
+    from oar_verl.integration.worker import engine_autocast, verl_log_prob_fn
+    from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+
+    dist.init_process_group("gloo")
+    path = os.path.join(os.environ["OUT_DIR"], "model")
+    tokenizer = byte_tokenizer()
+    tiny_qwen2(len(tokenizer), hidden_size=64, seed=3).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    generator = torch.Generator().manual_seed(0)
+    lengths = [(5, 30), (9, 12), (3, 25), (7, 18), (4, 30), (6, 9)]  # (prompt, response)
+    batch = ResponseBatch.from_token_lists(
+        [torch.randint(0, 250, (p,), generator=generator).tolist() for p, _ in lengths],
+        [torch.randint(0, 250, (r,), generator=generator).tolist() for _, r in lengths], pad_token_id=tokenizer.pad_token_id,
+    )
+    B, P, R, mask = len(lengths), batch.prompt_length, batch.response_length, batch.response_mask
+    end = torch.tensor([r for _, r in lengths])
+    segments = Segments(end - 4, end - 3, end - 1, torch.ones(B, dtype=torch.bool))
+
+    def verl_pass(engine, temperature, micro):
+        data = TensorDict({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids,
+                           "prompts": batch.input_ids[:, :P], "responses": batch.responses, "response_mask": mask.long()}, batch_size=[B])
+        data = left_right_2_no_padding(data)
+        tu.assign_non_tensor(data, temperature=temperature, calculate_entropy=True, compute_loss=False, use_remove_padding=False,
+                             use_dynamic_bsz=False, micro_batch_size_per_gpu=micro, use_fused_kernels=False)
+        with engine.eval_mode():
+            output = engine.infer_batch(data, loss_function=None)["model_output"]
+        return [no_padding_2_padding(output[key], data).float() * mask for key in ("log_probs", "entropy")]
+
+    def fused_pass(engine, temperature, rows):
+        config = GradientConfig(max_tokens_per_pass=rows * (P + R))
+        with engine.eval_mode(), engine_autocast(engine):
+            result = gradient.attribute_with_log_probs(engine.module, batch, segments, config, temperature=temperature, log_prob_fn=verl_log_prob_fn(engine, False))
+        return [result.log_probs, result.entropy]
+
+    def largest(pairs):
+        return max(float((a - b).abs()[mask].max()) for a, b in pairs)
+
+    report = {}
+    for dtype in ("fp32", "bf16"):
+        engine = EngineRegistry.new(
+            model_type="language_model", backend="fsdp2", checkpoint_config=CheckpointConfig(), optimizer_config=FSDPOptimizerConfig(lr=1e-5),
+            model_config=HFModelConfig(path=path, use_remove_padding=False, override_config={"attn_implementation": "sdpa"}),
+            engine_config=FSDPEngineConfig(strategy="fsdp2", forward_only=False, model_dtype="fp32", use_torch_compile=False,
+                                           mixed_precision={"param_dtype": dtype, "reduce_dtype": "fp32", "buffer_dtype": "fp32"}),
+        )
+        engine.initialize()
+        assert engine._autocast_dtype == (torch.float32 if dtype == "fp32" else torch.bfloat16)
+        for temperature in (0.6, 1.0, 1.2):
+            verl = [verl_pass(engine, temperature, micro) for micro in (1, 2, 3, 6)]
+            fused = [fused_pass(engine, temperature, rows) for rows in (1, 2, 6)]
+            for k, name in enumerate(("log_probs", "entropy")):
+                own = largest([(a[k], b[k]) for a in verl for b in verl])
+                versus = largest([(a[k], b[k]) for a in fused for b in verl])
+                report[f"{dtype} T={temperature} {name}"] = (own, versus)
+                assert versus <= own, f"{dtype}, T={temperature}: fused {name} differ from verl's by {versus}, verl's own passes by {own}"
+    print("REPORT", json.dumps(report))
+    """
+)
+
+
+def test_fused_log_probs_are_verls(tmp_path):
+    script = tmp_path / "fused_numerics.py"
+    script.write_text(SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port", "29741", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT_DIR": str(tmp_path), "VERL_PLATFORM": "cpu"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-6000:]
+    report = next(line for line in result.stdout.splitlines() if line.startswith("REPORT"))
+    print(report)
