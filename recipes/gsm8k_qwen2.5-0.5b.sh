@@ -20,7 +20,7 @@ REWARD_FN=$(python3 -c 'import oar_verl.rewards as r; print(r.__file__)')
 #   +algorithm.oar.answer_pattern=gsm8k      # auto finds '####' as well
 #   +algorithm.oar.target=answer_logprob     # OAR-G target: answer_mean (default) | first_answer | answer_logprob
 #   +algorithm.oar.quantile=0.25 +algorithm.oar.beta=1.0 +algorithm.oar.min_weight=0.1
-#   +algorithm.oar.max_tokens_per_pass=16384 # lower it if attribution runs out of memory
+#   +algorithm.oar.max_tokens_per_pass=16384 # ~5 GiB with gradient checkpointing; per GPU size: recipes/README.md
 #   +algorithm.oar.heatmap_freq=20           # token heatmaps every 20 steps (files, wandb, tensorboard)
 
 $VERL_MAIN \

@@ -22,7 +22,7 @@ VAL_FILES="['$DATA_DIR/math500/test.parquet','$DATA_DIR/gsm8k/test.parquet','$DA
 #   +algorithm.oar.answer_pattern=auto       # default: finds '####' (GSM8K rows) and \boxed{} (MATH rows)
 #   +algorithm.oar.target=answer_logprob     # OAR-G target: answer_mean (default) | first_answer | answer_logprob
 #   +algorithm.oar.perturbation_mode=guided_approx  # OAR-P: APPROXIMATE, far cheaper at 3k-token responses
-#   +algorithm.oar.max_tokens_per_pass=16384 # 4 sequences of 4k tokens per attribution pass
+#   +algorithm.oar.max_tokens_per_pass=16384 # 4 sequences of 4k tokens per attribution pass: ~12 GiB with gradient checkpointing (recipes/README.md)
 #   +algorithm.oar.heatmap_freq=20
 
 $VERL_MAIN \

@@ -20,7 +20,7 @@ VAL_FILES="['$DATA_DIR/math500/test.parquet','$DATA_DIR/aime2024/test.parquet','
 #   +algorithm.oar.answer_pattern=boxed      # auto finds \boxed{} as well
 #   +algorithm.oar.target=answer_logprob     # OAR-G target: answer_mean (default) | first_answer | answer_logprob
 #   +algorithm.oar.perturbation_mode=guided_approx  # OAR-P: APPROXIMATE, exact on the top OAR-G tokens only
-#   +algorithm.oar.max_tokens_per_pass=16384
+#   +algorithm.oar.max_tokens_per_pass=16384 # ~7 GiB with gradient checkpointing; per GPU size: recipes/README.md
 #   +algorithm.oar.heatmap_freq=20
 
 $VERL_MAIN \

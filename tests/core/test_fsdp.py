@@ -1,12 +1,11 @@
 """Attribution on FSDP2-sharded models (gloo, CPU), world sizes 1 and 2: the same scores
 as the unsharded model, no parameter gradients, parameters left sharded."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.torchrun import run_ranks
 
 SCRIPT = textwrap.dedent(
     """
@@ -68,9 +67,4 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_attribution_on_fsdp2(tmp_path, world_size):
-    script = tmp_path / "fsdp_attribution.py"
-    script.write_text(SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world_size}", "--master_port", str(29700 + world_size), str(script)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "OK_DIR": str(tmp_path)})
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert sorted(p.name for p in tmp_path.glob("*.ok")) == [f"rank{r}.ok" for r in range(world_size)]
+    run_ranks(SCRIPT, tmp_path, world_size, port=29700 + world_size, timeout=300)

@@ -6,12 +6,11 @@ with no attributed row. Every method must keep the ranks' collectives in step (a
 mismatch hangs or aborts) and give each rank the scores and log-probs of the unsharded
 model; no parameter gradient, parameters left sharded."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+from tests.torchrun import run_ranks
 
 SCRIPT = textwrap.dedent(
     """
@@ -88,10 +87,4 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_attribution_across_uneven_fsdp2_ranks(tmp_path, world_size):
-    script = tmp_path / "fsdp_ranks.py"
-    script.write_text(SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world_size}", "--master_port", str(29720 + world_size), str(script)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OK_DIR": str(tmp_path), "COLLECTIVE_TIMEOUT": "120"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
-    assert result.returncode == 0, result.stderr[-6000:]
-    assert sorted(p.name for p in tmp_path.glob("*.ok")) == [f"rank{r}.ok" for r in range(world_size)]
+    run_ranks(SCRIPT, tmp_path, world_size, port=29720 + world_size, timeout=900, env={"COLLECTIVE_TIMEOUT": "120"})

@@ -4,10 +4,9 @@ several token budgets, at T = 0.6, 1.0 and 1.2, with float32 and bf16 mixed prec
 fused values must differ from verl's by no more than verl's own passes differ from each
 other (in bf16: not at all)."""
 
-import os
-import subprocess
-import sys
 import textwrap
+
+from tests.torchrun import run_ranks
 
 SCRIPT = textwrap.dedent(
     """
@@ -25,7 +24,7 @@ SCRIPT = textwrap.dedent(
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
 
     dist.init_process_group("gloo")
-    path = os.path.join(os.environ["OUT_DIR"], "model")
+    path = os.path.join(os.environ["OK_DIR"], "model")
     tokenizer = byte_tokenizer()
     tiny_qwen2(len(tokenizer), hidden_size=64, seed=3).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -77,16 +76,11 @@ SCRIPT = textwrap.dedent(
                 report[f"{dtype} T={temperature} {name}"] = (own, versus)
                 assert versus <= own, f"{dtype}, T={temperature}: fused {name} differ from verl's by {versus}, verl's own passes by {own}"
     print("REPORT", json.dumps(report))
+    open(os.path.join(os.environ["OK_DIR"], "rank0.ok"), "w").close()
     """
 )
 
 
 def test_fused_log_probs_are_verls(tmp_path):
-    script = tmp_path / "fused_numerics.py"
-    script.write_text(SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port", "29741", str(script)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT_DIR": str(tmp_path), "VERL_PLATFORM": "cpu"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-6000:]
-    report = next(line for line in result.stdout.splitlines() if line.startswith("REPORT"))
-    print(report)
+    result = run_ranks(SCRIPT, tmp_path, world_size=1, port=29741, env={"VERL_PLATFORM": "cpu"})
+    print(next(line for line in result.stdout.splitlines() if line.startswith("REPORT")))
