@@ -69,6 +69,8 @@ CONFIGS = {
 
 
 def build(setup: Setup, device: str):
+    """A random-weight Qwen2 of `setup`'s hidden, layers, heads, kv_heads, intermediate, vocab
+    and dtype (`attribution_memory.Shape` has the same fields), in eval mode."""
     config = Qwen2Config(
         vocab_size=setup.vocab, hidden_size=setup.hidden, num_hidden_layers=setup.layers, num_attention_heads=setup.heads,
         num_key_value_heads=setup.kv_heads, intermediate_size=setup.intermediate, max_position_embeddings=8192,

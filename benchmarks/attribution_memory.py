@@ -35,9 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from attribution import cpu_peak_memory
+from attribution import build, cpu_peak_memory
 from oar_verl.core import GradientConfig, ResponseBatch, Segments
 from oar_verl.core.attribution import gradient
 
@@ -51,6 +50,7 @@ class Shape:
     kv_heads: int
     intermediate: int
     vocab: int
+    dtype: torch.dtype = torch.float32  # of the measured models (`attribution.build` reads it)
 
     @property
     def kv_width(self) -> int:
@@ -88,14 +88,9 @@ USABLE = 0.8  # share of a GPU's memory attribution may plan on (the rest: alloc
 PARAMETERS = {"Qwen2.5-0.5B-Instruct": 0.49e9, "Qwen2.5-Math-1.5B": 1.54e9, "Qwen2.5-Math-7B": 7.62e9}
 
 
-def model_of(shape: Shape, checkpointing: bool) -> Qwen2ForCausalLM:
-    config = Qwen2Config(
-        vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads, intermediate_size=shape.intermediate, max_position_embeddings=4096,
-        attn_implementation="sdpa", tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).eval()
+def model_of(shape: Shape, checkpointing: bool):
+    """The benchmark's random-weight Qwen2 of `shape` (`attribution.build`), on the CPU."""
+    model = build(shape, "cpu")
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
