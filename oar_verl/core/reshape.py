@@ -20,14 +20,17 @@ import torch
 
 def degenerate_rows(scores: torch.Tensor, reasoning_mask: torch.Tensor) -> torch.Tensor:
     """[B] bool: rows that Bi-Level leaves at weight 1 (empty mask, constant or non-finite
-    scores on the mask)."""
+    scores on the mask). Levels that differ by less than the dtype's smallest normal number
+    count as constant: a subnormal spread is below float resolution (and torch's
+    vectorised log1p flushes subnormals to zero on some CPUs)."""
     _check_inputs(scores, reasoning_mask)
     mask = reasoning_mask
     finite = torch.isfinite(scores) | ~mask
     level = torch.log1p(torch.where(mask & finite, scores.clamp(min=0), 0.0))
     highest = torch.where(mask, level, -torch.inf).amax(dim=1)
     lowest = torch.where(mask, level, torch.inf).amin(dim=1)
-    return ~mask.any(dim=1) | ~finite.all(dim=1) | ~(highest > lowest)
+    spread = highest - lowest  # [B]; -inf - inf = -inf on empty rows
+    return ~mask.any(dim=1) | ~finite.all(dim=1) | ~(spread >= torch.finfo(level.dtype).tiny)
 
 
 def bilevel_weights(

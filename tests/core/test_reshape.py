@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -7,7 +8,9 @@ from hypothesis import strategies as st
 
 from oar_verl.core import bilevel_weights, degenerate_rows, permute_within_rows
 
-SCORES = st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_infinity=False)
+# Subnormal scores are left out of the formula check: torch's vectorised log1p flushes
+# them to zero on some CPUs (see test_a_spread_below_float_resolution_is_degenerate).
+SCORES = st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_infinity=False, allow_subnormal=False)
 
 
 @st.composite
@@ -24,7 +27,7 @@ def reference_row(scores, q, beta, min_weight, preserve_mass):
     """The spec's formula for one row's reasoning scores (a list), with torch.quantile."""
     levels = [math.log1p(s) for s in scores]
     low, high = min(levels), max(levels)
-    if not high > low:
+    if not high - low >= sys.float_info.min:  # constant, to float resolution
         return [1.0] * len(scores)
     n = torch.tensor([(level - low) / (high - low) for level in levels], dtype=torch.float64)
     tau = float(torch.quantile(n, q))
@@ -135,6 +138,17 @@ def test_degenerate_rows_give_ones(row):
     assert torch.all(weights[0] == 1.0) and torch.all(weights[2] == 1.0)
     assert not torch.all(weights[1, :3] == 1.0)
     assert degenerate_rows(scores, mask).tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_spread_below_float_resolution_is_degenerate(dtype):
+    tiny = torch.finfo(dtype).tiny
+    scores = torch.tensor([[0.0, tiny / 4, 0.0], [0.0, tiny, 0.0]], dtype=dtype)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    assert degenerate_rows(scores, mask).tolist() == [True, False]
+    weights = bilevel_weights(scores, mask, preserve_mass=False)
+    assert weights[0].tolist() == [1.0, 1.0, 1.0]
+    torch.testing.assert_close(weights[1], torch.tensor([0.1, 2.0, 1.0]))
 
 
 def test_known_values():
