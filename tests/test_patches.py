@@ -1,9 +1,13 @@
-"""The upstream patches apply to the pinned verl sources, and the plugin takes the
-patched path (no runtime shim) on a patched verl."""
+"""The upstream patches apply to verl 0.9.1's sources, the tests they add to verl's tree
+pass there together with verl's own CPU tests of the modules they change, and the plugin
+takes the patched path (no runtime shim) on a patched verl."""
 
-import shutil
+import hashlib
+import os
+import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -11,18 +15,72 @@ import torch
 import verl
 
 PATCHES = sorted((Path(__file__).parents[1] / "patches" / "verl-0.9.1").glob("*.patch"))
+# verl's source distribution on PyPI: the package plus verl's tests (the wheel has no tests).
+VERL_SDIST = ("verl==0.9.1", "verl-0.9.1.tar.gz", "3e03d8816b2546b2c5580705671b8d0bb3f79b8364e7b5c56dbfc1245536ba22")
+
+
+def verl_sources(directory: Path) -> Path:
+    """verl 0.9.1's source tree (verl/ and tests/), from PyPI's sdist, checked by sha256."""
+    requirement, name, sha256 = VERL_SDIST
+    command = [sys.executable, "-m", "pip", "download", requirement, "--no-binary", ":all:", "--no-deps", "-q", "-d", str(directory)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    archive = directory / name
+    assert result.returncode == 0 and archive.exists(), f"could not download verl's sdist from PyPI: {result.stderr[-2000:]}"
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == sha256, f"{name}: unexpected sha256"
+    with tarfile.open(archive) as tar:
+        tar.extractall(directory, filter="data")
+    return directory / name.removesuffix(".tar.gz")
 
 
 @pytest.fixture(scope="module")
 def patched_verl(tmp_path_factory):
-    root = tmp_path_factory.mktemp("verl-src")
-    shutil.copytree(Path(verl.__file__).parent, root / "verl", ignore=shutil.ignore_patterns("__pycache__"))
+    root = verl_sources(tmp_path_factory.mktemp("verl-src"))
+    assert (root / "verl" / "__init__.py").exists() and (root / "tests").is_dir()
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     for patch in PATCHES:
         result = subprocess.run(["git", "apply", "--check", str(patch)], cwd=root, capture_output=True, text=True)
         assert result.returncode == 0, f"{patch.name} does not apply to verl {verl.__version__}: {result.stderr}"
         subprocess.run(["git", "apply", str(patch)], cwd=root, check=True)
     return root
+
+
+def changed_files(patch: Path) -> list[str]:
+    return re.findall(r"^\+\+\+ b/(\S+)$", patch.read_text(), flags=re.MULTILINE)
+
+
+def verl_tests_touched(root: Path) -> list[str]:
+    """verl's own CPU tests that import a module the series changes."""
+    modules = {path.removesuffix(".py").replace("/", ".") for patch in PATCHES for path in changed_files(patch)}
+    modules = {module for module in modules if module.startswith("verl.")}
+    added = {path for patch in PATCHES for path in changed_files(patch)}
+    touched = []
+    for test in sorted((root / "tests").rglob("*_on_cpu.py")):
+        relative = str(test.relative_to(root))
+        if relative not in added and any(module in test.read_text() for module in modules):
+            touched.append(relative)
+    return touched
+
+
+def test_each_patch_carries_verl_style_cpu_tests():
+    for patch in PATCHES:
+        files = changed_files(patch)
+        tests = [path for path in files if path.startswith("tests/") and path.endswith("_on_cpu.py")]
+        assert tests, f"{patch.name} adds no tests/**/*_on_cpu.py"
+        assert any(path.startswith("verl/") for path in files), f"{patch.name} changes no verl code"
+
+
+def test_patched_verl_passes_the_new_tests_and_its_own(patched_verl):
+    """The patches' tests and verl's CPU tests of the changed modules, run in the patched
+    tree (verl's layout: pytest from the repository root)."""
+    added = sorted({path for patch in PATCHES for path in changed_files(patch) if path.startswith("tests/")})
+    touched = verl_tests_touched(patched_verl)
+    assert "tests/trainer/ppo/test_core_algos_on_cpu.py" in touched
+    env = {**os.environ, "PYTHONPATH": str(patched_verl)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::UserWarning", *added, *touched]
+    result = subprocess.run(command, cwd=patched_verl, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary) and "failed" not in summary and "skipped" not in summary, summary
 
 
 def test_patches_are_git_format_with_messages():
@@ -64,8 +122,6 @@ def test_plugin_uses_the_patched_verl(patched_verl):
         "assert get_rollout_class('hf').__name__ == 'HFServerAdapter';"
         "w.initialize_global_process_group_ray(); print('BACKEND', d.get_backend())"
     ) % str(patched_verl)
-    import os
-
     env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONPATH": str(patched_verl)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
