@@ -14,7 +14,9 @@ import pytest
 import torch
 import verl
 
-PATCHES = sorted((Path(__file__).parents[1] / "patches" / "verl-0.9.1").glob("*.patch"))
+SERIES = Path(__file__).parents[1] / "patches"
+PATCHES = sorted((SERIES / "verl-0.9.1").glob("*.patch"))
+MAIN_PATCHES = sorted((SERIES / "verl-main").glob("*.patch"))  # checked against verl's main by hand (patches/README.md)
 # verl's source distribution on PyPI: the package plus verl's tests (the wheel has no tests).
 VERL_SDIST = ("verl==0.9.1", "verl-0.9.1.tar.gz", "3e03d8816b2546b2c5580705671b8d0bb3f79b8364e7b5c56dbfc1245536ba22")
 
@@ -62,7 +64,7 @@ def verl_tests_touched(root: Path) -> list[str]:
 
 
 def test_each_patch_carries_verl_style_cpu_tests():
-    for patch in PATCHES:
+    for patch in PATCHES + MAIN_PATCHES:
         files = changed_files(patch)
         tests = [path for path in files if path.startswith("tests/") and path.endswith("_on_cpu.py")]
         assert tests, f"{patch.name} adds no tests/**/*_on_cpu.py"
@@ -83,9 +85,26 @@ def test_patched_verl_passes_the_new_tests_and_its_own(patched_verl):
     assert re.search(r"\d+ passed", summary) and "failed" not in summary and "skipped" not in summary, summary
 
 
+def added_file(patch: Path, path: str) -> str:
+    """The content of a file the patch creates."""
+    text = patch.read_text()
+    hunk = text.split(f"+++ b/{path}\n", 1)[1].split("\ndiff --git", 1)[0].split("\n-- \n", 1)[0]
+    return "\n".join(line[1:] for line in hunk.splitlines() if line.startswith("+"))
+
+
+def test_the_main_series_carries_the_same_patches_and_tests():
+    assert [patch.name for patch in MAIN_PATCHES] == [patch.name for patch in PATCHES]
+    for pinned, main in zip(PATCHES, MAIN_PATCHES):
+        tests = [path for path in changed_files(pinned) if path.startswith("tests/")]
+        assert tests == [path for path in changed_files(main) if path.startswith("tests/")], main.name
+        for path in tests:
+            assert "\ndef test_" in added_file(pinned, path), f"{pinned.name}: {path} has no test"
+            assert added_file(main, path) == added_file(pinned, path), f"{main.name}: {path} differs from the pinned series"
+
+
 def test_patches_are_git_format_with_messages():
     assert len(PATCHES) >= 3
-    for patch in PATCHES:
+    for patch in PATCHES + MAIN_PATCHES:
         text = patch.read_text()
         assert text.startswith("From ") and "\nSubject: [PATCH" in text
         body = text.split("\n\n", 1)[1].split("\n---\n", 1)[0]
