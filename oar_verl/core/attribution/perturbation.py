@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from oar_verl.core.attribution import taylor
 from oar_verl.core.attribution.base import PassSync, attributed_rows, passes_to_run, rows_per_pass, scatter_scores, split_rows
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.lm import eval_mode, lm_parts
@@ -32,7 +33,7 @@ from oar_verl.core.spans import Segments
 from oar_verl.core.targets import answer_positions, check_target, compute_target, target_shift
 
 NAME = "oar_p"
-MODES = ("exact", "span_approx", "guided_approx")
+MODES = ("exact", "span_approx", "guided_approx", "taylor")
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,23 @@ class PerturbationConfig:
     target: str = field(default="first_answer", metadata={"help": "P_final mode: first_answer (OAR-P reference default), answer_mean or answer_logprob."})
     perturbation_id: int | None = field(default=None, metadata={"help": "Token id put in place of the perturbed token; the tokenizer's pad id in the reference. Required."})
     max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one forward pass (sequences x length): bounds peak memory. Must hold one prompt plus response."})
-    mode: str = field(default="exact", metadata={"help": "exact (the definition), or span_approx: APPROXIMATE, each run of `span` consecutive reasoning tokens is replaced at once and its tokens share the score (about span x fewer sequences)."})
+    mode: str = field(default="exact", metadata={"help": "exact (the definition), or span_approx: APPROXIMATE, each run of `span` consecutive reasoning tokens is replaced at once and its tokens share the score (about span x fewer sequences); guided_approx: APPROXIMATE, exact scores for the top tokens by OAR-G, calibrated OAR-G for the rest; taylor: APPROXIMATE, a first-order (answer_logprob) or Fisher (KL targets) expansion of every replacement, one forward and taylor_top + taylor_samples backward passes (one for answer_logprob)."})
     span: int = field(default=4, metadata={"help": "span_approx: tokens replaced together (>= 1; 1 is exact)."})
     guided_fraction: float = field(default=0.25, metadata={"help": "guided_approx: share of each response's reasoning tokens, the top ones by OAR-G, scored exactly (in (0, 1])."})
     calibration_fraction: float = field(default=0.1, metadata={"help": "guided_approx: share drawn at random from the other tokens and scored exactly, to fit the scale applied to their OAR-G scores (in (0, 1])."})
-    seed: int = field(default=0, metadata={"help": "guided_approx: seed of the OAR-G noise and of the calibration draw."})
+    seed: int = field(default=0, metadata={"help": "guided_approx: seed of the OAR-G noise and of the calibration draw; taylor: seed of the Gaussian projections."})
+    taylor_top: int = field(default=4, metadata={"help": "taylor (KL targets): the most probable answer tokens whose Fisher terms are taken exactly, one backward each (>= 0)."})
+    taylor_samples: int = field(default=0, metadata={"help": "taylor (KL targets): Gaussian projections estimating the rest of the vocabulary's terms without bias, one backward each (>= 0; 0 drops the rest)."})
 
     def __post_init__(self) -> None:
         check_target(self.target)
         if self.mode not in MODES:
             raise ValueError(f"mode: unknown OAR-P mode {self.mode!r}, expected one of {list(MODES)}")
+        for name in ("taylor_top", "taylor_samples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected >= 0 backward passes, got {getattr(self, name)}")
+        if self.taylor_top + self.taylor_samples < 1:
+            raise ValueError(f"taylor_top, taylor_samples: at least one direction is needed, got {self.taylor_top} and {self.taylor_samples}")
         if self.span < 1:
             raise ValueError(f"span: expected >= 1 consecutive tokens, got {self.span}")
         for name in ("guided_fraction", "calibration_fraction"):
@@ -82,6 +90,8 @@ def attribute(
             (`base.max_over_ranks`); every pass is one backbone forward (`LMParts`), the
             extra ones one-token idle forwards. guided_approx first runs OAR-G's steps.
     """
+    if config.mode == "taylor":
+        return taylor.attribute(model, batch, segments, config, rows, sync_passes)
     parts = lm_parts(model)
     B, R = batch.input_ids.shape[0], batch.response_length
     device = batch.input_ids.device
