@@ -30,10 +30,12 @@ class OARSettings:
     min_weight: float = field(default=0.1, metadata={"help": "Floor of damped weights, in (0, 1] (reference code: 0.1)."})
     preserve_mass: bool = field(default=True, metadata={"help": "Rescale each response's reasoning weights to mean 1, keeping its total advantage (paper abstract)."})
     noise_std: float = field(default=1e-3, metadata={"help": "oar_g: sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3); 0 only with target answer_logprob."})
-    seed: int = field(default=0, metadata={"help": "oar_g: noise seed; each step and data-parallel rank offsets it so draws differ."})
+    seed: int = field(default=0, metadata={"help": "oar_g: noise seed (oar_p: the guided_approx and taylor draws); each step and data-parallel rank offsets it so draws differ."})
     fuse_log_probs: bool = field(default=True, metadata={"help": "oar_g: answer verl's old-log-prob pass with OAR-G's clean pass (old_log_probs, entropy and the clean target from one forward; answer_logprob's gradient from it too), computed as verl computes them (its autocast, temperature rule, log-prob and entropy functions, micro-batch layout: equal to verl's own pass in fp32 and bf16 on the CPU backend). False: verl's log-prob pass, then OAR-G on its own. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."})
     perturbation_id: int | None = field(default=None, metadata={"help": "oar_p: token id put in place of a perturbed token. None: the tokenizer's pad id (reference code)."})
-    perturbation_mode: str = field(default="exact", metadata={"help": "oar_p: exact (the definition); span_approx (APPROXIMATE: runs of `span` tokens replaced together, sharing a score); guided_approx (APPROXIMATE: exact on the top `guided_fraction` by OAR-G plus a random `calibration_fraction` of the rest, the others OAR-G scaled to fit)."})
+    perturbation_mode: str = field(default="exact", metadata={"help": "oar_p: exact (the definition); span_approx (APPROXIMATE: runs of `span` tokens replaced together, sharing a score); guided_approx (APPROXIMATE: exact on the top `guided_fraction` by OAR-G plus a random `calibration_fraction` of the rest, the others OAR-G scaled to fit); taylor (APPROXIMATE: each replacement's effect expanded around the clean pass, first order for answer_logprob, the Fisher form for KL targets; one forward and taylor_top + taylor_samples backward passes, one for answer_logprob)."})
+    taylor_top: int = field(default=4, metadata={"help": "oar_p with taylor, KL targets: the most probable answer tokens whose Fisher terms are taken exactly, one backward pass each (>= 0)."})
+    taylor_samples: int = field(default=0, metadata={"help": "oar_p with taylor, KL targets: Gaussian projections estimating the other tokens' Fisher terms without bias, one backward pass each (>= 0; 0 drops them; taylor_top + taylor_samples >= 1)."})
     span: int = field(default=4, metadata={"help": "oar_p with perturbation_mode span_approx: tokens replaced together (>= 1)."})
     guided_fraction: float = field(default=0.25, metadata={"help": "oar_p with guided_approx: share of reasoning tokens, the top ones by OAR-G, scored exactly (in (0, 1])."})
     calibration_fraction: float = field(default=0.1, metadata={"help": "oar_p with guided_approx: share of the other tokens drawn at random and scored exactly to fit the OAR-G scale (in (0, 1])."})
@@ -100,6 +102,7 @@ class OARSettings:
             return PerturbationConfig(
                 target=target, perturbation_id=perturbation_id, max_tokens_per_pass=self.max_tokens_per_pass, mode=self.perturbation_mode,
                 span=self.span, guided_fraction=self.guided_fraction, calibration_fraction=self.calibration_fraction, seed=self.seed,
+                taylor_top=self.taylor_top, taylor_samples=self.taylor_samples,
             )  # fmt: skip
         except ValueError as error:
             message = str(error).replace("mode:", "perturbation_mode:", 1)

@@ -50,11 +50,21 @@ def test_bad_settings_name_the_key(values, key):
         OARSettings.from_config(values)
 
 
-@pytest.mark.parametrize("values, key", [({"perturbation_mode": "fast"}, "algorithm.oar.perturbation_mode"), ({"span": 0}, "algorithm.oar.span")])
+@pytest.mark.parametrize(
+    "values, key",
+    [
+        ({"perturbation_mode": "fast"}, "algorithm.oar.perturbation_mode"),
+        ({"span": 0}, "algorithm.oar.span"),
+        ({"perturbation_mode": "taylor", "taylor_top": -1}, "algorithm.oar.taylor_top"),
+        ({"perturbation_mode": "taylor", "taylor_top": 0, "taylor_samples": 0}, "algorithm.oar.taylor_top, taylor_samples"),
+    ],
+)
 def test_bad_perturbation_settings_name_the_key(values, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         OARSettings.from_config(values).method_config("oar_p", pad_token_id=0)
     assert OARSettings.from_config({"perturbation_mode": "span_approx", "span": 2}).method_config("oar_p", 0).span == 2
+    taylor = OARSettings.from_config({"perturbation_mode": "taylor", "taylor_top": 8, "taylor_samples": 2}).method_config("oar_p", 0)
+    assert (taylor.mode, taylor.taylor_top, taylor.taylor_samples) == ("taylor", 8, 2)
 
 
 def test_method_specific_refusals():

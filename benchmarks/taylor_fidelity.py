@@ -1,0 +1,68 @@
+"""How well OAR-P's `taylor` mode ranks tokens as exact OAR-P does, beside OAR-G and the
+other approximate modes, on the trained tiny models of `attribution.py`.
+
+    python benchmarks/taylor_fidelity.py
+
+For each model and target: mean per-response Spearman against exact OAR-P with the same
+target over the reasoning tokens, the planted-pivot model's top-1 rate (the pivot token
+scored highest), and the cost in backward passes per chunk beside one forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+
+import torch
+from attribution import APPROXIMATE, arithmetic_model_and_batch, pivot_model_and_batch, spearman
+
+from oar_verl.core import GradientConfig, PerturbationConfig, segment_responses
+from oar_verl.core.attribution import gradient, perturbation
+from oar_verl.demo import pivot_example
+
+TARGETS = ("first_answer", "answer_mean", "answer_logprob")
+PIVOTS = [pivot_example(random.Random(1000 + i))[1] for i in range(20)]  # pivot_model_and_batch's responses
+
+
+def settings(config: PerturbationConfig) -> list[tuple[str, object, PerturbationConfig | GradientConfig]]:
+    """(label, attribute function, config) of every estimator measured for one target."""
+    rows = [("OAR-G (sigma 1e-3)", gradient.attribute, GradientConfig(target=config.target))]
+    if config.target == "answer_logprob":
+        rows.append(("taylor, first order", perturbation.attribute, dataclasses.replace(config, mode="taylor")))
+    else:
+        for top, samples in ((1, 0), (4, 0), (16, 0), (4, 4), (64, 0)):
+            label = f"taylor, top {top}" + (f" + {samples} samples" if samples else "")
+            rows.append((label, perturbation.attribute, dataclasses.replace(config, mode="taylor", taylor_top=top, taylor_samples=samples)))
+    rows += [(label, perturbation.attribute, approx) for label, approx in APPROXIMATE(config, spans=(2, 4))]
+    return rows
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    for model_label, (model, tokenizer, batch) in (("pivot", pivot_model_and_batch()), ("arithmetic", arithmetic_model_and_batch())):
+        segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
+        usable = segments.usable & (segments.reasoning_end >= 3)
+        rows = usable.nonzero().flatten().tolist()
+        lengths = [int(segments.reasoning_end[i]) for i in rows]
+        print(f"\n{model_label} model: {len(rows)} responses, {min(lengths)}-{max(lengths)} reasoning tokens")
+        for target in TARGETS:
+            config = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id)
+            start = time.perf_counter()
+            exact = perturbation.attribute(model, batch, segments, config, rows=usable)
+            exact_s = time.perf_counter() - start
+            print(f"  target {target}: exact OAR-P {exact_s:.2f} s")
+            for label, attribute, estimator in settings(config):
+                start = time.perf_counter()
+                scores = attribute(model, batch, segments, estimator, rows=usable)
+                seconds = time.perf_counter() - start
+                rhos = [spearman(exact[i, :n], scores[i, :n]) for i, n in zip(rows, lengths)]
+                line = f"    {label:<44} Spearman {sum(rhos) / len(rhos):6.3f}   {seconds:6.2f} s"
+                if model_label == "pivot":
+                    hits = [int(scores[i, :n].argmax()) == PIVOTS[i] for i, n in zip(rows, lengths)]
+                    line += f"   pivot top-1 {sum(hits) / len(hits):.2f}"
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
