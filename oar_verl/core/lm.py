@@ -72,6 +72,24 @@ class LMParts:
             for module in modules:
                 module.reshard()
 
+    @contextlib.contextmanager
+    def gathered_through_backward(self) -> Iterator[None]:
+        """Inside `materialized()`: every FSDP2 group stays gathered when a backward ends, so
+        one forward's graph can be backpropagated several times (each backward then runs
+        the same collectives on every rank: none for the groups already gathered); the
+        groups are resharded, and their setting restored, on exit."""
+        groups = [module for module in self.model.modules() if hasattr(module, "set_reshard_after_backward")]
+        settings = [[group.reshard_after_backward for group in module._get_fsdp_state()._fsdp_param_groups] for module in groups]
+        for module in groups:
+            module.set_reshard_after_backward(False, recurse=False)
+        try:
+            yield
+        finally:
+            for module, previous in zip(groups, settings):
+                for group, value in zip(module._get_fsdp_state()._fsdp_param_groups, previous):
+                    group.reshard_after_backward = value
+                module.reshard()
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[N, L, H] input embeddings of ids [N, L] (the module's own forward: no FSDP hook)."""
         return self.embeddings.forward(input_ids)

@@ -30,6 +30,8 @@ SCRIPT = textwrap.dedent(
         torch.testing.assert_close(sharded, expected, rtol=1e-4, atol=1e-9)
         config = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=24)
         torch.testing.assert_close(perturbation.attribute(model, batch, segments, config), perturbation.attribute(reference, batch, segments, config), rtol=0, atol=1e-5)
+        taylor = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12, mode="taylor", taylor_top=3, taylor_samples=2)
+        torch.testing.assert_close(perturbation.attribute(model, batch, segments, taylor), perturbation.attribute(reference, batch, segments, taylor), rtol=1e-4, atol=1e-9)
         fused = gradient.attribute_with_log_probs(model, batch, segments, GradientConfig(target=target, max_tokens_per_pass=12), temperature=0.8)
         fused_expected = gradient.attribute_with_log_probs(reference, batch, segments, GradientConfig(target=target), temperature=0.8)
         torch.testing.assert_close(fused.scores, fused_expected.scores, rtol=1e-4, atol=1e-9)
@@ -48,7 +50,8 @@ SCRIPT = textwrap.dedent(
         return Segments(segments.reasoning_end[part], segments.answer_start[part], segments.answer_end[part], segments.found[part])
 
     mine = torch.tensor([True, True]) if dist.get_rank() == 0 else torch.tensor([False, False])
-    for method, config in ((gradient, GradientConfig(max_tokens_per_pass=12)), (perturbation, PerturbationConfig(perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12))):
+    taylor = PerturbationConfig(perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12, mode="taylor", taylor_top=2, taylor_samples=1)
+    for method, config in ((gradient, GradientConfig(max_tokens_per_pass=12)), (perturbation, PerturbationConfig(perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12)), (perturbation, taylor)):
         uneven = method.attribute(model, batch, segments, config, rows=mine, sync_passes=sync)
         expected = method.attribute(reference, batch, segments, config, rows=mine)
         torch.testing.assert_close(uneven, expected, rtol=1e-4, atol=1e-6)

@@ -121,3 +121,16 @@ def test_rows_honoured_no_parameter_gradient_and_modes_restored(model, batch_and
 def test_bad_settings_name_the_setting(kwargs, name):
     with pytest.raises(ValueError, match=name):
         taylor_config("first_answer", **kwargs)
+
+
+def test_activation_checkpointing_gives_the_same_scores(tokenizer, batch_and_segments):
+    """Several backward passes through one checkpointed graph (recomputed per backward)."""
+    from oar_verl.tiny import tiny_qwen2
+
+    _, _, batch, segments = batch_and_segments
+    plain = tiny_qwen2(len(tokenizer), hidden_size=32, seed=4, dtype=torch.float64).eval()
+    checkpointed = tiny_qwen2(len(tokenizer), hidden_size=32, seed=4, dtype=torch.float64)
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed.eval()
+    config = taylor_config("answer_mean", taylor_top=3, taylor_samples=2)
+    torch.testing.assert_close(perturbation.attribute(checkpointed, batch, segments, config), perturbation.attribute(plain, batch, segments, config), rtol=1e-9, atol=1e-12)

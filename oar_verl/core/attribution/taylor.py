@@ -125,7 +125,8 @@ def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig) -> t
             rows = chunk.rows if chunk.rows is not None else torch.zeros(1, dtype=torch.long, device=embeds.device)
             projections, weights = directions(target, rows, config.taylor_top, config.taylor_samples, config.seed)  # [K, C, V], [K]
             form = torch.zeros(chunk.input_ids.shape, dtype=torch.float32, device=embeds.device)  # [C, L]
-            for k in range(len(weights)):
-                (grad,) = torch.autograd.grad((target * projections[k]).sum(), embeds, retain_graph=k + 1 < len(weights))
-                form += weights[k] * (grad.float() * change).sum(dim=-1).square()
+            with parts.gathered_through_backward():  # one graph, one backward per direction
+                for k in range(len(weights)):
+                    (grad,) = torch.autograd.grad((target * projections[k]).sum(), embeds, retain_graph=k + 1 < len(weights))
+                    form += weights[k] * (grad.float() * change).sum(dim=-1).square()
     return 0.5 * form
