@@ -7,10 +7,12 @@ Figures (same inputs for every method):
 - OAR-P exact vs the naive algorithm (full logits, no key/value reuse, one response at a
   time): time ratio and max score difference; tokens recomputed vs the floor (each
   perturbation recomputing only from its own position to the last target position);
-- OAR-G vs the no-grad log-prob pass the trainer runs anyway (full logits, as verl's
-  `compute_log_prob`): time ratio per target mode, standalone (its own clean pass) and
-  fused (`attribute_with_log_probs`: the log-probs come out of OAR-G's clean pass; the
-  figure with a bound is its cost beyond that pass);
+- OAR-G and OAR-P `taylor` vs the no-grad log-prob pass the trainer runs anyway (full
+  logits, as verl's `compute_log_prob`): time ratio per target mode, timed in interleaved
+  pairs (median and quartiles of the per-pair ratios), OAR-G standalone (its own clean
+  pass) and fused (`attribute_with_log_probs`: the log-probs come out of OAR-G's clean
+  pass; the figure with a bound is its cost beyond that pass, flagged when the median falls
+  below the pass it contains);
 - approximate OAR-P (span occlusion; gradient-guided: exact on the top OAR-G tokens and a
   calibration sample, the rest OAR-G scaled): speedup over the naive algorithm on the same inputs,
   and Spearman rank correlation against exact per response on trained tiny models (the
@@ -120,6 +122,41 @@ class Meter:
         return result, sorted(times)[len(times) // 2], peak
 
 
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def paired_ratios(baseline, candidate, pairs: int, device: str) -> tuple[float, float, float]:
+    """(median, lower, upper quartile) of candidate / baseline time ratios, each pair timed
+    back to back in alternating order, so that load changes on a shared machine hit both
+    sides of a ratio alike. One warm-up call of each first."""
+    baseline(), candidate()
+    ratios = []
+    for index in range(pairs):
+        times = {}
+        for name, fn in (("a", baseline), ("b", candidate)) if index % 2 == 0 else (("b", candidate), ("a", baseline)):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name] = time.perf_counter() - start
+        ratios.append(times["b"] / times["a"])
+    ratios.sort()
+    return ratios[len(ratios) // 2], ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+
+
+def ratio_text(ratios: tuple[float, float, float], bound: float | None = None) -> str:
+    """'3.10x [2.95, 3.30]' and, for a cost beyond the log-prob pass (ratio - 1), the figure
+    against its bound; a median below the pass is flagged, never printed as a cost."""
+    median, lower, upper = ratios
+    text = f"{median:5.2f}x log-prob pass [quartiles {lower:.2f}, {upper:.2f}]"
+    if bound is not None:
+        beyond = median - 1.0
+        text += f", {beyond:5.2f}x beyond it (target <= {bound}x)" if beyond >= 0 else ", FLAG: below the pass it contains (timing noise), no cost figure"
+    return text
+
+
 def memory(peak: int | None) -> str:
     return "peak n/a" if peak is None else f"peak {peak / 2**20:9.1f} MiB"
 
@@ -187,6 +224,7 @@ def main() -> None:
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per OAR-P figure (the median is printed)")
     parser.add_argument("--gradient-repeats", type=int, default=21, help="timed runs per log-prob / OAR-G figure (passes of milliseconds on the CPU config)")
+    parser.add_argument("--pairs", type=int, default=15, help="interleaved (log-prob pass, method) pairs per ratio (the median and quartiles are printed)")
     parser.add_argument("--skip-naive-above", type=int, default=1024, help="response length above which the naive OAR-P baseline is not run")
     args = parser.parse_args()
     setup = CONFIGS[args.config]
@@ -203,15 +241,25 @@ def main() -> None:
         print(f"\nresponse length {length} (reasoning {length - setup.answer - 2} tokens per row)")
         log_probs, base_time, base_peak = gradient_meter(lambda: log_prob_pass(model, batch))
         print(f"  log-prob pass (no grad, full logits)      {base_time:8.3f} s   {memory(base_peak)}")
+        def base():
+            return log_prob_pass(model, batch)
+
         for target in TARGET_MODES:
             config = GradientConfig(target=target, max_tokens_per_pass=setup.token_budget)
             _, g_time, g_peak = gradient_meter(lambda: gradient.attribute(model, batch, segments, config))
             fused, f_time, f_peak = gradient_meter(lambda: gradient.attribute_with_log_probs(model, batch, segments, config))
+            standalone_ratios = paired_ratios(base, lambda: gradient.attribute(model, batch, segments, config), args.pairs, device)
+            fused_ratios = paired_ratios(base, lambda: gradient.attribute_with_log_probs(model, batch, segments, config), args.pairs, device)
             bound = 1.3 if target == "answer_logprob" else 2.3
             agree = float((fused.log_probs - log_probs[:, batch.prompt_length - 1 :, 0] * batch.response_mask).abs().max())
-            print(f"  OAR-G {target:<15} standalone        {g_time:8.3f} s   {memory(g_peak)}   {g_time / base_time:5.2f}x log-prob pass")
-            print(f"  OAR-G {target:<15} fused             {f_time:8.3f} s   {memory(f_peak)}   {f_time / base_time:5.2f}x log-prob pass, "
-                  f"{(f_time - base_time) / base_time:5.2f}x beyond it (target <= {bound}x); log-probs max diff {agree:.1e}")  # fmt: skip
+            print(f"  OAR-G {target:<15} standalone        {g_time:8.3f} s   {memory(g_peak)}   {ratio_text(standalone_ratios)}")
+            print(f"  OAR-G {target:<15} fused             {f_time:8.3f} s   {memory(f_peak)}   {ratio_text(fused_ratios, bound)}; "
+                  f"log-probs max diff {agree:.1e}")  # fmt: skip
+            taylor = PerturbationConfig(target=target, perturbation_id=0, max_tokens_per_pass=setup.token_budget, mode="taylor")
+            _, t_time, t_peak = gradient_meter(lambda: perturbation.attribute(model, batch, segments, taylor))
+            taylor_ratios = paired_ratios(base, lambda: perturbation.attribute(model, batch, segments, taylor), args.pairs, device)
+            directions = 1 if target == "answer_logprob" else taylor.taylor_top + taylor.taylor_samples
+            print(f"  OAR-P taylor {target:<15} ({directions} backward)  {t_time:8.3f} s   {memory(t_peak)}   {ratio_text(taylor_ratios)}")
         config = PerturbationConfig(target="first_answer", perturbation_id=0, max_tokens_per_pass=setup.token_budget)
         exact, p_time, p_peak = meter(lambda: perturbation.attribute(model, batch, segments, config))
         exact_peaks[length] = p_peak

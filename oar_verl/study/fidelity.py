@@ -1,8 +1,10 @@
-"""Attribution fidelity: how well OAR-G's token ranking agrees with OAR-P's (the exact
-perturbation definition), per response, for each OAR-G target mode."""
+"""Attribution fidelity: how well the cheap estimators' token rankings (OAR-G, OAR-P's
+`taylor` mode) agree with exact OAR-P's (the perturbation definition), per response, for
+each target mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -32,12 +34,13 @@ def sample_responses(model, tokenizer, questions: list[str], *, max_new_tokens: 
 
 
 def rank_agreement(model, tokenizer, *, responses: int, targets: tuple[str, ...], max_steps: int, max_operand: int, max_new_tokens: int, seed: int = 0) -> dict:
-    """Per-response Spearman correlation of OAR-G scores (each target) against exact OAR-P
-    (its default target, first_answer) over the reasoning tokens of sampled responses with
-    an answer and at least 3 reasoning tokens.
+    """Per-response Spearman correlation of OAR-G scores and of OAR-P `taylor` scores
+    (default settings; each target) against exact OAR-P (its default target, first_answer)
+    over the reasoning tokens of sampled responses with an answer and at least 3 reasoning
+    tokens.
 
-    Returns {"responses": n used, "sampled": n sampled, target: {"mean", "median",
-    "frac_above_0.5", "values": [...]}}.
+    Returns {"responses": n used, "sampled": n sampled, target: OAR-G's {"mean", "median",
+    "frac_above_0.5", "values": [...]}, "taylor": {target: the same for taylor}}.
     """
     rng = random.Random(seed)
     questions = [make_problem(rng, max_steps, max_operand).question for _ in range(responses)]
@@ -45,15 +48,21 @@ def rank_agreement(model, tokenizer, *, responses: int, targets: tuple[str, ...]
     batch = sample_responses(model, tokenizer, questions, max_new_tokens=max_new_tokens, seed=seed)
     segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
     usable = segments.usable & (segments.reasoning_end >= 3)
-    exact = perturbation.attribute(model, batch, segments, PerturbationConfig(target="first_answer", perturbation_id=tokenizer.pad_token_id), rows=usable)
-    result: dict = {"responses": int(usable.sum()), "sampled": responses}
-    for target in targets:
-        scores = gradient.attribute(model, batch, segments, GradientConfig(target=target, seed=seed), rows=usable)
+    exact_config = PerturbationConfig(target="first_answer", perturbation_id=tokenizer.pad_token_id)
+    exact = perturbation.attribute(model, batch, segments, exact_config, rows=usable)
+
+    def agreement(scores: torch.Tensor) -> dict:
         values = []
         for row in usable.nonzero().flatten().tolist():
             n = int(segments.reasoning_end[row])
             rho = spearmanr(exact[row, :n].numpy(), scores[row, :n].numpy()).statistic
             values.append(0.0 if math.isnan(rho) else float(rho))  # a constant ranking agrees with nothing
         tensor = torch.tensor(values or [float("nan")])
-        result[target] = {"mean": float(tensor.mean()), "median": float(tensor.median()), "frac_above_0.5": float((tensor > 0.5).float().mean()), "values": values}
+        return {"mean": float(tensor.mean()), "median": float(tensor.median()), "frac_above_0.5": float((tensor > 0.5).float().mean()), "values": values}
+
+    result: dict = {"responses": int(usable.sum()), "sampled": responses, "taylor": {}}
+    for target in targets:
+        result[target] = agreement(gradient.attribute(model, batch, segments, GradientConfig(target=target, seed=seed), rows=usable))
+        taylor = dataclasses.replace(exact_config, target=target, mode="taylor", seed=seed)
+        result["taylor"][target] = agreement(perturbation.attribute(model, batch, segments, taylor, rows=usable))
     return result

@@ -165,16 +165,18 @@ def _fidelity_section(fidelity: dict | None) -> list[str]:
     if not fidelity:
         return []
     lines = [
-        "## Attribution fidelity: OAR-G against OAR-P",
+        "## Attribution fidelity against exact OAR-P",
         "",
-        f"Spearman correlation per response between OAR-G scores and exact OAR-P scores (`first_answer`) over the reasoning "
-        f"tokens of {fidelity['responses']} responses (of {fidelity['sampled']} sampled at temperature 1 from the warm-started model; "
-        "the others had no answer or fewer than 3 reasoning tokens).",
+        f"Spearman correlation per response between each estimator's scores and exact OAR-P scores (`first_answer`) over the "
+        f"reasoning tokens of {fidelity['responses']} responses (of {fidelity['sampled']} sampled at temperature 1 from the "
+        "warm-started model; the others had no answer or fewer than 3 reasoning tokens). OAR-P `taylor` with its default "
+        "settings (`taylor_top` 4).",
         "",
-        "| OAR-G target | mean | median | share above 0.5 |",
+        "| estimator, target | mean | median | share above 0.5 |",
         "| --- | --- | --- | --- |",
     ]
-    for target, value in fidelity.items():
-        if isinstance(value, dict):
-            lines.append(f"| `{target}` | {_fmt(value['mean'], '.3f')} | {_fmt(value['median'], '.3f')} | {_fmt(value['frac_above_0.5'], '.2f')} |")
+    rows = [(f"OAR-G, `{target}`", value) for target, value in fidelity.items() if isinstance(value, dict) and "mean" in value]
+    rows += [(f"OAR-P taylor, `{target}`", value) for target, value in (fidelity.get("taylor") or {}).items()]
+    for label, value in rows:
+        lines.append(f"| {label} | {_fmt(value['mean'], '.3f')} | {_fmt(value['median'], '.3f')} | {_fmt(value['frac_above_0.5'], '.2f')} |")
     return [*lines, ""]

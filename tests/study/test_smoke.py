@@ -31,8 +31,10 @@ def test_every_method_ran_and_was_measured(smoke):
         assert (run["attribution_time_s"] is None) == (run["method"] == "grpo")
     fidelity = results["fidelity"]
     assert fidelity["sampled"] == SMOKE.fidelity_responses and set(SMOKE.fidelity_targets) <= set(fidelity)
+    assert set(fidelity["taylor"]) == set(SMOKE.fidelity_targets)
+    assert all(-1.0 <= rho <= 1.0 for values in fidelity["taylor"].values() for rho in values["values"])
     page = (smoke / "docs" / "results.md").read_text()
-    for label in ("| GRPO | 1 |", "| OAR-G | 1 |", "| OAR-P | 1 |", "| OAR-G, permuted weights (control) | 1 |", "## Attribution fidelity"):
+    for label in ("| GRPO | 1 |", "| OAR-G | 1 |", "| OAR-P | 1 |", "| OAR-G, permuted weights (control) | 1 |", "## Attribution fidelity", "| OAR-P taylor, `answer_mean` |"):
         assert label in page
     assert (smoke / "docs" / "results" / "accuracy.png").stat().st_size > 1000
 
