@@ -3,7 +3,9 @@ other approximate modes, on the trained tiny models of `attribution.py`.
 
     python benchmarks/taylor_fidelity.py
 
-For each model and target: mean per-response Spearman against exact OAR-P with the same
+Models: the demo's planted-pivot model, the study's warm-started arithmetic model, and the
+same task with longer chains (50-150 reasoning tokens). For each model and target: mean
+per-response Spearman against exact OAR-P with the same
 target over the reasoning tokens, the planted-pivot model's top-1 rate (the pivot token
 scored highest), and the cost in backward passes per chunk beside one forward.
 """
@@ -38,9 +40,31 @@ def settings(config: PerturbationConfig) -> list[tuple[str, object, Perturbation
     return rows
 
 
+def long_arithmetic_model_and_batch(chain_steps: int = 12, responses: int = 24):
+    """The study's task with longer chains: a model warm-started on problems of up to
+    `chain_steps` operations (responses of ~50-150 reasoning tokens, as math RL produces
+    more than 10-30), and responses it samples."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oar_verl.data.arithmetic import make_problem
+    from oar_verl.study.fidelity import sample_responses
+    from oar_verl.study.plan import FULL
+    from oar_verl.warmstart import warm_start
+
+    path = warm_start(tempfile.mkdtemp(), steps=FULL.warm_start_steps, seed=0, max_steps=chain_steps, max_operand=FULL.max_operand, slip_probability=FULL.slip_probability)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    rng = random.Random(7)
+    questions = [make_problem(rng, chain_steps, FULL.max_operand).question for _ in range(responses)]
+    return model, tokenizer, sample_responses(model, tokenizer, questions, max_new_tokens=192, seed=7)
+
+
 def main() -> None:
     torch.manual_seed(0)
-    for model_label, (model, tokenizer, batch) in (("pivot", pivot_model_and_batch()), ("arithmetic", arithmetic_model_and_batch())):
+    models = (("pivot", pivot_model_and_batch), ("arithmetic", arithmetic_model_and_batch), ("long arithmetic", long_arithmetic_model_and_batch))
+    for model_label, build in models:
+        model, tokenizer, batch = build()
         segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
         usable = segments.usable & (segments.reasoning_end >= 3)
         rows = usable.nonzero().flatten().tolist()
