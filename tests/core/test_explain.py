@@ -35,6 +35,19 @@ def test_explain_matches_the_library_pipeline(model, tokenizer):
     assert result.target == "answer_logprob"
 
 
+def test_explain_with_oar_p_taylor(model, tokenizer):
+    from oar_verl.core import ResponseBatch, segment_responses
+
+    prompt = tokenizer("Q?\n", add_special_tokens=False)["input_ids"]
+    response = tokenizer("abc\n#### 7", add_special_tokens=False)["input_ids"]
+    result = explain(model, tokenizer, prompt, response, method="oar_p", mode="taylor", taylor_top=2, taylor_samples=1)
+    batch = ResponseBatch.from_token_lists([prompt], [response], pad_token_id=tokenizer.pad_token_id)
+    segments = segment_responses(tokenizer, batch.responses, batch.response_mask)
+    config = perturbation.PerturbationConfig(perturbation_id=tokenizer.pad_token_id, mode="taylor", taylor_top=2, taylor_samples=1)
+    assert result.scores == perturbation.attribute(model, batch, segments, config)[0].tolist()
+    assert any(score > 0 for score in result.scores)
+
+
 def test_explain_chat_prompt_and_defaults(model, tokenizer):
     result = explain(model, tokenizer, [{"role": "user", "content": "hi"}], "ok \\boxed{1}")
     assert result.method == "oar_g" and result.target == gradient.GradientConfig().target
