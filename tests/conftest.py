@@ -4,14 +4,14 @@ import pytest
 import torch
 from hypothesis import settings
 
+from oar_verl.core import ResponseBatch, Segments
+from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+
 # Property tests draw the same examples on every run, so CI's verdict does not depend on the
 # draw; `pytest --hypothesis-profile explore` searches with fresh random examples.
 settings.register_profile("deterministic", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile("deterministic")
-
-from oar_verl.core import ResponseBatch, Segments
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
 
 
 @pytest.fixture(scope="session")
