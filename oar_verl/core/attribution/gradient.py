@@ -141,24 +141,50 @@ def attribute(
             (`base.max_over_ranks`); a step is a clean forward plus a noisy forward and
             backward on a chunk of rows.
     """
+    return attribute_by_chunks(model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _chunk_scores(parts, chunk, config), rows, sync_passes)
+
+
+ChunkScores = Callable[[LMParts, Chunk], torch.Tensor]
+"""(model parts, a chunk of C rows cut to L columns) -> [C, L] scores >= 0 of every position
+(only reasoning positions are kept), in one synchronised step."""
+
+
+def attribute_by_chunks(
+    model: torch.nn.Module,
+    batch: ResponseBatch,
+    segments: Segments,
+    max_tokens_per_pass: int,
+    chunk_scores: ChunkScores,
+    rows: torch.Tensor | None = None,
+    sync_passes: PassSync | None = None,
+) -> torch.Tensor:
+    """Scores [B, R] (float32) of the gradient methods (OAR-G, OAR-P taylor): the attributed
+    rows in chunks of `max_tokens_per_pass` tokens, cut to the columns their targets read,
+    one `chunk_scores` step each; every rank runs the same steps (`synchronized_steps`, a
+    one-token dummy chunk once it has no rows left). 0 off the reasoning of attributed rows."""
     parts = lm_parts(model)
     B, R, P = batch.input_ids.shape[0], batch.response_length, batch.prompt_length
     device = batch.input_ids.device
     index = attributed_rows(batch, segments, rows)  # [B']
     L = int(answer_positions(batch.select(index), segments.select(index)).columns_needed.max()) if index.numel() else P + 1  # no target reads past column L
-    per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
+    per_pass = rows_per_pass(max_tokens_per_pass, L, "max_tokens_per_pass")
     reasoning = segments.reasoning_mask(R).to(device)[:, : L - P]  # [B, L - P]
     scores = torch.zeros((B, R), dtype=torch.float32, device=device)
     with eval_mode(model):
         for step_rows in synchronized_steps(split_rows(index, per_pass), sync_passes):
             chunk = Chunk.of(batch, segments, step_rows, L, with_answer=True) if step_rows is not None else Chunk.dummy(device)
-            with parts.materialized(), torch.no_grad():
-                hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)  # [C, L, H]
-                clean = compute_target(parts, hidden, chunk.answer, config.target)  # [C, V] or [C]
-            product = _noisy_gradient_x_input(parts, chunk, clean, config)  # [C, L]
+            estimate = chunk_scores(parts, chunk)  # [C, L]
             if step_rows is not None:
-                scores[step_rows, : L - P] = product[:, P:].abs().float() * reasoning[step_rows]
+                scores[step_rows, : L - P] = estimate[:, P:].float() * reasoning[step_rows]
     return scores
+
+
+def _chunk_scores(parts: LMParts, chunk: Chunk, config: GradientConfig) -> torch.Tensor:
+    """[C, L] OAR-G's s_t at every position: a clean forward, then the noisy gradient x input."""
+    with parts.materialized(), torch.no_grad():
+        hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)  # [C, L, H]
+        clean = compute_target(parts, hidden, chunk.answer, config.target)  # [C, V] or [C]
+    return _noisy_gradient_x_input(parts, chunk, clean, config).abs()
 
 
 def _noisy_gradient_x_input(parts: LMParts, chunk: Chunk, clean: torch.Tensor, config: GradientConfig) -> torch.Tensor:

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from oar_verl.core.attribution.base import PassSync, attributed_rows, rows_per_pass, split_rows, synchronized_steps
-from oar_verl.core.attribution.gradient import Chunk, row_seed
+from oar_verl.core.attribution.base import PassSync
+from oar_verl.core.attribution.gradient import Chunk, attribute_by_chunks, row_seed
 from oar_verl.core.layout import ResponseBatch
-from oar_verl.core.lm import LMParts, activation_checkpointing, eval_mode, lm_parts
+from oar_verl.core.lm import LMParts, activation_checkpointing
 from oar_verl.core.spans import Segments
-from oar_verl.core.targets import answer_positions, compute_target
+from oar_verl.core.targets import compute_target
 
 if TYPE_CHECKING:
     from oar_verl.core.attribution.perturbation import PerturbationConfig
@@ -91,21 +91,7 @@ def attribute(
         rows: [B] bool, the rows to attribute; default all.
         sync_passes: under FSDP, maps this rank's step count to the count all ranks run.
     """
-    parts = lm_parts(model)
-    B, R, P = batch.input_ids.shape[0], batch.response_length, batch.prompt_length
-    device = batch.input_ids.device
-    index = attributed_rows(batch, segments, rows)  # [B']
-    L = int(answer_positions(batch.select(index), segments.select(index)).columns_needed.max()) if index.numel() else P + 1
-    per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
-    reasoning = segments.reasoning_mask(R).to(device)[:, : L - P]  # [B, L - P]
-    scores = torch.zeros((B, R), dtype=torch.float32, device=device)
-    with eval_mode(model):
-        for step_rows in synchronized_steps(split_rows(index, per_pass), sync_passes):
-            chunk = Chunk.of(batch, segments, step_rows, L, with_answer=True) if step_rows is not None else Chunk.dummy(device)
-            estimate = _chunk_scores(parts, chunk, config)  # [C, L]
-            if step_rows is not None:
-                scores[step_rows, : L - P] = estimate[:, P:] * reasoning[step_rows]
-    return scores
+    return attribute_by_chunks(model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _chunk_scores(parts, chunk, config), rows, sync_passes)
 
 
 def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig) -> torch.Tensor:
