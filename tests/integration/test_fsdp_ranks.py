@@ -69,6 +69,9 @@ SCRIPT = textwrap.dedent(
             torch.testing.assert_close(fused.entropy, expected.entropy, rtol=1e-5, atol=1e-5)
             standalone = gradient.attribute(model, batch, segments, config, rows=attributed, sync_passes=max_over_ranks)
             torch.testing.assert_close(standalone, gradient.attribute(reference, batch, segments, config, rows=attributed), rtol=1e-4, atol=1e-9)
+            taylor = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id, mode="taylor", taylor_top=2, taylor_samples=1, max_tokens_per_pass=budget)
+            estimate = perturbation.attribute(model, batch, segments, taylor, rows=attributed, sync_passes=max_over_ranks)  # several backward passes per forward
+            torch.testing.assert_close(estimate, perturbation.attribute(reference, batch, segments, taylor, rows=attributed), rtol=1e-4, atol=1e-9)
         mode = "guided_approx" if checkpointing else "exact"  # guided: OAR-G passes, then OAR-P's
         config = PerturbationConfig(target=TARGET_MODES[int(tied)], perturbation_id=tokenizer.pad_token_id, mode=mode, max_tokens_per_pass=600)
         torch.testing.assert_close(
