@@ -31,7 +31,7 @@ class OARSettings:
     preserve_mass: bool = field(default=True, metadata={"help": "Rescale each response's reasoning weights to mean 1, keeping its total advantage (paper abstract)."})
     noise_std: float = field(default=1e-3, metadata={"help": "oar_g: sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3); 0 only with target answer_logprob."})
     seed: int = field(default=0, metadata={"help": "oar_g: noise seed (oar_p: the guided_approx and taylor draws); each step and data-parallel rank offsets it so draws differ."})
-    fuse_log_probs: bool = field(default=True, metadata={"help": "oar_g: answer verl's old-log-prob pass with OAR-G's clean pass (old_log_probs, entropy and the clean target from one forward; answer_logprob's gradient from it too), computed as verl computes them (its autocast, temperature rule, log-prob and entropy functions, micro-batch layout: equal to verl's own pass in fp32 and bf16 on the CPU backend). False: verl's log-prob pass, then OAR-G on its own. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."})
+    fuse_log_probs: bool = field(default=True, metadata={"help": "oar_g, and oar_p with perturbation_mode taylor: answer verl's old-log-prob pass with the method's clean forward (old_log_probs, entropy and the clean target from one forward; answer_logprob's and taylor's gradients from it too), computed as verl computes them (its autocast, temperature rule, log-prob and entropy functions, micro-batch layout: equal to verl's own pass in fp32 and bf16 on the CPU backend). False: verl's log-prob pass, then attribution on its own. oar_p's other modes never fuse. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."})
     perturbation_id: int | None = field(default=None, metadata={"help": "oar_p: token id put in place of a perturbed token. None: the tokenizer's pad id (reference code)."})
     perturbation_mode: str = field(default="exact", metadata={"help": "oar_p: exact (the definition); span_approx (APPROXIMATE: runs of `span` tokens replaced together, sharing a score); guided_approx (APPROXIMATE: exact on the top `guided_fraction` by OAR-G plus a random `calibration_fraction` of the rest, the others OAR-G scaled to fit); taylor (APPROXIMATE: each replacement's effect expanded around the clean pass, first order for answer_logprob, the Fisher form for KL targets; one forward and taylor_top + taylor_samples backward passes, one for answer_logprob)."})
     taylor_top: int = field(default=4, metadata={"help": "oar_p with taylor, KL targets: the most probable answer tokens whose Fisher terms are taken exactly, one backward pass each (>= 0)."})
@@ -87,6 +87,10 @@ class OARSettings:
         if own and upstream:
             raise ValueError(f"{PREFIX} and algorithm.estimator_config.oar: set OAR settings in one place only")
         return cls.from_config(own or upstream)
+
+    def fuses_log_probs(self, method: str) -> bool:
+        """Whether `method`'s attribution answers verl's old-log-prob pass (`fuse_log_probs`)."""
+        return self.fuse_log_probs and (method == "oar_g" or (method == "oar_p" and self.perturbation_mode == "taylor"))
 
     def method_config(self, method: str, pad_token_id: int | None):
         """The core config of `method` ("oar_p" or "oar_g") under these settings."""

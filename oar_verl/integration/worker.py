@@ -16,9 +16,10 @@ Batch-level (extra_info): oar_method ("oar_p" | "oar_g"), oar_settings (dict of
 Output: oar_scores [R_i] float32 per row (nested), oar_dp_rank int64 per row (the
 data-parallel rank that held it, for the `oar/ranks/*` metric).
 
-Fused OAR-G (`algorithm.oar.fuse_log_probs`, verl 0.9.1 path): the trainer sends its
-old-log-prob request with `oar_fused` set; `OARActorRolloutRefWorker.compute_log_prob`
-then answers it with `gradient.attribute_with_log_probs`: verl's `log_probs` and `entropy`
+Fused attribution (`algorithm.oar.fuse_log_probs`, verl 0.9.1 path; OAR-G and OAR-P taylor):
+the trainer sends its old-log-prob request with `oar_fused` set;
+`OARActorRolloutRefWorker.compute_log_prob` then answers it with the method's
+`attribute_with_log_probs` (`core.attribution.fused_attribution`): verl's `log_probs` and `entropy`
 (at the request's `temperature`, nested [P_i + R_i] as verl's model outputs are) and
 `oar_scores` from the same clean pass. The numbers are verl's: the passes run under the
 autocast verl's FSDP engine runs its forward in, and the log-probs and entropies come from
@@ -41,7 +42,7 @@ from verl.utils import torch_functional as verl_F
 from verl.utils.device import get_device_id, get_device_name
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from oar_verl.core.attribution import get_method, gradient
+from oar_verl.core.attribution import fused_attribution, get_method, gradient
 from oar_verl.core.attribution.base import max_over_ranks
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.spans import Segments
@@ -102,8 +103,11 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
     fused = bool(tu.get(data, key=FUSED_KEY, default=False))
     with engine.eval_mode(), engine_autocast(engine):
         if fused:
+            attribute_with_log_probs = fused_attribution(config)
+            if attribute_with_log_probs is None:
+                raise ValueError(f"{method} with {config}: no fused log-prob pass; the trainer must not request one")
             temperature = float(tu.get(data, key="temperature", default=1.0))
-            result = gradient.attribute_with_log_probs(
+            result = attribute_with_log_probs(
                 engine.module, batch, spans, config, rows=attribute_rows, temperature=temperature, log_prob_fn=verl_log_prob_fn(engine, worker.actor.model_config.get("use_remove_padding", False)), sync_passes=max_over_ranks
             )
             scores = result.scores
@@ -145,7 +149,7 @@ class OARActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_log_prob(self, data: TensorDict) -> TensorDict | None:
-        """verl's log-prob pass, or fused OAR-G when the request carries `oar_fused`."""
+        """verl's log-prob pass, or fused attribution when the request carries `oar_fused`."""
         if tu.get(data, key=FUSED_KEY, default=False):
             return compute_oar_scores(self, data)
         return super().compute_log_prob(data)

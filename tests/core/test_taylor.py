@@ -5,10 +5,11 @@ embeddings (autograd through `model(inputs_embeds=...)`), projected on each repl
 import pytest
 import torch
 
-from oar_verl.core import PerturbationConfig
-from oar_verl.core.attribution import perturbation, taylor
+from oar_verl.core import GradientConfig, PerturbationConfig
+from oar_verl.core.attribution import fused_attribution, gradient, perturbation, taylor
 
 from . import reference
+from .test_fused import layer_events, plain_log_probs
 
 PERTURBATION_ID = 3
 
@@ -134,3 +135,44 @@ def test_activation_checkpointing_gives_the_same_scores(tokenizer, batch_and_seg
     checkpointed.eval()
     config = taylor_config("answer_mean", taylor_top=3, taylor_samples=2)
     torch.testing.assert_close(perturbation.attribute(checkpointed, batch, segments, config), perturbation.attribute(plain, batch, segments, config), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["answer_logprob", "first_answer", "answer_mean"])
+def test_fused_with_the_log_prob_pass(model64, batch_and_segments, mode):
+    """The fused step's scores are the standalone estimates, its log-probs and entropies
+    those of a plain forward at the temperature, for attributed and other rows alike."""
+    _, _, batch, segments = batch_and_segments
+    config = taylor_config(mode, taylor_top=3, taylor_samples=2, seed=4, max_tokens_per_pass=2 * batch.input_ids.shape[1])
+    rows = torch.tensor([True, False, True, True])
+    standalone = perturbation.attribute(model64, batch, segments, config, rows=rows)
+    fused = taylor.attribute_with_log_probs(model64, batch, segments, config, rows=rows, temperature=0.7)
+    with torch.no_grad():
+        expected_log_probs, expected_entropy = plain_log_probs(model64, batch, temperature=0.7)
+    torch.testing.assert_close(fused.scores, standalone, rtol=1e-7, atol=1e-12)
+    assert torch.all(fused.scores[1] == 0) and torch.any(standalone[0] > 0)
+    torch.testing.assert_close(fused.log_probs.double(), expected_log_probs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused.entropy.double(), expected_entropy, rtol=1e-5, atol=1e-6)
+    assert all(parameter.grad is None for parameter in model64.parameters())
+
+
+def test_fused_steps_are_the_same_whatever_rows_a_rank_holds(model, batch_and_segments):
+    """With the step counts fixed by the sync, the layer passes (an FSDP rank's collectives)
+    do not depend on which rows a rank attributes."""
+    _, _, batch, segments = batch_and_segments
+    config = taylor_config("first_answer", taylor_top=2, taylor_samples=1, max_tokens_per_pass=batch.input_ids.shape[1])  # one row per pass
+    seen = []
+    for rows in (torch.tensor([True, True, True, True]), torch.tensor([False, True, False, False]), torch.zeros(4, dtype=torch.bool)):
+        events, remove = layer_events(model)
+        try:
+            taylor.attribute_with_log_probs(model, batch, segments, config, rows=rows, sync_passes=lambda local: 4)
+        finally:
+            remove()
+        seen.append(events)
+    assert seen[0] == seen[1] == seen[2] and seen[0].count("B") == 4 * 3, seen
+
+
+def test_fused_is_offered_for_the_gradient_methods_only():
+    assert fused_attribution(taylor_config("first_answer")) is taylor.attribute_with_log_probs
+    assert fused_attribution(GradientConfig()) is gradient.attribute_with_log_probs
+    for mode in ("exact", "span_approx", "guided_approx"):
+        assert fused_attribution(PerturbationConfig(perturbation_id=0, mode=mode)) is None

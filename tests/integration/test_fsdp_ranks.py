@@ -22,6 +22,7 @@ SCRIPT = textwrap.dedent(
     from oar_verl.core import ResponseBatch, Segments, GradientConfig, PerturbationConfig, TARGET_MODES
     from oar_verl.core.attribution import gradient, perturbation
     from oar_verl.core.attribution.base import max_over_ranks
+    from oar_verl.core.attribution.taylor import attribute_with_log_probs as taylor_fused
 
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=int(os.environ["COLLECTIVE_TIMEOUT"])))
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -70,8 +71,13 @@ SCRIPT = textwrap.dedent(
             standalone = gradient.attribute(model, batch, segments, config, rows=attributed, sync_passes=max_over_ranks)
             torch.testing.assert_close(standalone, gradient.attribute(reference, batch, segments, config, rows=attributed), rtol=1e-4, atol=1e-9)
             taylor = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id, mode="taylor", taylor_top=2, taylor_samples=1, max_tokens_per_pass=budget)
-            estimate = perturbation.attribute(model, batch, segments, taylor, rows=attributed, sync_passes=max_over_ranks)  # several backward passes per forward
-            torch.testing.assert_close(estimate, perturbation.attribute(reference, batch, segments, taylor, rows=attributed), rtol=1e-4, atol=1e-9)
+            fused_taylor = taylor_fused(model, batch, segments, taylor, rows=attributed, temperature=0.7, sync_passes=max_over_ranks)  # several backward passes per forward
+            expected = taylor_fused(reference, batch, segments, taylor, rows=attributed, temperature=0.7)
+            torch.testing.assert_close(fused_taylor.scores, expected.scores, rtol=1e-4, atol=1e-9)
+            torch.testing.assert_close(fused_taylor.log_probs, expected.log_probs, rtol=1e-5, atol=1e-5)
+            if target == "first_answer":  # standalone: the same steps on fewer columns
+                estimate = perturbation.attribute(model, batch, segments, taylor, rows=attributed, sync_passes=max_over_ranks)
+                torch.testing.assert_close(estimate, perturbation.attribute(reference, batch, segments, taylor, rows=attributed), rtol=1e-4, atol=1e-9)
         mode = "guided_approx" if checkpointing else "exact"  # guided: OAR-G passes, then OAR-P's
         config = PerturbationConfig(target=TARGET_MODES[int(tied)], perturbation_id=tokenizer.pad_token_id, mode=mode, max_tokens_per_pass=600)
         torch.testing.assert_close(

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from oar_verl.core import bilevel_weights
+from oar_verl.quickstart import read_metrics
 from oar_verl.study.plan import SMOKE
+from tests.verl_cpu.test_e2e_oar import check_oar_run
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +52,12 @@ def test_control_weights_are_permuted_bilevel_weights(smoke):
             torch.testing.assert_close(permuted.sort().values, kept.sort().values)
             moved += int(not torch.equal(permuted, kept))
     assert moved > 0, "the control left every response's weights in place"
+
+
+def test_exact_oar_p_advantages(smoke):
+    """Exact OAR-P through verl (not fused: verl's own log-prob pass, then attribution):
+    advantages are Bi-Level weights x GRPO on reweighted rows, GRPO's elsewhere."""
+    dumps = smoke / "work" / "dumps" / "oar_p_seed0"
+    steps = range(1, SMOKE.rl_steps + 1)
+    assert not any(bool(torch.load(dumps / f"step_{step}.pt")["fused"]) for step in steps)
+    check_oar_run(read_metrics(smoke / "work" / "runs" / "oar_p_seed0.jsonl"), dumps, quantile=0.25, steps=steps)

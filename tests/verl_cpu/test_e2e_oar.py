@@ -28,17 +28,18 @@ def workdir(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "estimator, quantile, stock_entry_point, ranks",
-    [("oar_g", 0.25, True, 1), ("oar_p", 0.4, False, 2)],
-    ids=["oar_g-verl.trainer.main_ppo-1rank", "oar_p-oar_verl.main_ppo-2ranks"],
+    "estimator, quantile, stock_entry_point, ranks, extra",
+    [("oar_g", 0.25, True, 1, []), ("oar_p", 0.4, False, 2, ["algorithm.oar.perturbation_mode=taylor"])],
+    ids=["oar_g-verl.trainer.main_ppo-1rank", "oar_p-taylor-oar_verl.main_ppo-2ranks"],
 )
-def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point, ranks):
+def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point, ranks, extra):
     """oar_g through verl's own entry point (the plugin installs everything) on one rank;
-    oar_p through oar_verl's on two FSDP2 ranks (gloo), whose shares of perturbations
-    differ and whose model passes must stay in step."""
+    oar_p's taylor mode through oar_verl's on two FSDP2 ranks (gloo), whose rows differ and
+    whose model passes must stay in step. Both answer verl's old-log-prob pass (fused).
+    Exact oar_p (unfused) runs through verl in the study's smoke test."""
     root, paths = workdir
     dumps = root / f"dump_{estimator}"
-    overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={quantile}", f"trainer.n_gpus_per_node={ranks}", f"ray_kwargs.ray_init.num_gpus={ranks}"]
+    overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={quantile}", f"trainer.n_gpus_per_node={ranks}", f"ray_kwargs.ray_init.num_gpus={ranks}", *extra]
     log, metrics_file = root / f"{estimator}.log", root / f"{estimator}.jsonl"
     heatmaps = estimator == "oar_g"  # heatmaps every step, to a tensorboard logger too
     loggers = ("console", "file", "tensorboard") if heatmaps else ("console", "file")
@@ -49,11 +50,10 @@ def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point,
     assert result.returncode == 0, log.read_text()[-6000:]
     assert "OAR step installed in verl's sync trainer (verl 0.9.1)" in log.read_text()
     check_oar_run(read_metrics(metrics_file), dumps, quantile)
-    fused = estimator == "oar_g"  # algorithm.oar.fuse_log_probs defaults to true
     metrics = read_metrics(metrics_file)
     for step in (1, 2):
-        assert bool(torch.load(dumps / f"step_{step}.pt")["fused"]) == fused
-        # old_log_probs (fused: from OAR-G's clean pass) agree with the rollout's own log-probs
+        assert bool(torch.load(dumps / f"step_{step}.pt")["fused"])  # algorithm.oar.fuse_log_probs defaults to true
+        # old_log_probs (from the attribution's clean pass) agree with the rollout's own log-probs
         assert metrics[step]["training/rollout_probs_diff_max"] < 1e-4 and metrics[step]["actor/entropy"] > 0
     if heatmaps:
         check_heatmaps(root / f"ckpt_{estimator}" / "oar_heatmaps", root / f"tb_{estimator}", dumps, steps=(1, 2))

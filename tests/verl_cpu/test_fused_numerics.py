@@ -1,6 +1,8 @@
-"""Fused OAR-G's `old_log_probs` and `entropy` are verl's: verl's FSDP2 engine (CPU backend,
-one gloo rank) computes them on a batch with several micro-batch sizes, fused OAR-G with
-several token budgets, at T = 0.6, 1.0 and 1.2, with float32 and bf16 mixed precision. The
+"""Fused attribution's `old_log_probs` and `entropy` are verl's: verl's FSDP2 engine (CPU
+backend, one gloo rank) computes them on a batch with several micro-batch sizes, fused OAR-G
+with several token budgets (and its `answer_logprob` target, whose clean pass runs with
+autograd), fused OAR-P `taylor`, at T = 0.6, 1.0 and 1.2, with float32 and bf16 mixed
+precision. The
 fused values must differ from verl's by no more than verl's own passes differ from each
 other (in bf16: not at all)."""
 
@@ -18,8 +20,8 @@ SCRIPT = textwrap.dedent(
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
     from verl.workers.engine import EngineRegistry
     from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
-    from oar_verl.core import GradientConfig, ResponseBatch, Segments
-    from oar_verl.core.attribution import gradient
+    from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments
+    from oar_verl.core.attribution import fused_attribution
     from oar_verl.integration.worker import engine_autocast, verl_log_prob_fn
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
 
@@ -48,11 +50,15 @@ SCRIPT = textwrap.dedent(
             output = engine.infer_batch(data, loss_function=None)["model_output"]
         return [no_padding_2_padding(output[key], data).float() * mask for key in ("log_probs", "entropy")]
 
-    def fused_pass(engine, temperature, rows):
-        config = GradientConfig(max_tokens_per_pass=rows * (P + R))
+    def fused_pass(engine, temperature, config):
         with engine.eval_mode(), engine_autocast(engine):
-            result = gradient.attribute_with_log_probs(engine.module, batch, segments, config, temperature=temperature, log_prob_fn=verl_log_prob_fn(engine, False))
+            result = fused_attribution(config)(engine.module, batch, segments, config, temperature=temperature, log_prob_fn=verl_log_prob_fn(engine, False))
         return [result.log_probs, result.entropy]
+
+    FUSED = [GradientConfig(max_tokens_per_pass=rows * (P + R)) for rows in (1, 2, 6)] + [
+        GradientConfig(target="answer_logprob", max_tokens_per_pass=2 * (P + R)),
+        PerturbationConfig(perturbation_id=tokenizer.pad_token_id, mode="taylor", taylor_top=2, max_tokens_per_pass=3 * (P + R)),
+    ]
 
     def largest(pairs):
         return max(float((a - b).abs()[mask].max()) for a, b in pairs)
@@ -69,7 +75,7 @@ SCRIPT = textwrap.dedent(
         assert engine._autocast_dtype == (torch.float32 if dtype == "fp32" else torch.bfloat16)
         for temperature in (0.6, 1.0, 1.2):
             verl = [verl_pass(engine, temperature, micro) for micro in (1, 2, 3, 6)]
-            fused = [fused_pass(engine, temperature, rows) for rows in (1, 2, 6)]
+            fused = [fused_pass(engine, temperature, config) for config in FUSED]
             for k, name in enumerate(("log_probs", "entropy")):
                 own = largest([(a[k], b[k]) for a in verl for b in verl])
                 versus = largest([(a[k], b[k]) for a in fused for b in verl])

@@ -2,7 +2,9 @@
 
     attribute(model, batch: ResponseBatch, segments: Segments, config, rows=None) -> scores [B, R]
 
-`METHODS` maps each estimator name to its module's `attribute` and config class.
+`METHODS` maps each estimator name to its module's `attribute` and config class;
+`fused_attribution(config)` gives the variant fused with the trainer's log-prob pass where
+the method's clean forward can serve as that pass.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from oar_verl.core.attribution import gradient, perturbation
+from oar_verl.core.attribution import gradient, perturbation, taylor
 from oar_verl.core.attribution.gradient import GradientConfig
 from oar_verl.core.attribution.perturbation import PerturbationConfig
 
@@ -33,4 +35,16 @@ def get_method(name: str, setting: str = "method") -> Method:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "GradientConfig", "Method", "PerturbationConfig", "get_method"]
+def fused_attribution(config: GradientConfig | PerturbationConfig) -> Callable | None:
+    """`attribute_with_log_probs(model, batch, segments, config, rows=None, *, temperature,
+    log_prob_fn, sync_passes) -> gradient.ScoresAndLogProbs` of the method `config` runs:
+    OAR-G, and OAR-P's `taylor` mode (one clean forward with autograd); None for OAR-P's
+    other modes, whose passes are not a forward over whole sequences."""
+    if isinstance(config, GradientConfig):
+        return gradient.attribute_with_log_probs
+    if isinstance(config, PerturbationConfig) and config.mode == "taylor":
+        return taylor.attribute_with_log_probs
+    return None
+
+
+__all__ = ["METHODS", "GradientConfig", "Method", "PerturbationConfig", "fused_attribution", "get_method"]

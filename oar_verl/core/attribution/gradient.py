@@ -230,19 +230,57 @@ def attribute_with_log_probs(
     log_prob_fn: LogProbFn | None = None,
     sync_passes: PassSync | None = None,
 ) -> ScoresAndLogProbs:
-    """OAR-G fused with the trainer's log-prob pass: every row's response log-probs and
-    entropies come from a clean forward over its whole sequence, and for the attributed rows
-    that same forward gives the clean target; then
+    """OAR-G fused with the trainer's log-prob pass (`scores_with_log_probs`): for the
+    attributed rows the clean forward that gives the log-probs also gives the clean target;
+    then
     - `answer_mean` / `first_answer`: one noisy forward with autograd and one backward on the
       same rows (same shapes as the clean forward), as in `attribute` (same noise, same
       scores);
     - `answer_logprob`: the gradient is taken from the clean forward itself (run with
       autograd on the embeddings): s_t = |<d(-phi)/dE_t, E_t>| at the clean embeddings,
       which is `attribute` with `noise_std=0`; no second forward.
-    Attributed rows go in chunks of their own, the others (log-probs only) after them.
 
     Args:
         model, batch, segments, config, rows: as for `attribute`.
+        temperature, log_prob_fn, sync_passes: as for `scores_with_log_probs`.
+    """
+    return scores_with_log_probs(
+        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk, record: _fused_chunk_scores(parts, chunk, record, config), rows,
+        temperature=temperature, log_prob_fn=log_prob_fn, sync_passes=sync_passes,
+    )  # fmt: skip
+
+
+RecordLogProbs = Callable[[torch.Tensor], None]
+"""Takes a chunk's clean hidden states [C, L, H] (with or without a graph) and keeps its
+rows' response log-probs and entropies."""
+
+FusedChunkScores = Callable[[LMParts, Chunk, RecordLogProbs], torch.Tensor]
+"""(model parts, a chunk of C rows over all L = P + R columns, record) -> [C, L] scores >= 0
+of every position, in one synchronised step whose clean forward's hidden states go to
+`record` once."""
+
+
+def scores_with_log_probs(
+    model: torch.nn.Module,
+    batch: ResponseBatch,
+    segments: Segments,
+    max_tokens_per_pass: int,
+    chunk_scores: FusedChunkScores,
+    rows: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    log_prob_fn: LogProbFn | None = None,
+    sync_passes: PassSync | None = None,
+) -> ScoresAndLogProbs:
+    """A gradient method (OAR-G, OAR-P taylor) fused with the trainer's log-prob pass: every
+    row's response log-probs and entropies come from a clean forward over its whole sequence;
+    for the attributed rows that forward is the method's own (`chunk_scores`). Attributed
+    rows go in chunks of their own, the others (log-probs only, one forward) after them.
+
+    Args:
+        model, batch, segments, rows: as for `attribute`.
+        max_tokens_per_pass: token budget of one step (rows x (P + R)).
+        chunk_scores: the method's step.
         temperature: the sampling temperature the log-probs are taken at (> 0), applied as
             verl does (`scale_by_temperature`).
         log_prob_fn: logits at the temperature -> (log-probs, entropies), default
@@ -261,43 +299,50 @@ def attribute_with_log_probs(
     chosen = torch.zeros(B, dtype=torch.bool, device=device)
     chosen[attributed] = True
     plain = (~chosen).nonzero().squeeze(1)  # [B - B'] rows that only need log-probs
-    per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
+    per_pass = rows_per_pass(max_tokens_per_pass, L, "max_tokens_per_pass")
     reasoning = segments.reasoning_mask(R).to(device)  # [B, R]
     scores = torch.zeros((B, R), dtype=torch.float32, device=device)
     log_probs = torch.zeros((B, R), dtype=torch.float32, device=device)
     entropy = torch.zeros((B, R), dtype=torch.float32, device=device)
 
-    def log_probs_of(chunk: Chunk, hidden: torch.Tensor) -> None:
-        with torch.no_grad():  # no graph through the head for the log-probs
-            values, entropies = response_log_probs(parts, hidden.detach(), chunk.responses, chunk.prompt_length, temperature, log_prob_fn)
-        if chunk.rows is not None:
-            log_probs[chunk.rows], entropy[chunk.rows] = values, entropies
+    def record_for(chunk: Chunk) -> RecordLogProbs:
+        def record(hidden: torch.Tensor) -> None:
+            with torch.no_grad():  # no graph through the head for the log-probs
+                values, entropies = response_log_probs(parts, hidden.detach(), chunk.responses, chunk.prompt_length, temperature, log_prob_fn)
+            if chunk.rows is not None:
+                log_probs[chunk.rows], entropy[chunk.rows] = values, entropies
+
+        return record
 
     with eval_mode(model):
         for step_rows in synchronized_steps(split_rows(attributed, per_pass), sync_passes):
             chunk = Chunk.of(batch, segments, step_rows, L, with_answer=True) if step_rows is not None else Chunk.dummy(device)
-            if config.target == "answer_logprob":  # the gradient of the clean pass
-                with parts.materialized():
-                    embeds = parts.embed(chunk.input_ids).detach().requires_grad_(True)  # [C, L, H]
-                    with torch.enable_grad(), activation_checkpointing(model):
-                        hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
-                        log_probs_of(chunk, hidden)
-                        phi = compute_target(parts, hidden, chunk.answer, config.target)  # [C]
-                        (grad,) = torch.autograd.grad(-phi.sum(), embeds)
-                product = (grad.to(phi.dtype) * embeds.detach().to(phi.dtype)).sum(dim=-1)  # [C, L]
-            else:
-                with parts.materialized(), torch.no_grad():
-                    hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)
-                    log_probs_of(chunk, hidden)
-                    clean = compute_target(parts, hidden, chunk.answer, config.target)
-                product = _noisy_gradient_x_input(parts, chunk, clean, config)  # [C, L]
+            estimate = chunk_scores(parts, chunk, record_for(chunk))  # [C, L]
             if step_rows is not None:
-                scores[step_rows] = product[:, P:].abs().float() * reasoning[step_rows]
+                scores[step_rows] = estimate[:, P:].float() * reasoning[step_rows]
         for step_rows in synchronized_steps(split_rows(plain, per_pass), sync_passes):
             chunk = Chunk.of(batch, segments, step_rows, L, with_answer=False) if step_rows is not None else Chunk.dummy(device)
             with parts.materialized(), torch.no_grad():
-                log_probs_of(chunk, parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids))
+                record_for(chunk)(parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids))
     return ScoresAndLogProbs(scores=scores, log_probs=log_probs * batch.response_mask, entropy=entropy * batch.response_mask)
+
+
+def _fused_chunk_scores(parts: LMParts, chunk: Chunk, record: RecordLogProbs, config: GradientConfig) -> torch.Tensor:
+    """[C, L] OAR-G's s_t at every position, its clean forward's hidden states recorded."""
+    if config.target == "answer_logprob":  # the gradient of the clean pass
+        with parts.materialized():
+            embeds = parts.embed(chunk.input_ids).detach().requires_grad_(True)  # [C, L, H]
+            with torch.enable_grad(), activation_checkpointing(parts.model):
+                hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
+                record(hidden)
+                phi = compute_target(parts, hidden, chunk.answer, config.target)  # [C]
+                (grad,) = torch.autograd.grad(-phi.sum(), embeds)
+        return (grad.to(phi.dtype) * embeds.detach().to(phi.dtype)).sum(dim=-1).abs()
+    with parts.materialized(), torch.no_grad():
+        hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)  # [C, L, H]
+        record(hidden)
+        clean = compute_target(parts, hidden, chunk.answer, config.target)
+    return _noisy_gradient_x_input(parts, chunk, clean, config).abs()
 
 
 def scale_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

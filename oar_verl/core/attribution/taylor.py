@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from oar_verl.core.attribution.base import PassSync
-from oar_verl.core.attribution.gradient import Chunk, attribute_by_chunks, row_seed
+from oar_verl.core.attribution.gradient import Chunk, LogProbFn, RecordLogProbs, ScoresAndLogProbs, attribute_by_chunks, row_seed, scores_with_log_probs
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.lm import LMParts, activation_checkpointing
 from oar_verl.core.spans import Segments
@@ -94,8 +94,30 @@ def attribute(
     return attribute_by_chunks(model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _chunk_scores(parts, chunk, config), rows, sync_passes)
 
 
-def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig) -> torch.Tensor:
-    """[C, L] float32 estimates of every position's score (only reasoning positions are read)."""
+def attribute_with_log_probs(
+    model: torch.nn.Module,
+    batch: ResponseBatch,
+    segments: Segments,
+    config: PerturbationConfig,
+    rows: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    log_prob_fn: LogProbFn | None = None,
+    sync_passes: PassSync | None = None,
+) -> ScoresAndLogProbs:
+    """The Taylor estimates fused with the trainer's log-prob pass
+    (`gradient.scores_with_log_probs`): the clean forward the expansion differentiates gives
+    the attributed rows' log-probs too, so the fused step costs the log-prob pass plus the
+    backward passes. Args as for `attribute` and `gradient.scores_with_log_probs`."""
+    return scores_with_log_probs(
+        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk, record: _chunk_scores(parts, chunk, config, record), rows,
+        temperature=temperature, log_prob_fn=log_prob_fn, sync_passes=sync_passes,
+    )  # fmt: skip
+
+
+def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig, record: RecordLogProbs | None = None) -> torch.Tensor:
+    """[C, L] float32 estimates of every position's score (only reasoning positions are
+    read); the clean forward's hidden states go to `record` when given."""
     with parts.materialized():
         with torch.no_grad():
             embeds = parts.embed(chunk.input_ids)  # [C, L, H]
@@ -104,6 +126,8 @@ def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig) -> t
         embeds.requires_grad_(True)
         with torch.enable_grad(), activation_checkpointing(parts.model):
             hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
+            if record is not None:
+                record(hidden)
             target = compute_target(parts, hidden, chunk.answer, config.target)  # [C, V] or [C]
             if config.target == "answer_logprob":
                 (grad,) = torch.autograd.grad(target.sum(), embeds)  # rows are independent
