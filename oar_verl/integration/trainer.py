@@ -190,7 +190,8 @@ def pre_advantage_step(trainer, batch: KVBatchMeta, metrics: dict) -> KVBatchMet
         padded = data.to_padded_tensor()
         row_advantage, grpo = grpo_row_advantage(trainer, padded)
         weights, record = attribution_weights(trainer, batch, metrics, row_advantage, padded, use_registered_computation=True)
-        dump_record(trainer, {**record, "grpo_advantages": grpo, "advantages": grpo * weights, "path": torch.tensor(1)})
+        dump_record(trainer, {**record, "grpo_advantages": grpo, "advantages": grpo * weights, "path": torch.tensor(1), "fused": torch.tensor(False)})
+        metrics["oar/fused"] = 0.0  # verl's pre-advantage step comes after its own log-prob pass
         publish_heatmaps(trainer, batch, record)
         fields = TensorDict({WEIGHTS_FIELD: response_to_nested(weights, nested_mask)}, batch_size=len(weights))
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
@@ -223,17 +224,39 @@ def _estimator(config, name: str):
             config.algorithm.adv_estimator = original
 
 
+class OARStepBypassed(RuntimeError):
+    """verl ran a training step with an OAR estimator without the OAR step."""
+
+
 class OARTrainerSync(PPOTrainerSync):
     """verl's v1 synchronous trainer with the OAR advantage step.
 
-    With `oar_g` and `algorithm.oar.fuse_log_probs` (the default), the old-log-prob step
-    is answered by fused OAR-G: the rows are segmented before it (rewards are known by
-    then), the actor workers return verl's `log_probs` / `entropy` and the OAR-G scores from
-    one clean pass, and verl's own code turns them into `old_log_probs`, `entropy` and its
-    metrics; the advantage step then only reads the scores.
+    With `oar_g` (or `oar_p` in `taylor` mode) and `algorithm.oar.fuse_log_probs` (the
+    default), the old-log-prob step is answered by fused attribution: the rows are segmented
+    before it (rewards are known by then), the actor workers return verl's `log_probs` /
+    `entropy` and the scores from one clean pass, and verl's own code turns them into
+    `old_log_probs`, `entropy` and its metrics; the advantage step then only reads the scores.
+
+    Never silently off: each training step (`step`, one or more of verl's `_step_once`)
+    must have run the OAR advantage step once per `_step_once`; otherwise the run stops with
+    `OARStepBypassed`, naming what verl called instead.
     """
 
     _oar_fused: AttributionRequest | None = None
+    _oar_steps_done = 0  # OAR advantage steps run within the current training step
+
+    def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
+        self._oar_steps_done = 0
+        batch = super().step(metrics, timing_raw)
+        expected = int(getattr(self, "parameter_sync_step", 1))
+        if uses_oar(self.config) and self._oar_steps_done != expected:
+            raise OARStepBypassed(
+                f"algorithm.adv_estimator={self.config.algorithm.adv_estimator}: training step {self.global_steps} ran "
+                f"{self._oar_steps_done} OAR advantage step(s) for {expected} update(s): verl's {type(self).__mro__[1].__name__}."
+                "_step_once did not call `_compute_advantage`, the method oar_verl overrides, so the advantages would be "
+                "plain GRPO's. This verl's trainer pipeline is not the one oar_verl was tested with (see oar_verl/verl_internals.py)."
+            )
+        return batch
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
@@ -243,7 +266,8 @@ class OARTrainerSync(PPOTrainerSync):
                     self.role_worker_mapping[role] = ray.remote(OARActorRolloutRefWorker)
 
     def _fuses_log_probs(self) -> bool:
-        if self.config.algorithm.adv_estimator != "oar_g" or not OARSettings.from_algorithm_config(self.config.algorithm).fuse_log_probs:
+        estimator = self.config.algorithm.adv_estimator
+        if not uses_oar(self.config) or not OARSettings.from_algorithm_config(self.config.algorithm).fuses_log_probs(estimator):
             return False
         correction = self.config.algorithm.get("rollout_correction", None)
         return not (correction and correction.get("bypass_mode", False))  # bypass: verl takes the rollout's log-probs
@@ -285,6 +309,8 @@ class OARTrainerSync(PPOTrainerSync):
             else:
                 weights, record = attribution_weights(self, batch, metrics, row_advantage, padded, use_registered_computation=False)
             dump_record(self, {**record, "grpo_advantages": advantages, "advantages": advantages * weights * mask, "path": torch.tensor(0), "fused": torch.tensor(fused is not None)})
+            metrics["oar/fused"] = float(fused is not None)
+            self._oar_steps_done += 1
             publish_heatmaps(self, batch, record)
             reshaped = response_to_nested(advantages * weights * mask, nested_mask)
             output = TensorDict({"advantages": reshaped, "returns": reshaped.clone()}, batch_size=len(advantages))

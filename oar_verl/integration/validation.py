@@ -1,13 +1,19 @@
-"""OAR settings checked in the launching process, before Ray starts: unknown or
-out-of-range `algorithm.oar.*` keys, backends the attribution role does not support, and
-training data whose answers `answer_pattern` cannot find (`data_check`)."""
+"""OAR settings checked in the launching process, before Ray starts: the installed verl
+(a tested release, or one whose internals the plugin relies on are identical:
+`verl_internals`), unknown or out-of-range `algorithm.oar.*` keys, backends the attribution
+role does not support, and training data whose answers `answer_pattern` cannot find
+(`data_check`)."""
 
 from __future__ import annotations
 
-from oar_verl import PINNED_VERL
+import logging
+
 from oar_verl.integration import ESTIMATORS
 from oar_verl.integration.config import OARSettings
 from oar_verl.integration.data_check import data_errors
+from oar_verl.verl_internals import support_problem
+
+logger = logging.getLogger("oar_verl")
 
 
 def oar_settings_errors(config) -> list[str]:
@@ -18,8 +24,11 @@ def oar_settings_errors(config) -> list[str]:
     errors = []
     import verl
 
-    if verl.__version__ != PINNED_VERL:
-        errors.append(f"algorithm.adv_estimator={method}: oar_verl is built and tested against verl=={PINNED_VERL}; installed verl is {verl.__version__}")
+    unsupported, untested = support_problem(verl.__version__)
+    if unsupported:
+        errors.append(unsupported)
+    elif untested:
+        logger.warning("%s", untested)
     try:
         OARSettings.from_algorithm_config(config.algorithm).method_config(method, pad_token_id=0)
     except ValueError as error:

@@ -1,5 +1,5 @@
 """Runtime shims for the verl 0.9.1 internals a CPU run needs and that have no extension
-point. Each checks the verl version and that the object it replaces is the one it expects
+point. Each checks the verl release (`check_verl_version`) and that the object it replaces is the one it expects
 before patching, and each has an upstream patch in `patches/verl-0.9.1/`; where verl
 already carries the patch, its shim steps aside:
 
@@ -20,7 +20,7 @@ import functools
 
 import verl
 
-from oar_verl import PINNED_VERL
+from oar_verl.verl_internals import support_problem
 
 _CPU_BACKEND = "cpu:gloo"
 
@@ -30,8 +30,10 @@ class ShimError(RuntimeError):
 
 
 def check_verl_version() -> None:
-    if verl.__version__ != PINNED_VERL:
-        raise ShimError(f"oar_verl's CPU backend supports verl=={PINNED_VERL}; installed verl is {verl.__version__}")
+    """A tested verl, or one whose patched internals are identical (`verl_internals`)."""
+    unsupported, _ = support_problem(verl.__version__)
+    if unsupported:
+        raise ShimError(f"oar_verl's CPU backend: {unsupported}")
 
 
 def install() -> None:

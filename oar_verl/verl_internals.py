@@ -1,0 +1,143 @@
+"""The verl internals oar_verl relies on, and their identity check.
+
+The plugin uses verl's extension points where verl has them (estimator, engine, platform
+and rollout registries, the `verl.plugins` entry point), but its OAR step and CPU backend
+also subclass, wrap or mirror code that verl does not promise to keep: the v1 trainer's
+step pipeline, the actor worker's log-prob method, the FSDP engine's numerics, the
+process-group and offload code the CPU shims patch. `INTERNALS` names each such function
+or class; `TESTED` holds, per verl release the project is tested against, a digest of each
+one's syntax tree (`ast.dump`: formatting and comments do not count).
+
+On a tested release nothing is checked. On any other verl, `changed_internals()` compares
+the installed code with every tested release's: oar_verl runs (with a warning naming the
+tested releases) only if each internal is identical to a tested one, and otherwise refuses
+before Ray starts, naming the internals that changed.
+
+    python -m oar_verl.verl_internals [DIR]   # digests of the installed verl, or of DIR/verl/, for TESTED
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+# (module, qualified name) of every internal the plugin depends on.
+INTERNALS: tuple[tuple[str, str], ...] = (
+    # the v1 trainer's step pipeline, which OARTrainerSync extends (trainer.py)
+    ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer.fit"),
+    ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer.step"),
+    ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer._step_once"),
+    ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer._init_resource_pool_mgr"),
+    ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer._compute_old_log_prob"),
+    ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer._compute_advantage"),
+    ("verl.trainer.ppo.v1.trainer_base", "register_trainer"),
+    ("verl.trainer.ppo.v1.trainer_sync", "PPOTrainerSync"),
+    ("verl.trainer.ppo.core_algos", "compute_grpo_outcome_advantage"),
+    ("verl.workers.utils.padding", "response_to_nested"),
+    # the actor worker whose log-prob method fused attribution answers (worker.py)
+    ("verl.workers.engine_workers", "ActorRolloutRefWorker.compute_log_prob"),
+    # the FSDP engine's numerics fused attribution reproduces (worker.py, core/attribution/gradient.py)
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.prepare_model_outputs"),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.forward_step"),
+    ("verl.utils.torch_functional", "logprobs_from_logits"),
+    ("verl.utils.torch_functional", "entropy_from_logits"),
+    # the launch path the settings check runs in (main_ppo.py, plugin.py)
+    ("verl.trainer.main_ppo", "main"),
+    ("verl.utils.config", "validate_config"),
+    # what the CPU backend's shims patch (verl_cpu/shims.py)
+    ("verl.utils.distributed", "initialize_global_process_group_ray"),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module"),
+    ("verl.workers.engine.fsdp.transformer_impl", "_scale_logits_by_temperature"),
+)
+
+# ast digests per tested verl release (`python -m oar_verl.verl_internals` prints them).
+TESTED: dict[str, dict[str, str]] = {
+    "0.9.1": {
+        "verl.trainer.ppo.v1.trainer_base:PPOTrainer.fit": "f7da3eeba47b0c3a",
+        "verl.trainer.ppo.v1.trainer_base:PPOTrainer.step": "c2f78564b629ce1a",
+        "verl.trainer.ppo.v1.trainer_base:PPOTrainer._step_once": "b9d72aef23f281b7",
+        "verl.trainer.ppo.v1.trainer_base:PPOTrainer._init_resource_pool_mgr": "b92e1b9e193796fe",
+        "verl.trainer.ppo.v1.trainer_base:PPOTrainer._compute_old_log_prob": "5ca28a6483ca38ec",
+        "verl.trainer.ppo.v1.trainer_base:PPOTrainer._compute_advantage": "1fa06c928f2f2651",
+        "verl.trainer.ppo.v1.trainer_base:register_trainer": "1dd5648441c20db9",
+        "verl.trainer.ppo.v1.trainer_sync:PPOTrainerSync": "3b4fc146cf8fdd7b",
+        "verl.trainer.ppo.core_algos:compute_grpo_outcome_advantage": "b7c2547fa196f3d1",
+        "verl.workers.utils.padding:response_to_nested": "af8924bb3876a698",
+        "verl.workers.engine_workers:ActorRolloutRefWorker.compute_log_prob": "b3745893e925d033",
+        "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.prepare_model_outputs": "fe47e79d4faf569f",
+        "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.forward_step": "0c246a287aafd34a",
+        "verl.utils.torch_functional:logprobs_from_logits": "d070215c02e9fc47",
+        "verl.utils.torch_functional:entropy_from_logits": "7f9fb7dd0b6d13c2",
+        "verl.trainer.main_ppo:main": "60ed801d4a618a71",
+        "verl.utils.config:validate_config": "6457f0b9ba0ac2b7",
+        "verl.utils.distributed:initialize_global_process_group_ray": "31347938cf9dfe16",
+        "verl.workers.engine.fsdp.transformer_impl:FSDPEngine._build_fsdp_module": "97473e030fe6f909",
+        "verl.workers.engine.fsdp.transformer_impl:_scale_logits_by_temperature": "f5e300bf85069fa0",
+    },
+}
+
+
+def _key(module: str, qualname: str) -> str:
+    return f"{module}:{qualname}"
+
+
+def _node(tree: ast.Module, qualname: str) -> ast.AST | None:
+    node: ast.AST = tree
+    for name in qualname.split("."):
+        found = [child for child in ast.iter_child_nodes(node) if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and child.name == name]
+        if not found:
+            return None
+        node = found[-1]  # the last definition wins, as at import
+    return node
+
+
+def digest_of(source: str, qualname: str) -> str | None:
+    """sha256 (16 hex digits) of `qualname`'s syntax tree in `source`; None if absent."""
+    node = _node(ast.parse(source), qualname)
+    return None if node is None else hashlib.sha256(ast.dump(node, include_attributes=False).encode()).hexdigest()[:16]
+
+
+def _module_file(module: str, root: Path | None) -> Path | None:
+    if root is not None:
+        path = root.joinpath(*module.split("."))
+        return path.with_suffix(".py") if path.with_suffix(".py").exists() else None
+    spec = importlib.util.find_spec(module)
+    return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def digests(root: Path | None = None) -> dict[str, str | None]:
+    """Digest of every internal, read from the installed verl (or from the verl package
+    directory under `root`, e.g. an unpacked wheel), without importing it."""
+    result = {}
+    for module, qualname in INTERNALS:
+        path = _module_file(module, root)
+        result[_key(module, qualname)] = digest_of(path.read_text(), qualname) if path is not None else None
+    return result
+
+
+def changed_internals(installed: dict[str, str | None] | None = None) -> list[str]:
+    """The internals whose installed code matches no tested release's, by name."""
+    installed = digests() if installed is None else installed
+    return [name for name, value in installed.items() if value is None or all(release.get(name) != value for release in TESTED.values())]
+
+
+def support_problem(version: str) -> tuple[str | None, str | None]:
+    """(error, warning) for running oar_verl on verl `version`: both None on a tested release;
+    an error naming the changed internals; or a warning that the release is untested but
+    every internal is identical to a tested release's."""
+    tested = ", ".join(sorted(TESTED))
+    if version in TESTED:
+        return None, None
+    changed = changed_internals()
+    if changed:
+        return (f"verl {version} is not a release oar_verl is tested against ({tested}), and internals it relies on differ from "
+                f"every tested release's: {', '.join(changed)}"), None  # fmt: skip
+    return None, f"verl {version} is untested (tested: {tested}); every verl internal oar_verl relies on is identical to a tested release's"
+
+
+if __name__ == "__main__":
+    print(json.dumps(digests(Path(sys.argv[1]) if len(sys.argv) > 1 else None), indent=1))
