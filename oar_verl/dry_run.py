@@ -38,11 +38,26 @@ def check(config: DictConfig) -> None:
         raise SettingsError("data:\n  - " + "\n  - ".join(errors))
 
 
+def dry_run(overrides: list[str]) -> DictConfig:
+    """`main` in this process: composes verl's configuration with `overrides` (hydra's
+    compose API, as `hydra.main` does), checks it and returns it resolved."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=VERL_CONFIG_DIR, version_base=None):
+        config = compose(config_name="ppo_trainer", overrides=list(overrides))
+    check(config)
+    return config
+
+
+def summary(config: DictConfig) -> str:
+    return (f"dry run passed: algorithm.adv_estimator={config.algorithm.adv_estimator}, model {config.actor_rollout_ref.model.path}, "
+            f"{config.trainer.nnodes} x {config.trainer.n_gpus_per_node} GPUs")  # fmt: skip
+
+
 @hydra.main(config_path=VERL_CONFIG_DIR, config_name="ppo_trainer", version_base=None)
 def main(config: DictConfig) -> None:
     check(config)
-    print(f"dry run passed: algorithm.adv_estimator={config.algorithm.adv_estimator}, model {config.actor_rollout_ref.model.path}, "
-          f"{config.trainer.nnodes} x {config.trainer.n_gpus_per_node} GPUs")  # fmt: skip
+    print(summary(config))
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "oar_verl.cli", "explain", *args], capture_output=True, text=True, check=False)
 
 
-def test_bad_input_is_reported_with_the_setting_at_fault(model_dir, tmp_path):
+def test_bad_input_is_reported_with_the_setting_at_fault(model_dir, tmp_path, capsys):
     not_causal = tmp_path / "vision"
     not_causal.mkdir()
     (not_causal / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 8}))
@@ -74,8 +74,10 @@ def test_bad_input_is_reported_with_the_setting_at_fault(model_dir, tmp_path):
         (["--model", str(model_dir), "--prompt", "a"], "--prompt needs --response"),
         (["--model", str(model_dir), "--prompt", "a", "--response", "b\n#### 1", "--set", "nonsense=1"], "unknown ['nonsense']"),
     ]
-    for args, message in cases:
-        result = run_cli(*args, "--out", str(tmp_path / "x.html"))
-        assert result.returncode == 2, (args, result.stderr[-2000:])
-        assert message in result.stderr, (message, result.stderr[-2000:])
+    for args, message in cases:  # in this process: the exit status and message are main's
+        with pytest.raises(SystemExit) as exit_status:
+            main(["explain", *args, "--out", str(tmp_path / "x.html")])
+        stderr = capsys.readouterr().err
+        assert exit_status.value.code == 2, (args, stderr[-2000:])
+        assert message in stderr, (message, stderr[-2000:])
     assert not (tmp_path / "x.html").exists()

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from oar_verl.data.math_sets import DatasetError, SOURCES, prepare, to_verl_rows
+from oar_verl.dry_run import dry_run, summary
 from oar_verl.rewards import compute_score
 
 ROOT = Path(__file__).parent.parent
@@ -77,11 +78,25 @@ def test_reward_routing_scores_every_recipe_source():
 DRY_RUNS = [(recipe, "oar_g") for recipe in RECIPES] + [(ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh", estimator) for estimator in ("grpo", "oar_p")]
 
 
+def recipe_overrides(recipe: Path, *extra: str, **env: str) -> list[str]:
+    """The arguments the recipe passes to verl's entry point (`VERL_MAIN`), as a list."""
+    result = subprocess.run(["bash", str(recipe), *extra], env=environment(**env, VERL_MAIN="printf %s\\0"), capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.split("\0")[:-1]
+
+
 @pytest.mark.parametrize("recipe, estimator", DRY_RUNS, ids=[f"{recipe.stem}-{estimator}" for recipe, estimator in DRY_RUNS])
 def test_recipe_dry_run(recipe, estimator, data_dir):
-    result = subprocess.run(["bash", str(recipe)], env=environment(ESTIMATOR=estimator, DATA_DIR=str(data_dir)), capture_output=True, text=True, check=False)
+    config = dry_run(recipe_overrides(recipe, ESTIMATOR=estimator, DATA_DIR=str(data_dir)))
+    assert config.algorithm.adv_estimator == estimator and summary(config).startswith(f"dry run passed: algorithm.adv_estimator={estimator}")
+
+
+def test_a_recipe_runs_through_the_dry_run_entry_point(data_dir):
+    """The recipe's own command line, with `python -m oar_verl.dry_run` as verl's entry point."""
+    recipe = ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh"
+    result = subprocess.run(["bash", str(recipe)], env=environment(ESTIMATOR="oar_g", DATA_DIR=str(data_dir)), capture_output=True, text=True, check=False)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert f"dry run passed: algorithm.adv_estimator={estimator}" in result.stdout
+    assert "dry run passed: algorithm.adv_estimator=oar_g" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -94,7 +109,7 @@ def test_recipe_dry_run(recipe, estimator, data_dir):
     ],
 )
 def test_recipe_dry_run_refuses(extra, env, message, data_dir):
-    recipe = ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh"
-    result = subprocess.run(["bash", str(recipe), *extra], env=environment(**{"DATA_DIR": str(data_dir), **env}), capture_output=True, text=True, check=False)
-    assert result.returncode != 0
-    assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-4000:]
+    overrides = recipe_overrides(ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh", *extra, **{"DATA_DIR": str(data_dir), **env})
+    with pytest.raises(Exception) as refused:
+        dry_run(overrides)
+    assert message in str(refused.value) + str(refused.value.__cause__), refused.value

@@ -1,4 +1,4 @@
-"""The OAR step of verl's v1 synchronous trainer.
+"""The OAR step of verl's v1 trainers (sync and colocate_async).
 
 With `algorithm.adv_estimator` = `oar_p` / `oar_g`, the advantage step becomes:
 
@@ -18,9 +18,10 @@ Two ways in, chosen by what verl offers:
   (`pre_advantage_step`) writes the weights to TransferQueue as `oar_weights`, the
   registered estimator (declaring that input) multiplies verl's GRPO advantage by them,
   and the workers run `compute_oar_scores` as a registered worker computation;
-- verl 0.9.1 as released: `OARTrainerSync` replaces the "sync" trainer and the actor
-  worker class, computes verl's GRPO advantages (the estimator swapped to `grpo` for that
-  call) and multiplies them in place. It defers to verl for every other estimator.
+- verl 0.9.1 as released: `OARTrainerSync` / `OARTrainerColocateAsync` (verl's classes
+  with the `OARStep` mixin) replace the "sync" / "colocate_async" trainers and the actor
+  worker class, compute verl's GRPO advantages (the estimator swapped to `grpo` for that
+  call) and multiply them in place. They defer to verl for every other estimator.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
@@ -228,14 +230,21 @@ class OARStepBypassed(RuntimeError):
     """verl ran a training step with an OAR estimator without the OAR step."""
 
 
-class OARTrainerSync(PPOTrainerSync):
-    """verl's v1 synchronous trainer with the OAR advantage step.
+class OARStep:
+    """The OAR step, mixed into verl's v1 trainer classes (`OARTrainerSync`,
+    `OARTrainerColocateAsync`): one implementation of the three methods it extends, each
+    deferring to verl's for non-OAR estimators.
 
     With `oar_g` (or `oar_p` in `taylor` mode) and `algorithm.oar.fuse_log_probs` (the
     default), the old-log-prob step is answered by fused attribution: the rows are segmented
     before it (rewards are known by then), the actor workers return verl's `log_probs` /
     `entropy` and the scores from one clean pass, and verl's own code turns them into
-    `old_log_probs`, `entropy` and its metrics; the advantage step then only reads the scores.
+    `old_log_probs`, `entropy` and its metrics; the advantage step then only reads the
+    scores. Unfused (other OAR-P modes, `fuse_log_probs=false`, or verl taking the rollout's
+    log-probs under `algorithm.rollout_correction.bypass_mode`), the advantage step runs
+    the attribution; the actor's weights are the same at both steps (the update comes after
+    them), so either way the scores are those of the policy the update starts from, which in
+    the async modes may be newer than the one that sampled the responses.
 
     Never silently off: each training step (`step`, one or more of verl's `_step_once`)
     must have run the OAR advantage step once per `_step_once`; otherwise the run stops with
@@ -252,7 +261,7 @@ class OARTrainerSync(PPOTrainerSync):
         if uses_oar(self.config) and self._oar_steps_done != expected:
             raise OARStepBypassed(
                 f"algorithm.adv_estimator={self.config.algorithm.adv_estimator}: training step {self.global_steps} ran "
-                f"{self._oar_steps_done} OAR advantage step(s) for {expected} update(s): verl's {type(self).__mro__[1].__name__}."
+                f"{self._oar_steps_done} OAR advantage step(s) for {expected} update(s): verl's {type(self).__mro__[2].__name__}."
                 "_step_once did not call `_compute_advantage`, the method oar_verl overrides, so the advantages would be "
                 "plain GRPO's. This verl's trainer pipeline is not the one oar_verl was tested with (see oar_verl/verl_internals.py)."
             )
@@ -317,32 +326,46 @@ class OARTrainerSync(PPOTrainerSync):
             return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
 
-def install(trainer_sync_module) -> None:
-    """Makes `OARTrainerSync` verl's "sync" trainer (it defers to verl's for non-OAR
-    estimators). verl's `register_trainer` refuses to rebind a name, so the registry entry
-    is replaced after checking it still holds verl's class."""
+class OARTrainerSync(OARStep, PPOTrainerSync):
+    """verl's synchronous v1 trainer with the OAR step."""
+
+
+class OARTrainerColocateAsync(OARStep, PPOTrainerColocateAsync):
+    """verl's colocated asynchronous v1 trainer (partial rollouts across weight updates)
+    with the OAR step."""
+
+
+OAR_TRAINERS = {"sync": (PPOTrainerSync, OARTrainerSync), "colocate_async": (PPOTrainerColocateAsync, OARTrainerColocateAsync)}
+"""verl trainer mode -> (verl's class, the class with the OAR step that replaces it)."""
+
+
+def install() -> None:
+    """Makes the OAR trainers verl's trainers for their modes (they defer to verl's for
+    non-OAR estimators). verl's `register_trainer` refuses to rebind a name, so each registry
+    entry is replaced after checking it still holds verl's class."""
     from verl.trainer.ppo.v1 import trainer_base
 
-    current = trainer_base.TRAINER_REGISTRY.get("sync")
-    if current is OARTrainerSync:
-        return
-    if current is not trainer_sync_module.PPOTrainerSync:
-        raise RuntimeError(f"verl's 'sync' trainer is {current!r}, not verl's PPOTrainerSync: oar_verl cannot install its OAR step")
-    trainer_base.TRAINER_REGISTRY["sync"] = OARTrainerSync
+    for mode, (verl_class, oar_class) in OAR_TRAINERS.items():
+        current = trainer_base.TRAINER_REGISTRY.get(mode)
+        if current is oar_class:
+            continue
+        if current is not verl_class:
+            raise RuntimeError(f"verl's {mode!r} trainer is {current!r}, not verl's {verl_class.__name__}: oar_verl cannot install its OAR step")
+        trainer_base.TRAINER_REGISTRY[mode] = oar_class
 
 
 def _install() -> None:
-    """verl's hooks where verl has them (patched), else the trainer subclass."""
+    """verl's hooks where verl has them (patched), else the trainer subclasses."""
     import logging
 
-    from verl.trainer.ppo.v1 import trainer_base, trainer_sync
+    from verl.trainer.ppo.v1 import trainer_base
 
     logger = logging.getLogger("oar_verl")
     if register_pre_advantage_step(trainer_base):
         logger.info("oar_verl: OAR step registered as verl's pre-advantage step (patched verl)")
     else:
-        install(trainer_sync)
-        logger.info("oar_verl: OAR step installed in verl's sync trainer (verl 0.9.1)")
+        install()
+        logger.info("oar_verl: OAR step installed in verl's sync and colocate_async trainers (verl 0.9.1)")
 
 
 # Installed on import (the plugin imports this module when verl imports trainer_sync).

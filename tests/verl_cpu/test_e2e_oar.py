@@ -48,7 +48,7 @@ def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point,
     command = train_command(paths, root / f"ckpt_{estimator}", estimator=estimator, steps=2, overrides=overrides, stock_entry_point=stock_entry_point, loggers=loggers)
     result = run_training(command, metrics_file, log, env=env)
     assert result.returncode == 0, log.read_text()[-6000:]
-    assert "OAR step installed in verl's sync trainer (verl 0.9.1)" in log.read_text()
+    assert "OAR step installed in verl's sync and colocate_async trainers (verl 0.9.1)" in log.read_text()
     check_oar_run(read_metrics(metrics_file), dumps, quantile)
     metrics = read_metrics(metrics_file)
     for step in (1, 2):
