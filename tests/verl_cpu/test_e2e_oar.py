@@ -4,6 +4,7 @@ GRPO's elsewhere, and the `oar/*` metrics must reach verl's tracker."""
 
 import random
 import re
+from dataclasses import dataclass
 
 import pandas as pd
 import pytest
@@ -27,38 +28,64 @@ def workdir(tmp_path_factory):
     return path, prepare(path, train_size=64, val_size=16)
 
 
-@pytest.mark.parametrize(
-    "estimator, quantile, stock_entry_point, ranks, extra",
-    [("oar_g", 0.25, True, 1, []), ("oar_p", 0.4, False, 2, ["algorithm.oar.perturbation_mode=taylor"])],
-    ids=["oar_g-verl.trainer.main_ppo-1rank", "oar_p-taylor-oar_verl.main_ppo-2ranks"],
-)
-def test_oar_advantages_in_verl(workdir, estimator, quantile, stock_entry_point, ranks, extra):
-    """oar_g through verl's own entry point (the plugin installs everything) on one rank;
-    oar_p's taylor mode through oar_verl's on two FSDP2 ranks (gloo), whose rows differ and
-    whose model passes must stay in step. Both answer verl's old-log-prob pass (fused).
-    Exact oar_p (unfused) runs through verl in the study's smoke test."""
+@dataclass(frozen=True)
+class Run:
+    """One e2e run: estimator, its overrides, and what the checks expect."""
+
+    name: str
+    estimator: str
+    quantile: float
+    ranks: int
+    mode: str
+    overrides: tuple[str, ...] = ()
+    stock_entry_point: bool = False
+    heatmaps: bool = False
+    fused: bool = True
+    steps: int = 2
+
+
+RUNS = [
+    # verl's own entry point (the plugin installs everything), the colocated async trainer
+    # (partial rollouts: samples from older weights), heatmaps every step to tensorboard too
+    Run("oar_g-colocate_async-verl.trainer.main_ppo-1rank", "oar_g", 0.25, 1, "colocate_async", stock_entry_point=True, heatmaps=True, steps=3),
+    # two FSDP2 ranks whose rows differ and whose model passes must stay in step
+    Run("oar_p-taylor-sync-2ranks", "oar_p", 0.4, 2, "sync", ("algorithm.oar.perturbation_mode=taylor",)),
+    # verl takes the rollout's log-probs: no old-log-prob pass to fuse with; exact OAR-P
+    Run("oar_p-exact-colocate_async-bypass-1rank", "oar_p", 0.25, 1, "colocate_async", ("algorithm.rollout_correction.bypass_mode=true",), fused=False, steps=3),
+]
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[run.name for run in RUNS])
+def test_oar_advantages_in_verl(workdir, run):
+    """The OAR step in verl's sync and colocate_async trainers, fused with the old-log-prob
+    pass or not; oar_p exact in the sync trainer runs in the study's smoke test."""
     root, paths = workdir
-    dumps = root / f"dump_{estimator}"
-    overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={quantile}", f"trainer.n_gpus_per_node={ranks}", f"ray_kwargs.ray_init.num_gpus={ranks}", *extra]
-    log, metrics_file = root / f"{estimator}.log", root / f"{estimator}.jsonl"
-    heatmaps = estimator == "oar_g"  # heatmaps every step, to a tensorboard logger too
-    loggers = ("console", "file", "tensorboard") if heatmaps else ("console", "file")
-    overrides += ["algorithm.oar.heatmap_freq=1", "algorithm.oar.heatmap_responses=2"] if heatmaps else []
-    env = {"VERL_PLATFORM": "cpu", "TENSORBOARD_DIR": str(root / f"tb_{estimator}")}
-    command = train_command(paths, root / f"ckpt_{estimator}", estimator=estimator, steps=2, overrides=overrides, stock_entry_point=stock_entry_point, loggers=loggers)
+    dumps = root / f"dump_{run.name}"
+    overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={run.quantile}", f"trainer.n_gpus_per_node={run.ranks}",
+                 f"ray_kwargs.ray_init.num_gpus={run.ranks}", f"trainer.v1.trainer_mode={run.mode}", *run.overrides]  # fmt: skip
+    log, metrics_file = root / f"{run.name}.log", root / f"{run.name}.jsonl"
+    loggers = ("console", "file", "tensorboard") if run.heatmaps else ("console", "file")
+    overrides += ["algorithm.oar.heatmap_freq=1", "algorithm.oar.heatmap_responses=2"] if run.heatmaps else []
+    env = {"VERL_PLATFORM": "cpu", "TENSORBOARD_DIR": str(root / f"tb_{run.name}")}
+    command = train_command(paths, root / f"ckpt_{run.name}", estimator=run.estimator, steps=run.steps, overrides=overrides, stock_entry_point=run.stock_entry_point, loggers=loggers)
     result = run_training(command, metrics_file, log, env=env)
     assert result.returncode == 0, log.read_text()[-6000:]
     assert "OAR step installed in verl's sync and colocate_async trainers (verl 0.9.1)" in log.read_text()
-    check_oar_run(read_metrics(metrics_file), dumps, quantile)
+    steps = tuple(range(1, run.steps + 1))
     metrics = read_metrics(metrics_file)
-    for step in (1, 2):
-        assert bool(torch.load(dumps / f"step_{step}.pt")["fused"])  # algorithm.oar.fuse_log_probs defaults to true
-        # old_log_probs (from the attribution's clean pass) agree with the rollout's own log-probs
-        assert metrics[step]["training/rollout_probs_diff_max"] < 1e-4 and metrics[step]["actor/entropy"] > 0
-    if heatmaps:
-        check_heatmaps(root / f"ckpt_{estimator}" / "oar_heatmaps", root / f"tb_{estimator}", dumps, steps=(1, 2))
+    check_oar_run(metrics, dumps, run.quantile, steps=steps)
+    for step in steps:
+        assert bool(torch.load(dumps / f"step_{step}.pt")["fused"]) == run.fused and metrics[step]["oar/fused"] == float(run.fused)
+    if "algorithm.rollout_correction.bypass_mode=true" not in run.overrides:  # else verl runs no old-log-prob pass
+        # old_log_probs (fused: from the attribution's clean pass) agree with the rollout's log-probs
+        # where the rollout sampled with the actor's weights: every step in sync, the first in async
+        for step in steps if run.mode == "sync" else steps[:1]:
+            assert metrics[step]["training/rollout_probs_diff_max"] < 1e-4, (step, metrics[step]["training/rollout_probs_diff_max"])
+        assert all(metrics[step]["actor/entropy"] > 0 for step in steps)
+    if run.heatmaps:
+        check_heatmaps(root / f"ckpt_{run.name}" / "oar_heatmaps", root / f"tb_{run.name}", dumps, steps=steps)
     else:
-        assert not (root / f"ckpt_{estimator}" / "oar_heatmaps").exists(), "heatmaps are off by default"
+        assert not (root / f"ckpt_{run.name}" / "oar_heatmaps").exists(), "heatmaps are off by default"
 
 
 def write_sevens(path, size: int):
