@@ -334,9 +334,9 @@ def _fused_chunk_scores(parts: LMParts, chunk: Chunk, record: RecordLogProbs, co
             embeds = parts.embed(chunk.input_ids).detach().requires_grad_(True)  # [C, L, H]
             with torch.enable_grad(), activation_checkpointing(parts.model):
                 hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
-                record(hidden)
                 phi = compute_target(parts, hidden, chunk.answer, config.target)  # [C]
                 (grad,) = torch.autograd.grad(-phi.sum(), embeds)
+            record(hidden)  # after the backward, whose graph is freed: the log-prob logits do not add to its memory
         return (grad.to(phi.dtype) * embeds.detach().to(phi.dtype)).sum(dim=-1).abs()
     with parts.materialized(), torch.no_grad():
         hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)  # [C, L, H]

@@ -117,7 +117,8 @@ def attribute_with_log_probs(
 
 def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig, record: RecordLogProbs | None = None) -> torch.Tensor:
     """[C, L] float32 estimates of every position's score (only reasoning positions are
-    read); the clean forward's hidden states go to `record` when given."""
+    read); the clean forward's hidden states go to `record` when given, once the backward
+    passes are done."""
     with parts.materialized():
         with torch.no_grad():
             embeds = parts.embed(chunk.input_ids)  # [C, L, H]
@@ -126,17 +127,19 @@ def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig, reco
         embeds.requires_grad_(True)
         with torch.enable_grad(), activation_checkpointing(parts.model):
             hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
-            if record is not None:
-                record(hidden)
             target = compute_target(parts, hidden, chunk.answer, config.target)  # [C, V] or [C]
             if config.target == "answer_logprob":
                 (grad,) = torch.autograd.grad(target.sum(), embeds)  # rows are independent
-                return (grad.float() * change).sum(dim=-1).abs()
-            rows = chunk.rows if chunk.rows is not None else torch.zeros(1, dtype=torch.long, device=embeds.device)
-            projections, weights = directions(target, rows, config.taylor_top, config.taylor_samples, config.seed)  # [K, C, V], [K]
-            form = torch.zeros(chunk.input_ids.shape, dtype=torch.float32, device=embeds.device)  # [C, L]
-            with parts.gathered_through_backward():  # one graph, one backward per direction
-                for k in range(len(weights)):
-                    (grad,) = torch.autograd.grad((target * projections[k]).sum(), embeds, retain_graph=k + 1 < len(weights))
-                    form += weights[k] * (grad.float() * change).sum(dim=-1).square()
-    return 0.5 * form
+                scores = (grad.float() * change).sum(dim=-1).abs()
+            else:
+                rows = chunk.rows if chunk.rows is not None else torch.zeros(1, dtype=torch.long, device=embeds.device)
+                projections, weights = directions(target, rows, config.taylor_top, config.taylor_samples, config.seed)  # [K, C, V], [K]
+                form = torch.zeros(chunk.input_ids.shape, dtype=torch.float32, device=embeds.device)  # [C, L]
+                with parts.gathered_through_backward():  # one graph, one backward per direction
+                    for k in range(len(weights)):
+                        (grad,) = torch.autograd.grad((target * projections[k]).sum(), embeds, retain_graph=k + 1 < len(weights))
+                        form += weights[k] * (grad.float() * change).sum(dim=-1).square()
+                scores = 0.5 * form
+        if record is not None:  # after the backward passes, whose graph is freed: the log-prob logits do not add to its memory
+            record(hidden)
+    return scores
