@@ -232,7 +232,8 @@ class OARStepBypassed(RuntimeError):
 
 class OARStep:
     """The OAR step, mixed into verl's v1 trainer classes (`OARTrainerSync`,
-    `OARTrainerColocateAsync`): one implementation of the three methods it extends, each
+    `OARTrainerColocateAsync`): one implementation of the methods it extends (`step`,
+    `_init_resource_pool_mgr`, `_compute_old_log_prob`, `_compute_advantage`), each
     deferring to verl's for non-OAR estimators.
 
     With `oar_g` (or `oar_p` in `taylor` mode) and `algorithm.oar.fuse_log_probs` (the
