@@ -27,7 +27,7 @@ from pathlib import Path
 
 # (module, qualified name) of every internal the plugin depends on.
 INTERNALS: tuple[tuple[str, str], ...] = (
-    # the v1 trainer's step pipeline, which OARTrainerSync extends (trainer.py)
+    # the v1 trainers' step pipeline, which OARStep extends (trainer.py)
     ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer.fit"),
     ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer.step"),
     ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer._step_once"),
@@ -36,6 +36,7 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     ("verl.trainer.ppo.v1.trainer_base", "PPOTrainer._compute_advantage"),
     ("verl.trainer.ppo.v1.trainer_base", "register_trainer"),
     ("verl.trainer.ppo.v1.trainer_sync", "PPOTrainerSync"),
+    ("verl.trainer.ppo.v1.trainer_colocate_async", "PPOTrainerColocateAsync"),
     ("verl.trainer.ppo.core_algos", "compute_grpo_outcome_advantage"),
     ("verl.workers.utils.padding", "response_to_nested"),
     # the actor worker whose log-prob method fused attribution answers (worker.py)
@@ -65,6 +66,7 @@ TESTED: dict[str, dict[str, str]] = {
         "verl.trainer.ppo.v1.trainer_base:PPOTrainer._compute_advantage": "1fa06c928f2f2651",
         "verl.trainer.ppo.v1.trainer_base:register_trainer": "1dd5648441c20db9",
         "verl.trainer.ppo.v1.trainer_sync:PPOTrainerSync": "3b4fc146cf8fdd7b",
+        "verl.trainer.ppo.v1.trainer_colocate_async:PPOTrainerColocateAsync": "c034bd39ca0bb829",
         "verl.trainer.ppo.core_algos:compute_grpo_outcome_advantage": "b7c2547fa196f3d1",
         "verl.workers.utils.padding:response_to_nested": "af8924bb3876a698",
         "verl.workers.engine_workers:ActorRolloutRefWorker.compute_log_prob": "b3745893e925d033",
@@ -110,8 +112,9 @@ def _module_file(module: str, root: Path | None) -> Path | None:
 
 
 def digests(root: Path | None = None) -> dict[str, str | None]:
-    """Digest of every internal, read from the installed verl (or from the verl package
-    directory under `root`, e.g. an unpacked wheel), without importing it."""
+    """Digest of every internal, read from the source files of the installed verl (found by
+    `importlib.util.find_spec`, which imports the parent packages), or from `root`/verl/
+    (e.g. an unpacked wheel; nothing imported)."""
     result = {}
     for module, qualname in INTERNALS:
         path = _module_file(module, root)
