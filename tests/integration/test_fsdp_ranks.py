@@ -56,7 +56,7 @@ SCRIPT = textwrap.dedent(
         apply_fsdp2(model, {"mesh": mesh, "mp_policy": policy, "offload_policy": None, "reshard_after_forward": True}, {})
         return model.train()  # the actor between updates; attribution switches to eval and back
 
-    for tied, checkpointing in ((False, False), (True, False), (False, True)):
+    for variant, (tied, checkpointing) in enumerate(((False, False), (True, False), (False, True))):
         reference = tiny_qwen2(len(tokenizer), hidden_size=32, seed=1, tie_embeddings=tied).eval()
         model = sharded(tied, checkpointing)
         if not tied:
@@ -70,12 +70,14 @@ SCRIPT = textwrap.dedent(
             torch.testing.assert_close(fused.entropy, expected.entropy, rtol=1e-5, atol=1e-5)
             standalone = gradient.attribute(model, batch, segments, config, rows=attributed, sync_passes=max_over_ranks)
             torch.testing.assert_close(standalone, gradient.attribute(reference, batch, segments, config, rows=attributed), rtol=1e-4, atol=1e-9)
+            # OAR-P taylor (several backward passes per forward): each target once fused, once standalone over the variants
             taylor = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id, mode="taylor", taylor_top=2, taylor_samples=1, max_tokens_per_pass=budget)
-            fused_taylor = taylor_fused(model, batch, segments, taylor, rows=attributed, temperature=0.7, sync_passes=max_over_ranks)  # several backward passes per forward
-            expected = taylor_fused(reference, batch, segments, taylor, rows=attributed, temperature=0.7)
-            torch.testing.assert_close(fused_taylor.scores, expected.scores, rtol=1e-4, atol=1e-9)
-            torch.testing.assert_close(fused_taylor.log_probs, expected.log_probs, rtol=1e-5, atol=1e-5)
-            if target == "first_answer":  # standalone: the same steps on fewer columns
+            if target == TARGET_MODES[variant]:
+                fused_taylor = taylor_fused(model, batch, segments, taylor, rows=attributed, temperature=0.7, sync_passes=max_over_ranks)
+                expected = taylor_fused(reference, batch, segments, taylor, rows=attributed, temperature=0.7)
+                torch.testing.assert_close(fused_taylor.scores, expected.scores, rtol=1e-4, atol=1e-9)
+                torch.testing.assert_close(fused_taylor.log_probs, expected.log_probs, rtol=1e-5, atol=1e-5)
+            if target == TARGET_MODES[(variant + 1) % 3]:
                 estimate = perturbation.attribute(model, batch, segments, taylor, rows=attributed, sync_passes=max_over_ranks)
                 torch.testing.assert_close(estimate, perturbation.attribute(reference, batch, segments, taylor, rows=attributed), rtol=1e-4, atol=1e-9)
         mode = "guided_approx" if checkpointing else "exact"  # guided: OAR-G passes, then OAR-P's

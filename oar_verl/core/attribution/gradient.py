@@ -336,7 +336,8 @@ def _fused_chunk_scores(parts: LMParts, chunk: Chunk, record: RecordLogProbs, co
                 hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
                 phi = compute_target(parts, hidden, chunk.answer, config.target)  # [C]
                 (grad,) = torch.autograd.grad(-phi.sum(), embeds)
-            record(hidden)  # after the backward, whose graph is freed: the log-prob logits do not add to its memory
+        with parts.materialized():  # after the backward (its graph freed, FSDP groups resharded): the log-prob logits do not add to its memory
+            record(hidden)
         return (grad.to(phi.dtype) * embeds.detach().to(phi.dtype)).sum(dim=-1).abs()
     with parts.materialized(), torch.no_grad():
         hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)  # [C, L, H]

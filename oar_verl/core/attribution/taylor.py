@@ -140,6 +140,7 @@ def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig, reco
                         (grad,) = torch.autograd.grad((target * projections[k]).sum(), embeds, retain_graph=k + 1 < len(weights))
                         form += weights[k] * (grad.float() * change).sum(dim=-1).square()
                 scores = 0.5 * form
-        if record is not None:  # after the backward passes, whose graph is freed: the log-prob logits do not add to its memory
+    if record is not None:  # after the backward passes (their graph freed, FSDP groups resharded): the log-prob logits do not add to its memory
+        with parts.materialized():
             record(hidden)
     return scores
