@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from oar_verl.core.answers import answer_finder
-from oar_verl.core.attribution import GradientConfig, PerturbationConfig
+from oar_verl.core.attribution import GradientConfig, PerturbationConfig, fused_attribution
 from oar_verl.core.targets import check_target
 
 PREFIX = "algorithm.oar"
@@ -89,8 +89,9 @@ class OARSettings:
         return cls.from_config(own or upstream)
 
     def fuses_log_probs(self, method: str) -> bool:
-        """Whether `method`'s attribution answers verl's old-log-prob pass (`fuse_log_probs`)."""
-        return self.fuse_log_probs and (method == "oar_g" or (method == "oar_p" and self.perturbation_mode == "taylor"))
+        """Whether `method`'s attribution answers verl's old-log-prob pass: `fuse_log_probs`
+        and a method the core can fuse (`core.attribution.fused_attribution`)."""
+        return self.fuse_log_probs and fused_attribution(self.method_config(method, pad_token_id=0)) is not None
 
     def method_config(self, method: str, pad_token_id: int | None):
         """The core config of `method` ("oar_p" or "oar_g") under these settings."""

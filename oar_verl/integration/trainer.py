@@ -230,6 +230,11 @@ class OARStepBypassed(RuntimeError):
     """verl ran a training step with an OAR estimator without the OAR step."""
 
 
+def _verl_class(trainer) -> type:
+    """The verl trainer class an OAR trainer extends."""
+    return next(cls for cls in type(trainer).__mro__ if cls.__module__.startswith("verl."))
+
+
 class OARStep:
     """The OAR step, mixed into verl's v1 trainer classes (`OARTrainerSync`,
     `OARTrainerColocateAsync`): one implementation of the methods it extends (`step`,
@@ -262,7 +267,7 @@ class OARStep:
         if uses_oar(self.config) and self._oar_steps_done != expected:
             raise OARStepBypassed(
                 f"algorithm.adv_estimator={self.config.algorithm.adv_estimator}: training step {self.global_steps} ran "
-                f"{self._oar_steps_done} OAR advantage step(s) for {expected} update(s): verl's {type(self).__mro__[2].__name__}."
+                f"{self._oar_steps_done} OAR advantage step(s) for {expected} update(s): verl's {_verl_class(self).__name__}."
                 "_step_once did not call `_compute_advantage`, the method oar_verl overrides, so the advantages would be "
                 "plain GRPO's. This verl's trainer pipeline is not the one oar_verl was tested with (see oar_verl/verl_internals.py)."
             )

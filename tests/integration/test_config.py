@@ -73,3 +73,13 @@ def test_method_specific_refusals():
     assert OARSettings(noise_std=0.0, target="answer_logprob").method_config("oar_g", 0).noise_std == 0.0
     with pytest.raises(ValueError, match=r"algorithm\.oar\.perturbation_id"):
         OARSettings().method_config("oar_p", pad_token_id=None)
+
+
+def test_fused_attribution_follows_the_method_the_core_can_fuse():
+    fused = OARSettings()
+    assert fused.fuses_log_probs("oar_g") and not fused.fuses_log_probs("oar_p")
+    assert OARSettings(perturbation_mode="taylor").fuses_log_probs("oar_p")
+    for mode in ("exact", "span_approx", "guided_approx"):
+        assert not OARSettings(perturbation_mode=mode).fuses_log_probs("oar_p")
+    assert not OARSettings(fuse_log_probs=False, perturbation_mode="taylor").fuses_log_probs("oar_p")
+    assert not OARSettings(fuse_log_probs=False).fuses_log_probs("oar_g")
