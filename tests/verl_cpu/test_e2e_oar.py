@@ -11,6 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from oar_verl import rewards
 from oar_verl.core import bilevel_weights
 from oar_verl.data.arithmetic import make_problem, verl_row
 from oar_verl.quickstart import TASK, prepare, read_metrics, run_training, train_command
@@ -28,6 +29,17 @@ def workdir(tmp_path_factory):
     return path, prepare(path, train_size=64, val_size=16)
 
 
+RECIPE_FEATURES = (
+    "actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=bf16",
+    "actor_rollout_ref.actor.use_dynamic_bsz=true", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=400",
+    "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true", "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=400",
+    "actor_rollout_ref.actor.fsdp_config.param_offload=true", "actor_rollout_ref.actor.fsdp_config.optimizer_offload=true",
+    "actor_rollout_ref.model.enable_gradient_checkpointing=true",
+)  # fmt: skip
+BF16_ROLLOUT_GAP = 0.1  # max |p_rollout - p_actor|: the fp32 rollout against the actor's bf16 compute (measured 0.016-0.036)
+SECOND_VALIDATION_SOURCE = "amc2023"  # scored by the recipes' reward function (\\boxed answers: 0 for this model)
+
+
 @dataclass(frozen=True)
 class Run:
     """One e2e run: estimator, its overrides, and what the checks expect."""
@@ -42,14 +54,18 @@ class Run:
     heatmaps: bool = False
     fused: bool = True
     steps: int = 2
+    bf16: bool = False  # the actor computes in bf16 (FSDP2 mixed precision), as verl's GPU default
+    validation: bool = False  # validation on two sets (two data sources, 2 samples a prompt)
 
 
 RUNS = [
     # verl's own entry point (the plugin installs everything), the colocated async trainer
     # (partial rollouts: samples from older weights), heatmaps every step to tensorboard too
     Run("oar_g-colocate_async-verl.trainer.main_ppo-1rank", "oar_g", 0.25, 1, "colocate_async", stock_entry_point=True, heatmaps=True, steps=3),
-    # two FSDP2 ranks whose rows differ and whose model passes must stay in step
-    Run("oar_p-taylor-sync-2ranks", "oar_p", 0.4, 2, "sync", ("algorithm.oar.perturbation_mode=taylor",)),
+    # two FSDP2 ranks whose rows differ and whose model passes must stay in step, with what
+    # the GPU recipes turn on: bf16 compute, dynamic batch sizes, parameter and optimizer
+    # offload, gradient checkpointing, several validation sets
+    Run("oar_p-taylor-sync-2ranks-bf16-recipe_features", "oar_p", 0.4, 2, "sync", ("algorithm.oar.perturbation_mode=taylor", *RECIPE_FEATURES), bf16=True, validation=True),
     # verl takes the rollout's log-probs: no old-log-prob pass to fuse with; exact OAR-P
     Run("oar_p-exact-colocate_async-bypass-1rank", "oar_p", 0.25, 1, "colocate_async", ("algorithm.rollout_correction.bypass_mode=true",), fused=False, steps=3),
 ]
@@ -66,6 +82,10 @@ def test_oar_advantages_in_verl(workdir, run):
     log, metrics_file = root / f"{run.name}.log", root / f"{run.name}.jsonl"
     loggers = ("console", "file", "tensorboard") if run.heatmaps else ("console", "file")
     overrides += ["algorithm.oar.heatmap_freq=1", "algorithm.oar.heatmap_responses=2"] if run.heatmaps else []
+    if run.validation:
+        second = relabelled(paths["val"], root / "val_second_source.parquet", SECOND_VALIDATION_SOURCE)
+        overrides += [f"data.val_files=[{paths['val']},{second}]", f"trainer.test_freq={run.steps}", "actor_rollout_ref.rollout.val_kwargs.n=2",
+                      "actor_rollout_ref.rollout.val_kwargs.do_sample=true", f"reward.custom_reward_function.path={rewards.__file__}"]  # fmt: skip
     env = {"VERL_PLATFORM": "cpu", "TENSORBOARD_DIR": str(root / f"tb_{run.name}")}
     command = train_command(paths, root / f"ckpt_{run.name}", estimator=run.estimator, steps=run.steps, overrides=overrides, stock_entry_point=run.stock_entry_point, loggers=loggers)
     result = run_training(command, metrics_file, log, env=env)
@@ -80,12 +100,25 @@ def test_oar_advantages_in_verl(workdir, run):
         # old_log_probs (fused: from the attribution's clean pass) agree with the rollout's log-probs
         # where the rollout sampled with the actor's weights: every step in sync, the first in async
         for step in steps if run.mode == "sync" else steps[:1]:
-            assert metrics[step]["training/rollout_probs_diff_max"] < 1e-4, (step, metrics[step]["training/rollout_probs_diff_max"])
+            assert metrics[step]["training/rollout_probs_diff_max"] < (BF16_ROLLOUT_GAP if run.bf16 else 1e-4), (step, metrics[step]["training/rollout_probs_diff_max"])
+            if run.bf16:  # the actor did compute in bf16 (fp32 runs: mean gap ~3e-7)
+                assert metrics[step]["training/rollout_probs_diff_mean"] > 1e-4, metrics[step]["training/rollout_probs_diff_mean"]
         assert all(metrics[step]["actor/entropy"] > 0 for step in steps)
+    if run.validation:
+        for source in ("openai/gsm8k", SECOND_VALIDATION_SOURCE):
+            assert f"val-core/{source}/acc/mean@2" in metrics[run.steps], sorted(name for name in metrics[run.steps] if name.startswith("val"))
     if run.heatmaps:
         check_heatmaps(root / f"ckpt_{run.name}" / "oar_heatmaps", root / f"tb_{run.name}", dumps, steps=steps)
     else:
         assert not (root / f"ckpt_{run.name}" / "oar_heatmaps").exists(), "heatmaps are off by default"
+
+
+def relabelled(source, path, data_source: str):
+    """`source`'s rows under another `data_source` (a second validation set)."""
+    rows = pd.read_parquet(source)
+    rows["data_source"] = data_source
+    rows.to_parquet(path)
+    return path
 
 
 def write_sevens(path, size: int):
