@@ -7,13 +7,17 @@ scores are graded, unlike the planted-pivot model's).
 bf16 here is the model's parameters and compute in bf16, as FSDP2 mixed precision with
 `param_dtype=bf16` runs the actor on GPUs; the objective and the KL stay in float32 (the
 methods upcast the logits). Same responses, same noise seed; OAR-P exact with the pad id.
-Printed: mean and minimum per-response Spearman between the two precisions, per method and
-target.
+Printed, per method and target, mean and minimum per-response Spearman of:
+- bf16 vs float32 (same method, same noise seed);
+- OAR-G only: float32 with another noise seed vs float32 (how much the ranking moves with
+  the noise draw alone: the yardstick for the precision's effect);
+- each precision against the definition, exact OAR-P in float32 (same target).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 
@@ -31,8 +35,15 @@ def main() -> None:
     half = copy.deepcopy(model).to(torch.bfloat16)
     print(f"device: CPU, {torch.get_num_threads()} threads; {len(rows)} responses, {int(segments.reasoning_end[usable].min())}-"
           f"{int(segments.reasoning_end[usable].max())} reasoning tokens; hidden {model.config.hidden_size}")  # fmt: skip
-    print("mean / min per-response Spearman, bf16 vs float32 scores of the same method:")
+    print("mean / min per-response Spearman:")
+    print(f"  {'method':<12} {'target':<15} {'bf16 vs fp32':>15} {'fp32, other seed':>17} {'fp32 vs exact':>15} {'bf16 vs exact':>15}")
+
+    def agreement(a: torch.Tensor, b: torch.Tensor) -> str:
+        rhos = [spearman(a[i, : int(segments.reasoning_end[i])], b[i, : int(segments.reasoning_end[i])]) for i in rows]
+        return f"{sum(rhos) / len(rhos):.3f} / {min(rhos):.3f}"
+
     for target in TARGET_MODES:
+        exact = perturbation.attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id), rows=usable)
         methods = (
             ("OAR-G", gradient.attribute, GradientConfig(target=target, seed=11)),
             ("OAR-P exact", perturbation.attribute, PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id)),
@@ -40,8 +51,8 @@ def main() -> None:
         for name, attribute, config in methods:
             full = attribute(model, batch, segments, config, rows=usable)
             low = attribute(half, batch, segments, config, rows=usable)
-            rhos = [spearman(full[i, : int(segments.reasoning_end[i])], low[i, : int(segments.reasoning_end[i])]) for i in rows]
-            print(f"  {name:<12} {target:<15} {sum(rhos) / len(rhos):6.3f} / {min(rhos):6.3f}")
+            reseeded = agreement(attribute(model, batch, segments, dataclasses.replace(config, seed=12), rows=usable), full) if name == "OAR-G" else "-"
+            print(f"  {name:<12} {target:<15} {agreement(low, full):>15} {reseeded:>17} {agreement(full, exact):>15} {agreement(low, exact):>15}", flush=True)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,12 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     ("verl.trainer.ppo.v1.trainer_base", "register_trainer"),
     ("verl.trainer.ppo.v1.trainer_sync", "PPOTrainerSync"),
     ("verl.trainer.ppo.v1.trainer_colocate_async", "PPOTrainerColocateAsync"),
+    ("verl.trainer.ppo.v1.trainer_separate_async", "PPOTrainerSeparateAsync"),
     ("verl.trainer.ppo.core_algos", "compute_grpo_outcome_advantage"),
     ("verl.workers.utils.padding", "response_to_nested"),
     # the actor worker whose log-prob method fused attribution answers (worker.py)
     ("verl.workers.engine_workers", "ActorRolloutRefWorker.compute_log_prob"),
+    ("verl.experimental.separation.engine_workers", "DetachActorWorker"),
     # the FSDP engine's numerics fused attribution reproduces (worker.py, core/attribution/gradient.py)
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.prepare_model_outputs"),
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.forward_step"),
@@ -53,6 +55,10 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     ("verl.utils.distributed", "initialize_global_process_group_ray"),
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module"),
     ("verl.workers.engine.fsdp.transformer_impl", "_scale_logits_by_temperature"),
+    ("verl.utils.fsdp_utils", "fsdp2_sharded_save_to_cpu"),
+    # the checkpoint-engine interface the CPU backend's gloo engine implements (verl_cpu/checkpoint_engine.py)
+    ("verl.checkpoint_engine.base", "CheckpointEngine"),
+    ("verl.checkpoint_engine.base", "CheckpointEngineManager.update_weights"),
 )
 
 # ast digests per tested verl release (`python -m oar_verl.verl_internals` prints them).
@@ -67,9 +73,11 @@ TESTED: dict[str, dict[str, str]] = {
         "verl.trainer.ppo.v1.trainer_base:register_trainer": "1dd5648441c20db9",
         "verl.trainer.ppo.v1.trainer_sync:PPOTrainerSync": "3b4fc146cf8fdd7b",
         "verl.trainer.ppo.v1.trainer_colocate_async:PPOTrainerColocateAsync": "c034bd39ca0bb829",
+        "verl.trainer.ppo.v1.trainer_separate_async:PPOTrainerSeparateAsync": "66c1f8331702b99e",
         "verl.trainer.ppo.core_algos:compute_grpo_outcome_advantage": "b7c2547fa196f3d1",
         "verl.workers.utils.padding:response_to_nested": "af8924bb3876a698",
         "verl.workers.engine_workers:ActorRolloutRefWorker.compute_log_prob": "b3745893e925d033",
+        "verl.experimental.separation.engine_workers:DetachActorWorker": "f702971cd31fe346",
         "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.prepare_model_outputs": "fe47e79d4faf569f",
         "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.forward_step": "0c246a287aafd34a",
         "verl.utils.torch_functional:logprobs_from_logits": "d070215c02e9fc47",
@@ -79,6 +87,9 @@ TESTED: dict[str, dict[str, str]] = {
         "verl.utils.distributed:initialize_global_process_group_ray": "31347938cf9dfe16",
         "verl.workers.engine.fsdp.transformer_impl:FSDPEngine._build_fsdp_module": "97473e030fe6f909",
         "verl.workers.engine.fsdp.transformer_impl:_scale_logits_by_temperature": "f5e300bf85069fa0",
+        "verl.utils.fsdp_utils:fsdp2_sharded_save_to_cpu": "c6527c5537a36102",
+        "verl.checkpoint_engine.base:CheckpointEngine": "b688d51b35d4140d",
+        "verl.checkpoint_engine.base:CheckpointEngineManager.update_weights": "375a3080630aaff8",
     },
 }
 

@@ -138,6 +138,7 @@ def test_plugin_uses_the_patched_verl(patched_verl):
         "assert dist.default_process_group_backend() == 'cpu:gloo';"
         "assert not getattr(w.initialize_global_process_group_ray, '_oar_cpu_shim', False), 'shim applied on patched verl';"
         "assert not getattr(t.CPUOffloadPolicy, '_oar_cpu_shim', False), 'shim applied on patched verl';"
+        "import verl.utils.fsdp_utils as f; assert not getattr(f.fsdp2_sharded_save_to_cpu, '_oar_cpu_shim', False), 'shim applied on patched verl';"
         "assert get_rollout_class('hf').__name__ == 'HFServerAdapter';"
         "w.initialize_global_process_group_ray(); print('BACKEND', d.get_backend())"
     ) % str(patched_verl)

@@ -43,7 +43,7 @@ class OARSettings:
     permute_weights: bool = field(default=False, metadata={"help": "CONTROL for studies, not for training: each response's reasoning weights randomly permuted (same weights, no outcome grounding), seeded by `seed` and the step."})
     heatmap_freq: int = field(default=0, metadata={"help": "Every N steps, token heatmaps of a few responses (HTML page + PNGs) under trainer.default_local_dir/oar_heatmaps/, logged to wandb (HTML) and tensorboard (images) when verl has them on. 0: off."})
     heatmap_responses: int = field(default=2, metadata={"help": "Responses per heatmap step (>= 1): a correct and an incorrect one first when the batch has both."})
-    dump_dir: str | None = field(default=None, metadata={"help": "If set, each step writes DIR/step_N.pt: responses, segments, raw scores, weights, GRPO and OAR advantages ([B, R] tensors) for inspection."})
+    dump_dir: str | None = field(default=None, metadata={"help": "If set, each step writes DIR/step_N.pt (DIR/step_N_k.pt per update k when a step has several, as in separate_async): responses, segments, raw scores, weights, GRPO and OAR advantages ([B, R] tensors) for inspection."})
 
     def __post_init__(self) -> None:
         if self.target is not None:

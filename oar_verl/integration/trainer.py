@@ -1,4 +1,4 @@
-"""The OAR step of verl's v1 trainers (sync and colocate_async).
+"""The OAR step of verl's v1 trainers (sync, colocate_async and separate_async).
 
 With `algorithm.adv_estimator` = `oar_p` / `oar_g`, the advantage step becomes:
 
@@ -18,9 +18,9 @@ Two ways in, chosen by what verl offers:
   (`pre_advantage_step`) writes the weights to TransferQueue as `oar_weights`, the
   registered estimator (declaring that input) multiplies verl's GRPO advantage by them,
   and the workers run `compute_oar_scores` as a registered worker computation;
-- verl 0.9.1 as released: `OARTrainerSync` / `OARTrainerColocateAsync` (verl's classes
-  with the `OARStep` mixin) replace the "sync" / "colocate_async" trainers and the actor
-  worker class, compute verl's GRPO advantages (the estimator swapped to `grpo` for that
+- verl 0.9.1 as released: `OARTrainerSync` / `OARTrainerColocateAsync` /
+  `OARTrainerSeparateAsync` (verl's classes with the `OARStep` mixin) replace verl's
+  trainers of those modes and their actor worker classes, compute verl's GRPO advantages (the estimator swapped to `grpo` for that
   call) and multiply them in place. They defer to verl for every other estimator.
 """
 
@@ -40,6 +40,7 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
@@ -50,7 +51,7 @@ from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 from oar_verl.integration.config import OARSettings
 from oar_verl.integration.heatmaps import publish_heatmaps
 from oar_verl.integration.metrics import oar_metrics
-from oar_verl.integration.worker import COMPUTATION, FUSED_KEY, RANK_FIELD, SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker
+from oar_verl.integration.worker import COMPUTATION, FUSED_KEY, RANK_FIELD, SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker, OARDetachActorWorker
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
 
@@ -172,11 +173,17 @@ def attribution_weights(
     return weights_from_scores(trainer, request, metrics, row_advantage)
 
 
-def dump_record(trainer, record: dict[str, torch.Tensor]) -> None:
-    """Writes the step's record to `algorithm.oar.dump_dir`/step_N.pt when set."""
+def dump_record(trainer, batch: KVBatchMeta, record: dict[str, torch.Tensor]) -> None:
+    """Writes the step's record, with the rows' prompts (`prompts` [B, P] right-padded,
+    `prompt_lengths` [B]), to `algorithm.oar.dump_dir`/step_N.pt when set; with several
+    updates a step (`parameter_sync_step` > 1), update k's to step_N_k.pt."""
     directory = OARSettings.from_algorithm_config(trainer.config.algorithm).dump_dir
     if directory:
-        path = Path(directory) / f"step_{trainer.global_steps}.pt"
+        prompts = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts"])["prompts"]
+        lengths = torch.tensor([len(row) for row in prompts.unbind(0)])
+        record = {**record, "prompts": prompts.to_padded_tensor(0), "prompt_lengths": lengths}
+        update = f"_{trainer.local_trigger_step}" if int(getattr(trainer, "parameter_sync_step", 1)) > 1 else ""
+        path = Path(directory) / f"step_{trainer.global_steps}{update}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({name: tensor.cpu() for name, tensor in record.items()}, path)
 
@@ -192,7 +199,7 @@ def pre_advantage_step(trainer, batch: KVBatchMeta, metrics: dict) -> KVBatchMet
         padded = data.to_padded_tensor()
         row_advantage, grpo = grpo_row_advantage(trainer, padded)
         weights, record = attribution_weights(trainer, batch, metrics, row_advantage, padded, use_registered_computation=True)
-        dump_record(trainer, {**record, "grpo_advantages": grpo, "advantages": grpo * weights, "path": torch.tensor(1), "fused": torch.tensor(False)})
+        dump_record(trainer, batch, {**record, "grpo_advantages": grpo, "advantages": grpo * weights, "path": torch.tensor(1), "fused": torch.tensor(False)})
         metrics["oar/fused"] = 0.0  # verl's pre-advantage step comes after its own log-prob pass
         publish_heatmaps(trainer, batch, record)
         fields = TensorDict({WEIGHTS_FIELD: response_to_nested(weights, nested_mask)}, batch_size=len(weights))
@@ -237,9 +244,12 @@ def _verl_class(trainer) -> type:
 
 class OARStep:
     """The OAR step, mixed into verl's v1 trainer classes (`OARTrainerSync`,
-    `OARTrainerColocateAsync`): one implementation of the methods it extends (`step`,
-    `_init_resource_pool_mgr`, `_compute_old_log_prob`, `_compute_advantage`), each
-    deferring to verl's for non-OAR estimators.
+    `OARTrainerColocateAsync`, `OARTrainerSeparateAsync`): one implementation of the
+    methods it extends (`step`, `_init_resource_pool_mgr`, `_compute_old_log_prob`,
+    `_compute_advantage`), each deferring to verl's for non-OAR estimators. A trainer class
+    supplies only its actor worker class with the attribution role (`_oar_worker_class`)
+    and, where its actors hold newer weights than pi_old at the advantage step,
+    `_old_policy_weights`.
 
     With `oar_g` (or `oar_p` in `taylor` mode) and `algorithm.oar.fuse_log_probs` (the
     default), the old-log-prob step is answered by fused attribution: the rows are segmented
@@ -250,7 +260,10 @@ class OARStep:
     log-probs under `algorithm.rollout_correction.bypass_mode`), the advantage step runs
     the attribution; the actor's weights are the same at both steps (the update comes after
     them), so either way the scores are those of the policy the update starts from, which in
-    the async modes may be newer than the one that sampled the responses.
+    the async modes may be newer than the one that sampled the responses. In separate_async
+    (several updates a step, `parameter_sync_step`) verl computes every update's
+    `old_log_probs` with pi_old, the weights of the step's first update, and so do the
+    scores, fused or not.
 
     Never silently off: each training step (`step`, one or more of verl's `_step_once`)
     must have run the OAR advantage step once per `_step_once`; otherwise the run stops with
@@ -259,6 +272,7 @@ class OARStep:
 
     _oar_fused: AttributionRequest | None = None
     _oar_steps_done = 0  # OAR advantage steps run within the current training step
+    _oar_worker_class: type = OARActorRolloutRefWorker
 
     def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
         self._oar_steps_done = 0
@@ -278,7 +292,11 @@ class OARStep:
         if uses_oar(self.config):  # the actor workers gain the attribution role
             for role in ACTOR_ROLES:
                 if role in self.role_worker_mapping:
-                    self.role_worker_mapping[role] = ray.remote(OARActorRolloutRefWorker)
+                    self.role_worker_mapping[role] = ray.remote(self._oar_worker_class)
+
+    def _old_policy_weights(self) -> contextlib.AbstractContextManager:
+        """The actors hold pi_old's weights inside the block (they already do here)."""
+        return contextlib.nullcontext()
 
     def _fuses_log_probs(self) -> bool:
         estimator = self.config.algorithm.adv_estimator
@@ -322,11 +340,13 @@ class OARStep:
             if fused is not None and list(fused.batch.keys) == list(batch.keys):  # scores came with old_log_probs
                 weights, record = weights_from_scores(self, fused, metrics, row_advantage)
             else:
-                weights, record = attribution_weights(self, batch, metrics, row_advantage, padded, use_registered_computation=False)
-            dump_record(self, {**record, "grpo_advantages": advantages, "advantages": advantages * weights * mask, "path": torch.tensor(0), "fused": torch.tensor(fused is not None)})
+                with self._old_policy_weights():
+                    weights, record = attribution_weights(self, batch, metrics, row_advantage, padded, use_registered_computation=False)
+            dump_record(self, batch, {**record, "grpo_advantages": advantages, "advantages": advantages * weights * mask, "path": torch.tensor(0), "fused": torch.tensor(fused is not None)})
             metrics["oar/fused"] = float(fused is not None)
             self._oar_steps_done += 1
-            publish_heatmaps(self, batch, record)
+            if self.local_trigger_step == 0:  # a step's heatmaps: its first update's responses
+                publish_heatmaps(self, batch, record)
             reshaped = response_to_nested(advantages * weights * mask, nested_mask)
             output = TensorDict({"advantages": reshaped, "returns": reshaped.clone()}, batch_size=len(advantages))
             return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
@@ -341,7 +361,37 @@ class OARTrainerColocateAsync(OARStep, PPOTrainerColocateAsync):
     with the OAR step."""
 
 
-OAR_TRAINERS = {"sync": (PPOTrainerSync, OARTrainerSync), "colocate_async": (PPOTrainerColocateAsync, OARTrainerColocateAsync)}
+class OARTrainerSeparateAsync(OARStep, PPOTrainerSeparateAsync):
+    """verl's separate asynchronous v1 trainer (standalone rollout replicas, several updates
+    a step) with the OAR step."""
+
+    _oar_worker_class = OARDetachActorWorker
+
+    @contextlib.contextmanager
+    def _old_policy_weights(self):
+        """After a step's first update the actors hold newer weights than pi_old: set them
+        aside, restore pi_old (which verl's `_compute_old_log_prob` saved as slot 0 at the
+        first update) for the block, and put them back, as verl's own old-log-prob step
+        does. Under `bypass_mode` verl keeps no pi_old: the block sees the current weights."""
+        correction = self.config.algorithm.get("rollout_correction", None)
+        if self.local_trigger_step == 0 or (correction and correction.get("bypass_mode", False)):
+            yield
+            return
+        current = self.local_trigger_step
+        self.actor_rollout_wg.save_model_to_cpu(current)
+        self.actor_rollout_wg.restore_model_from_cpu(0)
+        try:
+            yield
+        finally:
+            self.actor_rollout_wg.restore_model_from_cpu(current)
+            self.actor_rollout_wg.clear_cpu_model(current)
+
+
+OAR_TRAINERS = {
+    "sync": (PPOTrainerSync, OARTrainerSync),
+    "colocate_async": (PPOTrainerColocateAsync, OARTrainerColocateAsync),
+    "separate_async": (PPOTrainerSeparateAsync, OARTrainerSeparateAsync),
+}
 """verl trainer mode -> (verl's class, the class with the OAR step that replaces it)."""
 
 
@@ -371,7 +421,7 @@ def _install() -> None:
         logger.info("oar_verl: OAR step registered as verl's pre-advantage step (patched verl)")
     else:
         install()
-        logger.info("oar_verl: OAR step installed in verl's sync and colocate_async trainers (verl 0.9.1)")
+        logger.info("oar_verl: OAR step installed in verl's sync, colocate_async and separate_async trainers (verl 0.9.1)")
 
 
 # Installed on import (the plugin imports this module when verl imports trainer_sync).

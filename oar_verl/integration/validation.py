@@ -36,11 +36,6 @@ def oar_settings_errors(config) -> list[str]:
     trainer = config.trainer
     if not trainer.get("use_v1", True):
         errors.append(f"trainer.use_v1=False: algorithm.adv_estimator={method} runs on verl's v1 trainer (the legacy trainer is deprecated)")
-    elif trainer.v1.trainer_mode == "separate_async":
-        errors.append(
-            f"trainer.v1.trainer_mode=separate_async: {method} is not supported there yet (its actors are verl's DetachActorWorker, "
-            "which the attribution role is not installed in, and its old-log-prob step swaps weights per mini-batch); use sync or colocate_async"
-        )
     actor = config.actor_rollout_ref.actor
     if actor.strategy != "fsdp2":
         errors.append(f"actor_rollout_ref.actor.strategy={actor.strategy}: {method} attributes on FSDP2-sharded actors; set it to fsdp2")

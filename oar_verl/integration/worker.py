@@ -5,8 +5,8 @@ engine's own model: the FSDP2-sharded parameters that produced `old_log_probs`, 
 engine's eval mode (offloaded parameters brought back). Each data-parallel rank scores its
 share of the rows; ranks keep the same number of model passes (FSDP gathers are
 collective). On a verl with worker computations (patches/verl-0.9.1/0006) it is registered
-as one; on verl 0.9.1 as released, `OARActorRolloutRefWorker` (verl's
-`ActorRolloutRefWorker` plus this data-parallel method) carries it.
+as one; on verl 0.9.1 as released, `OARWorkerRole` mixed into verl's actor worker classes
+carries it (`OARActorRolloutRefWorker`, `OARDetachActorWorker` for separate_async).
 
 Inputs, per row (TransferQueue fields):
     prompts [P_i], responses [R_i]  (nested, unpadded), int64
@@ -18,7 +18,7 @@ data-parallel rank that held it, for the `oar/ranks/*` metric).
 
 Fused attribution (`algorithm.oar.fuse_log_probs`, verl 0.9.1 path; OAR-G and OAR-P taylor):
 the trainer sends its old-log-prob request with `oar_fused` set;
-`OARActorRolloutRefWorker.compute_log_prob` then answers it with the method's
+`OARWorkerRole.compute_log_prob` then answers it with the method's
 `attribute_with_log_probs` (`core.attribution.fused_attribution`): verl's `log_probs` and `entropy`
 (at the request's `temperature`, nested [P_i + R_i] as verl's model outputs are) and
 `oar_scores` from the same clean pass. The numbers are verl's: the passes run under the
@@ -40,6 +40,7 @@ from verl.single_controller.base.decorator import make_nd_compute_dataproto_disp
 from verl.utils import tensordict_utils as tu
 from verl.utils import torch_functional as verl_F
 from verl.utils.device import get_device_id, get_device_name
+from verl.experimental.separation.engine_workers import DetachActorWorker
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from oar_verl.core.attribution import fused_attribution, get_method, gradient
@@ -139,8 +140,8 @@ def _nested_sequences(values: torch.Tensor, prompt_lengths: list[int], lengths: 
     return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
 
 
-class OARActorRolloutRefWorker(ActorRolloutRefWorker):
-    """verl's actor/rollout/ref worker with the OAR attribution role (verl 0.9.1, where
+class OARWorkerRole:
+    """The OAR attribution role, mixed into verl's actor worker classes (verl 0.9.1, where
     workers cannot gain a computation without a subclass)."""
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
@@ -153,6 +154,15 @@ class OARActorRolloutRefWorker(ActorRolloutRefWorker):
         if tu.get(data, key=FUSED_KEY, default=False):
             return compute_oar_scores(self, data)
         return super().compute_log_prob(data)
+
+
+class OARActorRolloutRefWorker(OARWorkerRole, ActorRolloutRefWorker):
+    """verl's actor/rollout/ref worker (sync and colocate_async trainers) with the OAR role."""
+
+
+class OARDetachActorWorker(OARWorkerRole, DetachActorWorker):
+    """verl's separate_async actor worker (keeps pi_old's weights in host memory across a
+    `parameter_sync_step` cycle) with the OAR role."""
 
 
 def register_computation(engine_workers_module) -> bool:

@@ -72,5 +72,7 @@ class StudyPlan:
 
 
 FULL = StudyPlan()
-SMOKE = StudyPlan(seeds=(0,), warm_start_steps=300, train_size=64, test_size=16, rl_steps=2, test_freq=2, train_batch_size=8, rollout_n=4,
-                  fidelity_responses=4)  # fmt: skip
+# The smoke version runs each study path once: GRPO (the baseline every table compares with),
+# OAR-P (exact, unfused) and the control; plain OAR-G is the control without the shuffle.
+SMOKE = StudyPlan(methods=("grpo", "oar_p", "oar_g_permuted"), seeds=(0,), warm_start_steps=300, train_size=64, test_size=16, rl_steps=2,
+                  test_freq=2, train_batch_size=8, rollout_n=4, fidelity_responses=4)  # fmt: skip

@@ -15,11 +15,14 @@ def cpu_platform_selected() -> bool:
 
 
 def install() -> None:
-    """The `cpu` platform, the `hf` rollout (replica and trainer-side adapter) and the
-    shims for verl internals without an extension point (idempotent)."""
+    """The `cpu` platform, the `hf` rollout (replica and trainer-side adapter), the `gloo`
+    checkpoint engine (standalone rollout replicas) and the shims for verl internals without
+    an extension point (idempotent)."""
     shims.check_verl_version()
     cpu_platform.register()
     _register_rollout()
+    import oar_verl.verl_cpu.checkpoint_engine  # noqa: F401 - registers the `gloo` backend
+
     shims.install()
 
 

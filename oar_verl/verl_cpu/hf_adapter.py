@@ -9,6 +9,7 @@ import os
 import ray
 import torch
 from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.utils import ensure_async_iterator
 
 from oar_verl.verl_cpu.hf_replica import server_actor_name
 from oar_verl.verl_cpu.hf_server import weights_digest
@@ -56,7 +57,7 @@ class HFServerAdapter(BaseRollout):
             raise ValueError(f"hf rollout: weight wire format {wire_format!r} is not supported (named_tensors only)")
         server = self._server_handle()
         state_dict = {}
-        for name, tensor in weights:  # every rank drains the generator
+        async for name, tensor in ensure_async_iterator(weights):  # every rank drains the weights (a checkpoint engine's arrive asynchronously)
             if server is not None:
                 state_dict[name] = tensor.detach().to("cpu", copy=True).contiguous()
         if server is None:

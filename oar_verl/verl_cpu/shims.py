@@ -10,6 +10,11 @@ already carries the patch, its shim steps aside:
 - reference model: the forward-only FSDP2 path offloads with
   `CPUOffloadPolicy(pin_memory=True)`, which needs an accelerator
   (`verl/workers/engine/fsdp/transformer_impl.py`);
+- pi_old in host memory: separate_async keeps pi_old's weights with
+  `fsdp2_sharded_save_to_cpu`, which copies each shard with `.cpu()`, a no-op for a
+  shard already in host memory: the "saved" weights aliased the live ones and followed the
+  optimizer, so every update's old_log_probs came from the current weights
+  (`verl/utils/fsdp_utils.py`; the FSDP1 variant copies already);
 - engines: verl's FSDP engines are registered for cuda and npu only; they are registered
   for "cpu" too (that one is an extension point: `EngineRegistry.register`).
 """
@@ -41,6 +46,7 @@ def install() -> None:
     check_verl_version()
     _patch_process_group()
     _patch_offload_policy()
+    _patch_sharded_save()
     _register_engines()
 
 
@@ -83,6 +89,25 @@ def _patch_offload_policy() -> None:
 
     unpinned_offload_policy._oar_cpu_shim = True
     transformer_impl.CPUOffloadPolicy = unpinned_offload_policy
+
+
+def _patch_sharded_save() -> None:
+    import inspect
+
+    import verl.utils.fsdp_utils as fsdp_utils
+
+    original = fsdp_utils.fsdp2_sharded_save_to_cpu
+    if getattr(original, "_oar_cpu_shim", False) or "local_gpu_tensor.detach().cpu()" not in inspect.getsource(original):
+        return  # patched already (here, or upstream: patches/verl-0.9.1/0007)
+
+    @functools.wraps(original)
+    def fsdp2_sharded_save_to_cpu(model):
+        """verl's, with each saved shard a copy (a host-memory shard is otherwise aliased)."""
+        state, global_spec = original(model)
+        return {name: (tensor.clone(), spec) for name, (tensor, spec) in state.items()}, global_spec
+
+    fsdp2_sharded_save_to_cpu._oar_cpu_shim = True
+    fsdp_utils.fsdp2_sharded_save_to_cpu = fsdp2_sharded_save_to_cpu
 
 
 def _register_engines() -> None:

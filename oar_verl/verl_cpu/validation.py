@@ -8,6 +8,7 @@ import os
 from omegaconf import DictConfig
 
 GPU_ONLY_ROLLOUTS = ("vllm", "sglang", "trtllm")
+GLOO_CHECKPOINT_ENGINE = "gloo"  # verl_cpu/checkpoint_engine.py (not imported here: it imports verl)
 
 
 def cpu_settings_errors(config: DictConfig) -> list[str]:
@@ -46,6 +47,14 @@ def cpu_settings_errors(config: DictConfig) -> list[str]:
             "in verl 0.9.1 (verl/utils/model.py::load_valuehead_model); use a critic-free estimator (grpo, oar_g, oar_p)"
         )
     ranks = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    if config.trainer.get("v1", {}).get("trainer_mode") == "separate_async":
+        ranks += rollout.nnodes * rollout.n_gpus_per_node  # the standalone rollout replicas' logical GPUs
+        backend = rollout.checkpoint_engine.backend
+        if backend != GLOO_CHECKPOINT_ENGINE:
+            errors.append(
+                f"actor_rollout_ref.rollout.checkpoint_engine.backend={backend}: separate_async syncs its standalone rollout replicas "
+                f"through a checkpoint engine, and verl's (nccl, nixl, mooncake, hccl) need accelerators; set it to {GLOO_CHECKPOINT_ENGINE}"
+            )
     ray_init = config.get("ray_kwargs", {}).get("ray_init", {})
     if (ray_init.get("num_gpus") or 0) < ranks:
         errors.append(f"ray_kwargs.ray_init.num_gpus={ray_init.get('num_gpus')}: give Ray one logical GPU per rank (>= {ranks})")

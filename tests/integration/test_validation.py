@@ -24,6 +24,8 @@ def config(*overrides):
 
 def test_defaults_pass():
     assert oar_settings_errors(config()) == []
+    for mode in ("sync", "colocate_async", "separate_async"):
+        assert oar_settings_errors(config(f"trainer.v1.trainer_mode={mode}")) == []
     assert oar_settings_errors(config("algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.strategy=megatron")) == []
 
 
@@ -32,7 +34,6 @@ def test_defaults_pass():
     [
         ("algorithm.oar.quantile=1.5", "algorithm.oar.quantile"),
         ("+algorithm.oar.q=0.3", "algorithm.oar: unknown setting(s) ['q']"),
-        ("trainer.v1.trainer_mode=separate_async", "trainer.v1.trainer_mode=separate_async"),
         ("trainer.use_v1=false", "trainer.use_v1=False"),
         ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp"),
         ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.strategy=megatron"),

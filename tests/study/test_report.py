@@ -41,4 +41,4 @@ def test_plan_checks_and_overrides():
     overrides = FULL.verl_overrides("oar_g_permuted", 2)
     assert "algorithm.oar.permute_weights=true" in overrides and "actor_rollout_ref.rollout.seed=2" in overrides and "data.seed=2" in overrides
     assert not any("permute" in o for o in FULL.verl_overrides("oar_g", 2))
-    assert len(FULL.seeds) >= 3 and set(FULL.methods) == set(SMOKE.methods)
+    assert len(FULL.seeds) >= 3 and set(SMOKE.methods) < set(FULL.methods) and {"grpo", "oar_g_permuted"} <= set(SMOKE.methods)

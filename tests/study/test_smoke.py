@@ -1,6 +1,6 @@
-"""The study's smoke version end to end (a few steps, one seed, every method, through
-verl on the CPU backend): results, report, and the control's weights are OAR-G's weights
-permuted within each response."""
+"""The study's smoke version end to end (a few steps, one seed, GRPO, OAR-P and the
+control, through verl on the CPU backend): results, report, and the control's weights are
+OAR-G's weights permuted within each response."""
 
 import json
 import subprocess
@@ -36,7 +36,7 @@ def test_every_method_ran_and_was_measured(smoke):
     assert set(fidelity["taylor"]) == set(SMOKE.fidelity_targets)
     assert all(-1.0 <= rho <= 1.0 for values in fidelity["taylor"].values() for rho in values["values"])
     page = (smoke / "docs" / "results.md").read_text()
-    for label in ("| GRPO | 1 |", "| OAR-G | 1 |", "| OAR-P | 1 |", "| OAR-G, permuted weights (control) | 1 |", "## Attribution fidelity", "| OAR-P taylor, `answer_mean` |"):
+    for label in ("| GRPO | 1 |", "| OAR-P | 1 |", "| OAR-G, permuted weights (control) | 1 |", "## Attribution fidelity", "| OAR-P taylor, `answer_mean` |"):
         assert label in page
     assert (smoke / "docs" / "results" / "accuracy.png").stat().st_size > 1000
 

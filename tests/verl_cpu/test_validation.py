@@ -33,6 +33,16 @@ def test_gpu_only_or_unsafe_settings_are_refused_before_ray(cpu_config, override
         check_and_prepare(cpu_config(override))
 
 
+def test_separate_async_needs_the_gloo_checkpoint_engine_and_a_logical_gpu_per_replica(cpu_config, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    separate = ("trainer.v1.trainer_mode=separate_async", "actor_rollout_ref.rollout.nnodes=1", "actor_rollout_ref.rollout.n_gpus_per_node=1")
+    errors = cpu_settings_errors(cpu_config(*separate, "actor_rollout_ref.rollout.checkpoint_engine.backend=nccl", "ray_kwargs.ray_init.num_gpus=2"))
+    assert len(errors) == 1 and "actor_rollout_ref.rollout.checkpoint_engine.backend=nccl" in errors[0] and "set it to gloo" in errors[0], errors
+    errors = cpu_settings_errors(cpu_config(*separate, "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo"))
+    assert len(errors) == 1 and "ray_kwargs.ray_init.num_gpus=1" in errors[0] and ">= 2" in errors[0], errors
+    assert cpu_settings_errors(cpu_config(*separate, "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo", "ray_kwargs.ray_init.num_gpus=2")) == []
+
+
 def test_empty_cuda_visible_devices_is_refused(cpu_config, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert any("CUDA_VISIBLE_DEVICES" in e for e in cpu_settings_errors(cpu_config()))
