@@ -20,8 +20,9 @@ Two ways in, chosen by what verl offers:
   and the workers run `compute_oar_scores` as a registered worker computation;
 - verl 0.9.1 as released: `OARTrainerSync` / `OARTrainerColocateAsync` /
   `OARTrainerSeparateAsync` (verl's classes with the `OARStep` mixin) replace verl's
-  trainers of those modes and their actor worker classes, compute verl's GRPO advantages (the estimator swapped to `grpo` for that
-  call) and multiply them in place. They defer to verl for every other estimator.
+  trainers of those modes and their actor worker classes, compute verl's GRPO advantages
+  (the estimator swapped to `grpo` for that call) and multiply them in place. They defer
+  to verl for every other estimator.
 """
 
 from __future__ import annotations
