@@ -14,6 +14,7 @@ from oar_verl.integration.data_check import data_errors
 from oar_verl.verl_internals import support_problem
 
 logger = logging.getLogger("oar_verl")
+HALF_PRECISIONS = ("16", "fp16", "float16")  # verl's names for float16 (verl.utils.torch_dtypes.HALF_LIST)
 
 
 def oar_settings_errors(config) -> list[str]:
@@ -39,6 +40,12 @@ def oar_settings_errors(config) -> list[str]:
     actor = config.actor_rollout_ref.actor
     if actor.strategy != "fsdp2":
         errors.append(f"actor_rollout_ref.actor.strategy={actor.strategy}: {method} attributes on FSDP2-sharded actors; set it to fsdp2")
+    precision = (actor.get("fsdp_config", {}).get("mixed_precision") or {}).get("param_dtype", "bf16")
+    if str(precision) in HALF_PRECISIONS:
+        errors.append(
+            f"actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype={precision}: {method}'s gradient passes have no loss "
+            "scaling, and fp16 gradients of the attribution objective underflow; use bf16 (verl's default) or fp32"
+        )
     if actor.get("ulysses_sequence_parallel_size", 1) > 1:
         errors.append(f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={actor.ulysses_sequence_parallel_size}: {method} needs whole sequences on each rank; set it to 1")
     model = config.actor_rollout_ref.model

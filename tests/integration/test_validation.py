@@ -37,6 +37,7 @@ def test_defaults_pass():
         ("trainer.use_v1=false", "trainer.use_v1=False"),
         ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp"),
         ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.strategy=megatron"),
+        ("+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp16", "mixed_precision.param_dtype=fp16"),
         ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "ulysses_sequence_parallel_size=2"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
         ("data.train_files=/nowhere/train.parquet", "data.train_files[0] (/nowhere/train.parquet): no such file"),
