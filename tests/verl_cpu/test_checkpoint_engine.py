@@ -4,6 +4,10 @@
 smaller than some weights; two syncs in a row."""
 
 import asyncio
+import queue
+import socket
+import time
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -35,6 +39,16 @@ def gathered(version: int):
         yield name, tensor
 
 
+def child(failures, role: str, *args) -> None:
+    """A child process running `actor` or `rollout`; a failure goes to the `failures` queue
+    with its traceback (the parent shows it) and exits nonzero."""
+    try:
+        {"actor": actor, "rollout": rollout}[role](*args)
+    except BaseException:
+        failures.put(traceback.format_exc())
+        raise
+
+
 def actor(rank: int, port: int, inbox, prepared, _received) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     engine = GlooCheckpointEngine(bucket_size=BUCKET, is_master=rank == 0)
@@ -59,20 +73,41 @@ def rollout(rank: int, inbox, prepared, received) -> None:
         engine.finalize()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def next_message(box, failures, processes, timeout: float = 300.0):
+    """The next message in `box`; a child's failure (its traceback) or death fails the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return box.get(timeout=1.0)
+        except queue.Empty:
+            if not failures.empty():
+                raise AssertionError(f"a process failed:\n{failures.get()}") from None
+            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if dead:
+                raise AssertionError(f"a process died with exit code {dead[0]}") from None
+    raise AssertionError(f"no message within {timeout} s")
+
+
 def test_weights_arrive_whole_and_in_order_at_every_rollout_worker():
-    free_port = 29740  # the actors' default group (the tests' torchrun groups use 29702-29723)
     context = mp.get_context("spawn")
-    prepared, received = context.Queue(), context.Queue()
+    prepared, received, failures = context.Queue(), context.Queue(), context.Queue()
     inboxes = [context.Queue() for _ in range(4)]
-    processes = [context.Process(target=actor, args=(rank, free_port, inboxes[rank], prepared, received)) for rank in range(2)]
-    processes += [context.Process(target=rollout, args=(rank, inboxes[2 + rank], prepared, received)) for rank in range(2)]
+    port = free_port()  # the actors' default group
+    processes = [context.Process(target=child, args=(failures, "actor", rank, port, inboxes[rank], prepared, received)) for rank in range(2)]
+    processes += [context.Process(target=child, args=(failures, "rollout", rank, inboxes[2 + rank], prepared, received)) for rank in range(2)]
     for process in processes:
         process.start()
     try:
         for version in (1, 2):
             metadata = [None] * 4
             for _ in range(4):
-                slot, meta = prepared.get(timeout=120)
+                slot, meta = next_message(prepared, failures, processes)
                 metadata[slot] = meta
             actor_kwargs, rollout_kwargs = GlooCheckpointEngine.build_topology(2, 2, metadata)
             for slot, kwargs in enumerate([actor_kwargs] * 2 + [rollout_kwargs] * 2):
@@ -80,7 +115,7 @@ def test_weights_arrive_whole_and_in_order_at_every_rollout_worker():
                 inboxes[slot].put({key: values[index] for key, values in kwargs.items()})
             expected = list(weights(version).items())
             for _ in range(2):
-                received_version, tensors = received.get(timeout=120)
+                received_version, tensors = next_message(received, failures, processes)
                 assert received_version == version
                 assert [name for name, _ in tensors] == [name for name, _ in expected]
                 for (_, got), (name, want) in zip(tensors, expected):
