@@ -13,7 +13,7 @@ from oar_verl.study.runner import run_study
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m oar_verl.study", description="GRPO vs OAR-G vs OAR-P vs a permuted-weights control, on CPU through verl.")
-    parser.add_argument("--smoke", action="store_true", help="a few steps, one seed, small sets, GRPO, OAR-P and the control (minutes): checks the pipeline, proves nothing")
+    parser.add_argument("--smoke", action="store_true", help="a few steps, one seed, small sets, GRPO and the control (minutes): checks the pipeline, proves nothing")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="where results.md, results/*.png and results/results.json go")
     parser.add_argument("--workdir", type=Path, default=Path("outputs/study"), help="models, data, checkpoints, logs")
     parser.add_argument("--report-only", action="store_true", help="rewrite results.md and the plots from results.json, run nothing")

@@ -72,7 +72,8 @@ class StudyPlan:
 
 
 FULL = StudyPlan()
-# The smoke version runs each study path once: GRPO (the baseline every table compares with),
-# OAR-P (exact, unfused) and the control; plain OAR-G is the control without the shuffle.
-SMOKE = StudyPlan(methods=("grpo", "oar_p", "oar_g_permuted"), seeds=(0,), warm_start_steps=300, train_size=64, test_size=16, rl_steps=2,
+# The smoke version runs the runs only the study has: GRPO (the baseline every table
+# compares with) and the control; OAR-G (the control without the shuffle) and OAR-P go
+# through the same runner and are trained in the e2e tests.
+SMOKE = StudyPlan(methods=("grpo", "oar_g_permuted"), seeds=(0,), warm_start_steps=300, train_size=64, test_size=16, rl_steps=2,
                   test_freq=2, train_batch_size=8, rollout_n=4, fidelity_responses=4)  # fmt: skip

@@ -73,8 +73,10 @@ class Run:
 
 RUNS = [
     # verl's own entry point (the plugin installs everything), the colocated async trainer
-    # (partial rollouts: samples from older weights), heatmaps every step to tensorboard too
-    Run("oar_g-colocate_async-verl.trainer.main_ppo-1rank", "oar_g", 0.25, 1, "colocate_async", stock_entry_point=True, heatmaps=True, steps=3),
+    # (partial rollouts: samples from older weights), verl taking the rollout's log-probs
+    # (bypass_mode: no old-log-prob pass to fuse with), heatmaps every step to tensorboard too
+    Run("oar_g-colocate_async-bypass-verl.trainer.main_ppo-1rank", "oar_g", 0.25, 1, "colocate_async", ("algorithm.rollout_correction.bypass_mode=true",),
+        stock_entry_point=True, heatmaps=True, fused=False, steps=3),  # fmt: skip
     # two FSDP2 ranks whose rows differ and whose model passes must stay in step, with what
     # the GPU recipes turn on: bf16 compute, dynamic batch sizes, parameter and optimizer
     # offload, gradient checkpointing, several validation sets
@@ -82,15 +84,13 @@ RUNS = [
     # standalone rollout replicas, 2 updates a step with pi_old's weights restored for the
     # second: exact OAR-P attributes in the advantage step, with pi_old restored too
     Run("oar_p-exact-separate_async-2updates-1rank", "oar_p", 0.25, 1, "separate_async", SEPARATE_ASYNC, fused=False, steps=3, updates=2),
-    # verl takes the rollout's log-probs: no old-log-prob pass to fuse with; exact OAR-P
-    Run("oar_p-exact-colocate_async-bypass-1rank", "oar_p", 0.25, 1, "colocate_async", ("algorithm.rollout_correction.bypass_mode=true",), fused=False, steps=3),
 ]
 
 
 @pytest.mark.parametrize("run", RUNS, ids=[run.name for run in RUNS])
 def test_oar_advantages_in_verl(workdir, run):
-    """The OAR step in verl's three v1 trainers, fused with the old-log-prob pass or not;
-    oar_p exact in the sync trainer runs in the study's smoke test."""
+    """The OAR step in verl's three v1 trainers, fused with the old-log-prob pass or not
+    (fused oar_g also runs in the rank test below)."""
     root, paths = workdir
     dumps = root / f"dump_{run.name}"
     gpus = run.ranks + (1 if run.mode == "separate_async" else 0)  # + the standalone rollout replica's
