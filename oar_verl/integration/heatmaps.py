@@ -79,10 +79,11 @@ def build_heatmaps(tokenizer, record: dict[str, torch.Tensor], rows: list[int], 
 
 def publish_heatmaps(trainer, batch, record: dict[str, torch.Tensor]) -> None:
     """On heatmap steps: picks rows, writes the page, logs it, and queues PNGs and
-    tensorboard images on the background thread."""
+    tensorboard images on the background thread. A step with several updates
+    (`parameter_sync_step` > 1) shows its first update's responses."""
     settings = OARSettings.from_algorithm_config(trainer.config.algorithm)
     step = int(trainer.global_steps)
-    if not is_heatmap_step(settings, step):
+    if not is_heatmap_step(settings, step) or trainer.local_trigger_step != 0:
         return
     _wait_pending()
     rows = pick_rows(record, settings.heatmap_responses, seed=settings.seed + step)

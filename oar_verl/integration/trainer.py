@@ -61,6 +61,13 @@ def uses_oar(config) -> bool:
     return config.algorithm.adv_estimator in ESTIMATORS
 
 
+def takes_rollout_log_probs(config) -> bool:
+    """`algorithm.rollout_correction.bypass_mode`: verl takes the rollout's log-probs as
+    `old_log_probs` (no old-log-prob pass, no pi_old kept)."""
+    correction = config.algorithm.get("rollout_correction", None)
+    return bool(correction and correction.get("bypass_mode", False))
+
+
 @dataclasses.dataclass(frozen=True)
 class AttributionRequest:
     """A step's rows prepared for attribution (see `prepare_attribution`).
@@ -303,8 +310,7 @@ class OARStep:
         estimator = self.config.algorithm.adv_estimator
         if not uses_oar(self.config) or not OARSettings.from_algorithm_config(self.config.algorithm).fuses_log_probs(estimator):
             return False
-        correction = self.config.algorithm.get("rollout_correction", None)
-        return not (correction and correction.get("bypass_mode", False))  # bypass: verl takes the rollout's log-probs
+        return not takes_rollout_log_probs(self.config)  # no old-log-prob pass to fuse with
 
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         self._oar_fused = None
@@ -346,8 +352,7 @@ class OARStep:
             dump_record(self, batch, {**record, "grpo_advantages": advantages, "advantages": advantages * weights * mask, "path": torch.tensor(0), "fused": torch.tensor(fused is not None)})
             metrics["oar/fused"] = float(fused is not None)
             self._oar_steps_done += 1
-            if self.local_trigger_step == 0:  # a step's heatmaps: its first update's responses
-                publish_heatmaps(self, batch, record)
+            publish_heatmaps(self, batch, record)
             reshaped = response_to_nested(advantages * weights * mask, nested_mask)
             output = TensorDict({"advantages": reshaped, "returns": reshaped.clone()}, batch_size=len(advantages))
             return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
@@ -374,8 +379,7 @@ class OARTrainerSeparateAsync(OARStep, PPOTrainerSeparateAsync):
         aside, restore pi_old (which verl's `_compute_old_log_prob` saved as slot 0 at the
         first update) for the block, and put them back, as verl's own old-log-prob step
         does. Under `bypass_mode` verl keeps no pi_old: the block sees the current weights."""
-        correction = self.config.algorithm.get("rollout_correction", None)
-        if self.local_trigger_step == 0 or (correction and correction.get("bypass_mode", False)):
+        if self.local_trigger_step == 0 or takes_rollout_log_probs(self.config):
             yield
             return
         current = self.local_trigger_step

@@ -1,7 +1,8 @@
 import pytest
 
 from oar_verl.main_ppo import SettingsError, check_and_prepare
-from oar_verl.verl_cpu.validation import cpu_settings_errors
+from oar_verl.verl_cpu import checkpoint_engine
+from oar_verl.verl_cpu.validation import GLOO_CHECKPOINT_ENGINE, cpu_settings_errors
 
 
 def test_preset_passes(cpu_config, monkeypatch):
@@ -41,6 +42,7 @@ def test_separate_async_needs_the_gloo_checkpoint_engine_and_a_logical_gpu_per_r
     errors = cpu_settings_errors(cpu_config(*separate, "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo"))
     assert len(errors) == 1 and "ray_kwargs.ray_init.num_gpus=1" in errors[0] and ">= 2" in errors[0], errors
     assert cpu_settings_errors(cpu_config(*separate, "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo", "ray_kwargs.ray_init.num_gpus=2")) == []
+    assert GLOO_CHECKPOINT_ENGINE == checkpoint_engine.BACKEND  # the name the check asks for is the engine's
 
 
 def test_empty_cuda_visible_devices_is_refused(cpu_config, monkeypatch):
