@@ -197,7 +197,7 @@ def naive_oar_p(model, batch: ResponseBatch, segments: Segments, config: Perturb
             ids = sub.input_ids.clone()
             ids[0, batch.prompt_length + t] = config.perturbation_id
             out = model(input_ids=ids, attention_mask=sub.attention_mask, position_ids=sub.position_ids, output_hidden_states=True)
-            scores[row, t] = target_shift(clean, compute_target(parts, out.hidden_states[-1], answer, config.target), config.target).abs()[0]
+            scores[row, t] = target_shift(parts, clean, compute_target(parts, out.hidden_states[-1], answer, config.target), config.target).abs()[0]
     return scores
 
 

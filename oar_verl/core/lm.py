@@ -1,9 +1,16 @@
-"""The parts of a Hugging Face causal LM that attribution drives separately (the HF /
-FSDP2 adapter of the attribution methods).
+"""The parts of a causal LM that attribution drives separately: the seam between the
+attribution methods and a training backend.
 
 Attribution needs logits at a few target positions only, never [N, L, V]: it runs the
 backbone (the model without its head) on input embeddings to hidden states [N, L, H] and
-applies the output head to the gathered target positions.
+applies the output head to the gathered target positions. Every reduction over the
+vocabulary goes through the parts too (`log_softmax`, `vocab_sum`, `token_values`,
+`vocab_topk`), so a backend whose head is split over the vocabulary (megatron-core's
+tensor parallelism) reduces across its shards instead of gathering them.
+
+`lm_parts(model)` gives the adapter of the model's backend: `LMParts` here for a Hugging
+Face model (plain or FSDP2-sharded, verl's FSDP engines), `megatron_lm.MegatronParts` for
+a megatron-core `GPTModel` (verl's Megatron engine).
 """
 
 from __future__ import annotations
@@ -149,9 +156,43 @@ class LMParts:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
 
+    # Reductions over the vocabulary (the last dimension of what `logits` gives).
 
-def lm_parts(model: nn.Module) -> LMParts:
-    """Splits a Hugging Face causal LM (`...ForCausalLM`) into backbone, embeddings and head."""
+    vocab_parallel = False  # `logits` gives the whole vocabulary
+
+    def log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """[..., V] log-probabilities of logits [..., V]."""
+        return torch.log_softmax(logits, dim=-1)
+
+    def vocab_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """[...] the sum of per-vocabulary values [..., V]."""
+        return values.sum(dim=-1)
+
+    def token_values(self, values: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[...] the values [..., V] at token ids [...]."""
+        return values.gather(-1, tokens[..., None])[..., 0]
+
+    def log_probs_and_entropy(self, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([N, S] log-probs of tokens [N, S], [N, S] entropies) of logits [N, S, V], in
+        float32 (float64 for a float64 model): the default log-prob function of the fused
+        passes."""
+        log_softmax = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [N, S, V]
+        return log_softmax.gather(-1, tokens[..., None])[..., 0], -(log_softmax.exp() * log_softmax).sum(dim=-1)
+
+    def activation_checkpointing(self) -> contextlib.AbstractContextManager:
+        """A pass with gradients, checkpointed as the model is in training
+        (`activation_checkpointing`)."""
+        return activation_checkpointing(self.model)
+
+
+def lm_parts(model: nn.Module):
+    """The parts of `model`: `megatron_lm.MegatronParts` for a megatron-core `GPTModel`
+    (wrapped as verl's Megatron engine wraps it, or bare), else `LMParts` of a Hugging Face
+    causal LM (`...ForCausalLM`) split into backbone, embeddings and head."""
+    if type(model).__module__.startswith("megatron."):
+        from oar_verl.core.megatron_lm import megatron_parts
+
+        return megatron_parts(model)
     backbone = getattr(model, "base_model", None)
     get_input = getattr(model, "get_input_embeddings", None)
     get_output = getattr(model, "get_output_embeddings", None)

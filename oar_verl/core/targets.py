@@ -7,7 +7,9 @@ response's own answer tokens a_1..a_A:
 - `first_answer`: P_final = softmax(z at the position predicting a_1).
 - `answer_logprob`: phi = mean_k log P(a_k | prefix), a scalar.
 
-Distribution targets are returned as log-probabilities [N, V], `answer_logprob` as [N].
+Distribution targets are returned as log-probabilities [N, V], `answer_logprob` as [N]. V is
+the vocabulary the parts' head gives (a tensor-parallel rank's shard of it on Megatron:
+every reduction over it goes through the parts).
 """
 
 from __future__ import annotations
@@ -74,24 +76,24 @@ def compute_target(parts: LMParts, hidden: torch.Tensor, answer: AnswerPositions
     """The target of each row from hidden states [N, L, H]: [N, V] log-probs or [N] phi."""
     if mode == "first_answer":
         first = hidden.gather(1, answer.positions[:, :1, None].expand(-1, -1, hidden.shape[-1]))  # [N, 1, H]
-        return torch.log_softmax(parts.logits(first[:, 0]), dim=-1)  # [N, V]
+        return parts.log_softmax(parts.logits(first[:, 0]))  # [N, V]
     gathered = hidden.gather(1, answer.positions[:, :, None].expand(-1, -1, hidden.shape[-1]))  # [N, A, H]
     logits = parts.logits(gathered)  # [N, A, V]
     weights = answer.mask.to(logits.dtype) / answer.mask.sum(dim=1, keepdim=True)  # [N, A], rows sum to 1
     if mode == "answer_mean":
         mean_logits = (logits * weights[:, :, None]).sum(dim=1)  # [N, V]
-        return torch.log_softmax(mean_logits, dim=-1)
+        return parts.log_softmax(mean_logits)
     if mode == "answer_logprob":
-        token_logprobs = torch.log_softmax(logits, dim=-1).gather(2, answer.tokens[:, :, None])[:, :, 0]  # [N, A]
+        token_logprobs = parts.token_values(parts.log_softmax(logits), answer.tokens)  # [N, A]
         return (token_logprobs * weights).sum(dim=1)  # [N]
     check_target(mode)
     raise AssertionError("unreachable")
 
 
-def target_shift(clean: torch.Tensor, other: torch.Tensor, mode: str) -> torch.Tensor:
+def target_shift(parts: LMParts, clean: torch.Tensor, other: torch.Tensor, mode: str) -> torch.Tensor:
     """[N] how far `other` moved from `clean`: KL(P0 || P) = sum_v p0 (log p0 - log p) for
     distributions, phi0 - phi (signed) for `answer_logprob`."""
     if mode == "answer_logprob":
         return clean - other
     p0 = clean.exp()
-    return torch.where(p0 > 0, p0 * (clean - other), 0.0).sum(dim=-1)  # 0 log 0 = 0
+    return parts.vocab_sum(torch.where(p0 > 0, p0 * (clean - other), 0.0))  # 0 log 0 = 0

@@ -33,7 +33,7 @@ import torch
 
 from oar_verl.core.attribution.base import PassSync, attributed_rows, rows_per_pass, split_rows, synchronized_steps
 from oar_verl.core.layout import ResponseBatch
-from oar_verl.core.lm import LMParts, activation_checkpointing, eval_mode, lm_parts
+from oar_verl.core.lm import LMParts, eval_mode, lm_parts
 from oar_verl.core.spans import Segments
 from oar_verl.core.targets import AnswerPositions, answer_positions, check_target, compute_target, target_shift
 
@@ -195,9 +195,9 @@ def _noisy_gradient_x_input(parts: LMParts, chunk: Chunk, clean: torch.Tensor, c
             embeds = parts.embed(chunk.input_ids)  # [C, L, H]
         noise = chunk.noise(embeds.shape[-1], config).to(embeds.dtype)
         embeds.requires_grad_(True)
-        with torch.enable_grad(), activation_checkpointing(parts.model):
+        with torch.enable_grad(), parts.activation_checkpointing():
             hidden = parts.hidden_states(embeds + noise, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
-            objective = target_shift(clean, compute_target(parts, hidden, chunk.answer, config.target), config.target)  # [C]
+            objective = target_shift(parts, clean, compute_target(parts, hidden, chunk.answer, config.target), config.target)  # [C]
             (grad,) = torch.autograd.grad(objective.sum(), embeds)  # rows are independent
     return (grad.to(objective.dtype) * embeds.detach().to(objective.dtype)).sum(dim=-1)
 
@@ -283,15 +283,16 @@ def scores_with_log_probs(
         chunk_scores: the method's step.
         temperature: the sampling temperature the log-probs are taken at (> 0), applied as
             verl does (`scale_by_temperature`).
-        log_prob_fn: logits at the temperature -> (log-probs, entropies), default
-            `float32_log_probs`; the verl worker passes verl's own functions.
+        log_prob_fn: logits at the temperature -> (log-probs, entropies), default the
+            parts' `log_probs_and_entropy` (float32); the verl worker passes verl's own
+            functions.
         sync_passes: under FSDP, as for `attribute`; ranks run the same number of
             attributed steps, then the same number of log-prob-only steps.
     """
     if not temperature > 0:
         raise ValueError(f"temperature: expected > 0, got {temperature}")
-    log_prob_fn = log_prob_fn or float32_log_probs
     parts = lm_parts(model)
+    log_prob_fn = log_prob_fn or parts.log_probs_and_entropy
     B, R, P = batch.input_ids.shape[0], batch.response_length, batch.prompt_length
     L = P + R
     device = batch.input_ids.device
@@ -332,7 +333,7 @@ def _fused_chunk_scores(parts: LMParts, chunk: Chunk, record: RecordLogProbs, co
     if config.target == "answer_logprob":  # the gradient of the clean pass
         with parts.materialized():
             embeds = parts.embed(chunk.input_ids).detach().requires_grad_(True)  # [C, L, H]
-            with torch.enable_grad(), activation_checkpointing(parts.model):
+            with torch.enable_grad(), parts.activation_checkpointing():
                 hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
                 phi = compute_target(parts, hidden, chunk.answer, config.target)  # [C]
                 (grad,) = torch.autograd.grad(-phi.sum(), embeds)
@@ -354,12 +355,6 @@ def scale_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tens
         return logits
     divisor = torch.full((logits.shape[0], 1, 1), temperature, dtype=torch.float32, device=logits.device)
     return logits / divisor.clamp(min=1e-8).to(logits.dtype)
-
-
-def float32_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The default `LogProbFn`: log_softmax in float32 (float64 for a float64 model)."""
-    log_softmax = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [N, S, V]
-    return log_softmax.gather(-1, tokens[..., None])[..., 0], -(log_softmax.exp() * log_softmax).sum(dim=-1)
 
 
 def response_log_probs(

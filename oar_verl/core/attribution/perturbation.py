@@ -147,7 +147,7 @@ def attribute(
                             suffix, attention_mask[r].repeat(count, 1), position_ids[r, start:].repeat(count, 1), past_key_values=prefix
                         )  # [C', L - start, H]
                         perturbed = compute_target(parts, hidden, answer.select(torch.full((count,), r, device=device)).shifted(-start), config.target)
-                    shift = target_shift(clean[[within] * count], perturbed, config.target).abs()  # [C']
+                    shift = target_shift(parts, clean[[within] * count], perturbed, config.target).abs()  # [C']
                     tokens = (window[:, None] + torch.arange(span, device=device)[None, :]).flatten()  # [C' * span]
                     inside = tokens < end
                     shifts.append(shift.repeat_interleave(span)[inside])  # a unit's tokens share its score

@@ -34,7 +34,7 @@ import torch
 from oar_verl.core.attribution.base import PassSync
 from oar_verl.core.attribution.gradient import Chunk, LogProbFn, RecordLogProbs, ScoresAndLogProbs, attribute_by_chunks, row_seed, scores_with_log_probs
 from oar_verl.core.layout import ResponseBatch
-from oar_verl.core.lm import LMParts, activation_checkpointing
+from oar_verl.core.lm import LMParts
 from oar_verl.core.spans import Segments
 from oar_verl.core.targets import compute_target
 
@@ -119,13 +119,18 @@ def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig, reco
     """[C, L] float32 estimates of every position's score (only reasoning positions are
     read); the clean forward's hidden states go to `record` when given, once the backward
     passes are done."""
+    if parts.vocab_parallel and config.target != "answer_logprob":
+        raise ValueError(
+            f"mode: taylor with target {config.target!r} needs the whole vocabulary of the target (its Fisher directions); "
+            "the model's head is split over tensor-parallel ranks: use target 'answer_logprob', mode 'exact', or oar_g"
+        )
     with parts.materialized():
         with torch.no_grad():
             embeds = parts.embed(chunk.input_ids)  # [C, L, H]
             replacement = parts.embed(torch.full_like(chunk.input_ids[:, :1], config.perturbation_id))  # [C, 1, H]
             change = (replacement - embeds).float()  # [C, L, H]: d_t
         embeds.requires_grad_(True)
-        with torch.enable_grad(), activation_checkpointing(parts.model):
+        with torch.enable_grad(), parts.activation_checkpointing():
             hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
             target = compute_target(parts, hidden, chunk.answer, config.target)  # [C, V] or [C]
             if config.target == "answer_logprob":
