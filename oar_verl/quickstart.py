@@ -48,18 +48,20 @@ def prepare(
 
 
 CONFIG_DIR = Path(__file__).parent / "config"
+PRESETS = {"fsdp2": "cpu", "megatron": "cpu_megatron"}  # actor strategy -> CPU preset (config/)
 
 
 def train_command(
     paths: dict[str, Path], checkpoint_dir: Path, *, estimator: str, steps: int, overrides: list[str] = (), stock_entry_point: bool = False,
-    loggers: tuple[str, ...] = ("console", "file"),
+    loggers: tuple[str, ...] = ("console", "file"), strategy: str = "fsdp2",
 ) -> list[str]:
-    """The command line of a CPU run: `python -m oar_verl.main_ppo --config-name cpu`, or
-    verl's own `python -m verl.trainer.main_ppo` on the same preset (then the environment
-    must select the CPU platform: `VERL_PLATFORM=cpu`)."""
+    """The command line of a CPU run: `python -m oar_verl.main_ppo --config-name cpu` (or
+    `cpu_megatron` for `strategy="megatron"`), or verl's own `python -m
+    verl.trainer.main_ppo` on the same preset (then the environment must select the CPU
+    platform: `VERL_PLATFORM=cpu`)."""
     entry = ["verl.trainer.main_ppo", "--config-path", str(CONFIG_DIR)] if stock_entry_point else ["oar_verl.main_ppo"]
     return [
-        sys.executable, "-m", *entry, "--config-name", "cpu",
+        sys.executable, "-m", *entry, "--config-name", PRESETS[strategy],
         f"data.train_files={paths['train']}",
         f"data.val_files={paths['val']}",
         f"actor_rollout_ref.model.path={paths['model']}",

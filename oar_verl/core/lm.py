@@ -4,8 +4,8 @@ attribution methods and a training backend.
 Attribution needs logits at a few target positions only, never [N, L, V]: it runs the
 backbone (the model without its head) on input embeddings to hidden states [N, L, H] and
 applies the output head to the gathered target positions. Every reduction over the
-vocabulary goes through the parts too (`log_softmax`, `vocab_sum`, `token_values`,
-`vocab_topk`), so a backend whose head is split over the vocabulary (megatron-core's
+vocabulary goes through the parts too (`log_softmax`, `vocab_sum`, `token_values`),
+so a backend whose head is split over the vocabulary (megatron-core's
 tensor parallelism) reduces across its shards instead of gathering them.
 
 `lm_parts(model)` gives the adapter of the model's backend: `LMParts` here for a Hugging

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from oar_verl.verl_cpu import cpu_platform, shims
+from oar_verl.verl_cpu import cpu_platform, megatron, shims
 
 ADAPTER = "oar_verl.verl_cpu.hf_adapter.HFServerAdapter"
 
@@ -16,14 +16,16 @@ def cpu_platform_selected() -> bool:
 
 def install() -> None:
     """The `cpu` platform, the `hf` rollout (replica and trainer-side adapter), the `gloo`
-    checkpoint engine (standalone rollout replicas) and the shims for verl internals without
-    an extension point (idempotent)."""
+    checkpoint engine (standalone rollout replicas), the shims for verl internals without
+    an extension point and, where the megatron extra is installed, verl's Megatron engine
+    for the CPU (idempotent)."""
     shims.check_verl_version()
     cpu_platform.register()
     _register_rollout()
     import oar_verl.verl_cpu.checkpoint_engine  # noqa: F401 - registers the `gloo` backend
 
     shims.install()
+    megatron.register_engine()
 
 
 def _register_rollout() -> None:

@@ -40,17 +40,8 @@ import inspect
 import torch
 from torch.overrides import TorchFunctionMode
 
+from oar_verl.megatron_extra import megatron_installed
 from oar_verl.verl_cpu.shims import ShimError
-
-INSTALL_HINT = "pip install 'oar_verl[megatron]' (megatron-core, mbridge, einops)"
-
-
-def megatron_installed() -> bool:
-    """True where megatron-core and mbridge can be imported."""
-    if importlib.util.find_spec("megatron") is None:
-        return False
-    return importlib.util.find_spec("megatron.core") is not None and importlib.util.find_spec("mbridge") is not None
-
 
 def _marked(function) -> bool:
     return getattr(function, "_oar_cpu_shim", False)

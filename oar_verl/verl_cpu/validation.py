@@ -7,6 +7,8 @@ import os
 
 from omegaconf import DictConfig
 
+from oar_verl.megatron_extra import INSTALL_HINT, megatron_installed
+
 GPU_ONLY_ROLLOUTS = ("vllm", "sglang", "trtllm")
 GLOO_CHECKPOINT_ENGINE = "gloo"  # verl_cpu/checkpoint_engine.py (not imported here: it imports verl)
 
@@ -26,7 +28,8 @@ def cpu_settings_errors(config: DictConfig) -> list[str]:
             f"actor_rollout_ref.model.override_config.attn_implementation={attention} needs a GPU (verl's default); "
             "set +actor_rollout_ref.model.override_config.attn_implementation=sdpa"
         )
-    if model.get("use_remove_padding", False):
+    strategies = {config.actor_rollout_ref[role].strategy for role in ("actor", "ref")}
+    if model.get("use_remove_padding", False) and strategies & {"fsdp", "fsdp2"}:
         errors.append(
             "actor_rollout_ref.model.use_remove_padding=True packs sequences, which only flash attention keeps apart: "
             "on CPU (sdpa/eager) packed sequences would attend to each other; set it to False"
@@ -37,8 +40,10 @@ def cpu_settings_errors(config: DictConfig) -> list[str]:
         errors.append("actor_rollout_ref.model.use_liger=True runs Triton GPU kernels; set it to False")
     for role in ("actor", "ref"):
         strategy = config.actor_rollout_ref[role].strategy
-        if strategy not in ("fsdp", "fsdp2"):
-            errors.append(f"actor_rollout_ref.{role}.strategy={strategy}: the CPU backend runs verl's FSDP engines only (fsdp2 recommended)")
+        if strategy == "megatron":
+            errors += megatron_errors(config.actor_rollout_ref[role].megatron, f"actor_rollout_ref.{role}.megatron")
+        elif strategy not in ("fsdp", "fsdp2"):
+            errors.append(f"actor_rollout_ref.{role}.strategy={strategy}: the CPU backend runs verl's FSDP engines (fsdp2 recommended) and its Megatron engine")
     if rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size != 1:
         errors.append("actor_rollout_ref.rollout.tensor_model_parallel_size (and data/pipeline sizes) must be 1 for the hf rollout")
     if config.algorithm.adv_estimator == "gae" or config.critic.get("enable"):
@@ -64,4 +69,19 @@ def cpu_settings_errors(config: DictConfig) -> list[str]:
         errors.append("CUDA_VISIBLE_DEVICES is set but empty: Ray then refuses the logical GPUs the CPU backend needs; unset it")
     if not config.trainer.get("use_v1", True):
         errors.append("trainer.use_v1=False: the CPU backend is tested with verl's v1 trainer only")
+    return errors
+
+
+def megatron_errors(megatron: DictConfig, prefix: str) -> list[str]:
+    """Problems with a Megatron engine's settings (`prefix`: where they are) on the CPU."""
+    if not megatron_installed():
+        return [f"{prefix}: verl's Megatron engine needs megatron-core and mbridge, which are not installed: {INSTALL_HINT}"]
+    errors = []
+    if not megatron.get("vanilla_mbridge", False):
+        errors.append(f"{prefix}.vanilla_mbridge=False selects Megatron-Bridge, which needs Python >= 3.12 and is not installable here; set it to True (mbridge builds the same GPTModel)")
+    if megatron.get("sequence_parallel", True) and megatron.get("tensor_model_parallel_size", 1) > 1:
+        errors.append(f"{prefix}.sequence_parallel=True: megatron's local norms (no TransformerEngine or apex on the CPU) refuse sequence parallelism; set it to False")
+    for key in ("pipeline_model_parallel_size", "context_parallel_size", "expert_model_parallel_size"):
+        if megatron.get(key, 1) > 1:
+            errors.append(f"{prefix}.{key}={megatron[key]}: not run on the CPU backend; set it to 1")
     return errors
