@@ -1,7 +1,7 @@
 """OAR settings checked in the launching process, before Ray starts: the installed verl
 (a tested release, or one whose internals the plugin relies on are identical:
 `verl_internals`), unknown or out-of-range `algorithm.oar.*` keys, backends the attribution
-role does not support, and training data whose answers `answer_pattern` cannot find
+role does not support (and Megatron settings it cannot honour), and training data whose answers `answer_pattern` cannot find
 (`data_check`)."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 
 from oar_verl.integration import ESTIMATORS
-from oar_verl.integration.config import OARSettings
+from oar_verl.integration.config import METHOD_DEFAULT_TARGETS, OARSettings
 from oar_verl.integration.data_check import data_errors
+from oar_verl.megatron_extra import INSTALL_HINT, megatron_installed
 from oar_verl.verl_internals import support_problem
 
 logger = logging.getLogger("oar_verl")
@@ -38,14 +39,17 @@ def oar_settings_errors(config) -> list[str]:
     if not trainer.get("use_v1", True):
         errors.append(f"trainer.use_v1=False: algorithm.adv_estimator={method} runs on verl's v1 trainer (the legacy trainer is deprecated)")
     actor = config.actor_rollout_ref.actor
-    if actor.strategy != "fsdp2":
-        errors.append(f"actor_rollout_ref.actor.strategy={actor.strategy}: {method} attributes on FSDP2-sharded actors; set it to fsdp2")
-    precision = (actor.get("fsdp_config", {}).get("mixed_precision") or {}).get("param_dtype", "bf16")
-    if str(precision) in HALF_PRECISIONS:
-        errors.append(
-            f"actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype={precision}: {method}'s gradient passes have no loss "
-            "scaling, and fp16 gradients of the attribution objective underflow; use bf16 (verl's default) or fp32"
-        )
+    if actor.strategy == "megatron":
+        errors += megatron_errors(config, method)
+    elif actor.strategy != "fsdp2":
+        errors.append(f"actor_rollout_ref.actor.strategy={actor.strategy}: {method} attributes on FSDP2-sharded or Megatron actors; set it to fsdp2 or megatron")
+    else:
+        precision = (actor.get("fsdp_config", {}).get("mixed_precision") or {}).get("param_dtype", "bf16")
+        if str(precision) in HALF_PRECISIONS:
+            errors.append(
+                f"actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype={precision}: {method}'s gradient passes have no loss "
+                "scaling, and fp16 gradients of the attribution objective underflow; use bf16 (verl's default) or fp32"
+            )
     if actor.get("ulysses_sequence_parallel_size", 1) > 1:
         errors.append(f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={actor.ulysses_sequence_parallel_size}: {method} needs whole sequences on each rank; set it to 1")
     model = config.actor_rollout_ref.model
@@ -53,6 +57,32 @@ def oar_settings_errors(config) -> list[str]:
         errors.append(f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False")
     if not errors:
         errors += data_errors(config, OARSettings.from_algorithm_config(config.algorithm).answer_pattern)
+    return errors
+
+
+def megatron_errors(config, method: str) -> list[str]:
+    """What attribution cannot honour on a Megatron actor (`actor_rollout_ref.actor.megatron`)."""
+    if not megatron_installed():
+        return [f"actor_rollout_ref.actor.strategy=megatron: megatron-core and mbridge are not installed: {INSTALL_HINT}"]
+    megatron, prefix = config.actor_rollout_ref.actor.get("megatron"), "actor_rollout_ref.actor.megatron"
+    if megatron is None:
+        return [f"{prefix}: missing; compose a Megatron config (verl's ppo_megatron_trainer, oar_verl's ppo_megatron or cpu_megatron)"]
+    errors = []
+    if megatron.get("pipeline_model_parallel_size", 1) > 1:
+        errors.append(f"{prefix}.pipeline_model_parallel_size={megatron.pipeline_model_parallel_size}: {method} needs the embedding and the head on each rank; set it to 1 (use tensor parallelism)")
+    if (megatron.get("virtual_pipeline_model_parallel_size") or 1) > 1:
+        errors.append(f"{prefix}.virtual_pipeline_model_parallel_size={megatron.virtual_pipeline_model_parallel_size}: {method} needs the whole model in one chunk; set it to null")
+    if megatron.get("context_parallel_size", 1) > 1 or megatron.get("dynamic_context_parallel", False):
+        errors.append(f"{prefix}.context_parallel_size={megatron.get('context_parallel_size', 1)} (dynamic_context_parallel={megatron.get('dynamic_context_parallel', False)}): {method} needs whole sequences on each rank; set them to 1 and False")
+    if str(megatron.get("dtype", "bfloat16")) in (*HALF_PRECISIONS, "float16"):
+        errors.append(f"{prefix}.dtype={megatron.dtype}: {method}'s gradient passes have no loss scaling, and fp16 gradients of the attribution objective underflow; use bfloat16")
+    settings = OARSettings.from_algorithm_config(config.algorithm)
+    target = settings.target or METHOD_DEFAULT_TARGETS[method]
+    if method == "oar_p" and settings.perturbation_mode == "taylor" and target != "answer_logprob" and megatron.get("tensor_model_parallel_size", 1) > 1:
+        errors.append(
+            f"algorithm.oar.perturbation_mode=taylor with algorithm.oar.target={target} and {prefix}.tensor_model_parallel_size={megatron.tensor_model_parallel_size}: "
+            "taylor's Fisher directions need the target's whole vocabulary, which tensor parallelism splits; use target answer_logprob, mode exact, or oar_g"
+        )
     return errors
 
 

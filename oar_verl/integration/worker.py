@@ -1,10 +1,11 @@
 """The attribution role on verl's actor workers.
 
 `compute_oar_scores(worker, data)` runs OAR-P or OAR-G (`oar_verl.core`) with the actor
-engine's own model: the FSDP2-sharded parameters that produced `old_log_probs`, in the
-engine's eval mode (offloaded parameters brought back). Each data-parallel rank scores its
-share of the rows; ranks keep the same number of model passes (FSDP gathers are
-collective). On a verl with worker computations (patches/verl-0.9.1/0006) it is registered
+engine's own model: the FSDP2-sharded (or Megatron-parallel) parameters that produced
+`old_log_probs`, in the engine's eval mode (offloaded parameters brought back), through the
+engine family's adapter (`backends`). Each data-parallel rank scores its share of the rows
+(tensor-parallel ranks share theirs); ranks keep the same number of model passes (FSDP
+gathers and tensor-parallel reductions are collective). On a verl with worker computations (patches/verl-0.9.1/0006) it is registered
 as one; on verl 0.9.1 as released, `OARWorkerRole` mixed into verl's actor worker classes
 carries it (`OARActorRolloutRefWorker`, `OARDetachActorWorker` for separate_async).
 
@@ -21,15 +22,13 @@ the trainer sends its old-log-prob request with `oar_fused` set;
 `OARWorkerRole.compute_log_prob` then answers it with the method's
 `attribute_with_log_probs` (`core.attribution.fused_attribution`): verl's `log_probs` and `entropy`
 (at the request's `temperature`, nested [P_i + R_i] as verl's model outputs are) and
-`oar_scores` from the same clean pass. The numbers are verl's: the passes run under the
-autocast verl's FSDP engine runs its forward in, and the log-probs and entropies come from
-verl's own functions (`verl_log_prob_fn`) on logits at the temperature taken as verl
-takes them.
+`oar_scores` from the same clean pass. The numbers are verl's: the passes run in the
+precision the engine runs its forward in, and the log-probs and entropies come from verl's
+own functions (`backends`) on logits at the temperature taken as verl takes them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 
@@ -38,15 +37,15 @@ import torch.distributed as dist
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
-from verl.utils import torch_functional as verl_F
-from verl.utils.device import get_device_id, get_device_name
+from verl.utils.device import get_device_id
 from verl.experimental.separation.engine_workers import DetachActorWorker
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from oar_verl.core.attribution import fused_attribution, get_method, gradient
+from oar_verl.core.attribution import fused_attribution, get_method
 from oar_verl.core.attribution.base import max_over_ranks
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.spans import Segments
+from oar_verl.integration.backends import engine_adapter
 from oar_verl.integration.config import OARSettings
 
 SEGMENTS_FIELD = "oar_segments"
@@ -54,25 +53,6 @@ SCORES_FIELD = "oar_scores"
 RANK_FIELD = "oar_dp_rank"  # the data-parallel rank that scored the row
 FUSED_KEY = "oar_fused"  # extra_info flag of an old-log-prob request answered by fused OAR-G
 COMPUTATION = "oar_scores"  # its name among verl's worker computations, where verl has them
-
-
-def engine_autocast(engine) -> contextlib.AbstractContextManager:
-    """The autocast verl's FSDP engine runs its forward in (`forward_step`): the mixed
-    precision's parameter dtype, none for float32."""
-    dtype = getattr(engine, "_autocast_dtype", torch.bfloat16)
-    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device_type=get_device_name(), dtype=dtype)
-
-
-def verl_log_prob_fn(engine, use_remove_padding: bool) -> gradient.LogProbFn:
-    """verl's log-probs and entropies of logits at the temperature, by the functions its FSDP
-    engine uses (`prepare_model_outputs`): `logprobs_from_logits`, and the engine's
-    `compute_entropy_from_logits` with remove-padding, `entropy_from_logits` without."""
-    entropy_fn = engine.compute_entropy_from_logits if use_remove_padding else verl_F.entropy_from_logits
-
-    def log_prob_fn(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return verl_F.logprobs_from_logits(logits, tokens), entropy_fn(logits)
-
-    return log_prob_fn
 
 
 def _rows(nested: torch.Tensor) -> list[list[int]]:
@@ -86,6 +66,7 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
     settings = OARSettings(**tu.get(data, key="oar_settings"))
     step = int(tu.get(data, key="oar_step", default=0))
     engine = worker.actor.engine
+    adapter = engine_adapter(engine, worker.actor.model_config.get("use_remove_padding", False))
     tokenizer = worker.actor.model_config.tokenizer
     config = settings.method_config(method, tokenizer.pad_token_id)
     if method == "oar_g":  # fresh noise each step and on each rank
@@ -102,18 +83,16 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
     attribute_rows = (segments[:, 3] > 0).to(device)
 
     fused = bool(tu.get(data, key=FUSED_KEY, default=False))
-    with engine.eval_mode(), engine_autocast(engine):
+    with engine.eval_mode(), adapter.precision():
         if fused:
             attribute_with_log_probs = fused_attribution(config)
             if attribute_with_log_probs is None:
                 raise ValueError(f"{method} with {config}: no fused log-prob pass; the trainer must not request one")
             temperature = float(tu.get(data, key="temperature", default=1.0))
-            result = attribute_with_log_probs(
-                engine.module, batch, spans, config, rows=attribute_rows, temperature=temperature, log_prob_fn=verl_log_prob_fn(engine, worker.actor.model_config.get("use_remove_padding", False)), sync_passes=max_over_ranks
-            )
+            result = attribute_with_log_probs(adapter.model, batch, spans, config, rows=attribute_rows, temperature=temperature, log_prob_fn=adapter.log_prob_fn, sync_passes=max_over_ranks)
             scores = result.scores
         else:
-            scores = get_method(method).attribute(engine.module, batch, spans, config, rows=attribute_rows, sync_passes=max_over_ranks)
+            scores = get_method(method).attribute(adapter.model, batch, spans, config, rows=attribute_rows, sync_passes=max_over_ranks)
     lengths = [len(r) for r in responses]
     fields = {SCORES_FIELD: _nested_responses(scores, lengths), RANK_FIELD: torch.full((len(lengths),), engine.get_data_parallel_rank())}  # [b, R_i], [b]
     if fused:  # verl's model-output layout: [P_i + R_i] per row, position j holding token j + 1's value

@@ -40,7 +40,9 @@ def cpu_settings_errors(config: DictConfig) -> list[str]:
         errors.append("actor_rollout_ref.model.use_liger=True runs Triton GPU kernels; set it to False")
     for role in ("actor", "ref"):
         strategy = config.actor_rollout_ref[role].strategy
-        if strategy == "megatron":
+        if strategy == "megatron" and config.actor_rollout_ref[role].get("megatron") is None:
+            errors.append(f"actor_rollout_ref.{role}.strategy=megatron without actor_rollout_ref.{role}.megatron settings: use the Megatron preset (--config-name cpu_megatron)")
+        elif strategy == "megatron":
             errors += megatron_errors(config.actor_rollout_ref[role].megatron, f"actor_rollout_ref.{role}.megatron")
         elif strategy not in ("fsdp", "fsdp2"):
             errors.append(f"actor_rollout_ref.{role}.strategy={strategy}: the CPU backend runs verl's FSDP engines (fsdp2 recommended) and its Megatron engine")

@@ -16,10 +16,12 @@ from oar_verl.main_ppo import SettingsError, check_and_prepare
 DATA = write_split(Path(tempfile.mkdtemp()) / "train.parquet", 8, seed=0, split="train")  # GSM8K-format rows
 
 
-def config(*overrides):
+def config(*overrides, name="ppo"):
     with initialize_config_module(config_module="oar_verl.config", version_base=None):
-        defaults = ["algorithm.adv_estimator=oar_g", "actor_rollout_ref.actor.strategy=fsdp2", f"data.train_files={DATA}", f"data.val_files={DATA}"]
-        return compose(config_name="ppo", overrides=[*defaults, *overrides])
+        defaults = ["algorithm.adv_estimator=oar_g", f"data.train_files={DATA}", f"data.val_files={DATA}"]
+        if name == "ppo":
+            defaults.append("actor_rollout_ref.actor.strategy=fsdp2")
+        return compose(config_name=name, overrides=[*defaults, *overrides])
 
 
 def test_defaults_pass():
@@ -36,7 +38,7 @@ def test_defaults_pass():
         ("+algorithm.oar.q=0.3", "algorithm.oar: unknown setting(s) ['q']"),
         ("trainer.use_v1=false", "trainer.use_v1=False"),
         ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp"),
-        ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.strategy=megatron"),
+        ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron: missing"),
         ("+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp16", "mixed_precision.param_dtype=fp16"),
         ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "ulysses_sequence_parallel_size=2"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
@@ -49,6 +51,36 @@ def test_refusals_name_the_setting(override, named):
     assert len(errors) == 1 and named in errors[0], errors
     with pytest.raises(SettingsError, match="algorithm.adv_estimator=oar_g"):
         check_and_prepare(config(override))
+
+
+def test_megatron_defaults_pass():
+    assert oar_settings_errors(config(name="ppo_megatron")) == []
+    assert oar_settings_errors(config("actor_rollout_ref.actor.megatron.tensor_model_parallel_size=4", name="ppo_megatron")) == []
+    taylor = ["algorithm.adv_estimator=oar_p", "algorithm.oar.perturbation_mode=taylor", "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"]
+    assert oar_settings_errors(config(*taylor, "algorithm.oar.target=answer_logprob", name="ppo_megatron")) == []
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2"], "megatron.pipeline_model_parallel_size=2"),
+        (["actor_rollout_ref.actor.megatron.virtual_pipeline_model_parallel_size=2"], "megatron.virtual_pipeline_model_parallel_size=2"),
+        (["actor_rollout_ref.actor.megatron.context_parallel_size=2"], "megatron.context_parallel_size=2"),
+        (["actor_rollout_ref.actor.megatron.dtype=float16"], "megatron.dtype=float16"),
+        (["algorithm.adv_estimator=oar_p", "algorithm.oar.perturbation_mode=taylor", "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"], "perturbation_mode=taylor with algorithm.oar.target=first_answer"),
+    ],
+)
+def test_megatron_refusals_name_the_setting(overrides, named):
+    errors = oar_settings_errors(config(*overrides, name="ppo_megatron"))
+    assert len(errors) == 1 and named in errors[0], errors
+
+
+def test_megatron_without_the_extra_says_how_to_install(monkeypatch):
+    import oar_verl.integration.validation as validation
+
+    monkeypatch.setattr(validation, "megatron_installed", lambda: False)
+    (error,) = oar_settings_errors(config(name="ppo_megatron"))
+    assert "megatron-core and mbridge are not installed" in error and "pip install 'oar_verl[megatron]'" in error
 
 
 def test_stock_entry_point_refuses_before_ray(tmp_path):

@@ -4,10 +4,10 @@ from hydra import compose, initialize_config_module
 
 @pytest.fixture
 def cpu_config():
-    """The CPU preset composed as `python -m oar_verl.main_ppo --config-name cpu` does."""
+    """A CPU preset (`cpu`, or `cpu_megatron` by `name`) composed as `python -m oar_verl.main_ppo --config-name cpu` does."""
 
-    def build(*overrides):
+    def build(*overrides, name="cpu"):
         with initialize_config_module(config_module="oar_verl.config", version_base=None):
-            return compose(config_name="cpu", overrides=["data.train_files=x", "data.val_files=x", "actor_rollout_ref.model.path=x", *overrides])
+            return compose(config_name=name, overrides=["data.train_files=x", "data.val_files=x", "actor_rollout_ref.model.path=x", *overrides])
 
     return build

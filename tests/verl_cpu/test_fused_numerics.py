@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
     from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments
     from oar_verl.core.attribution import fused_attribution
-    from oar_verl.integration.worker import engine_autocast, verl_log_prob_fn
+    from oar_verl.integration.backends import engine_autocast, verl_log_prob_fn
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
 
     dist.init_process_group("gloo")

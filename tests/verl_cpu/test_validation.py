@@ -18,7 +18,7 @@ def test_preset_passes(cpu_config, monkeypatch):
         ("actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2", "attn_implementation=flash_attention_2"),
         ("actor_rollout_ref.model.use_remove_padding=true", "use_remove_padding=True"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
-        ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.strategy=megatron"),
+        ("actor_rollout_ref.actor.strategy=megatron", "use the Megatron preset (--config-name cpu_megatron)"),
         ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", "tensor_model_parallel_size"),
         ("algorithm.adv_estimator=gae", "algorithm.adv_estimator=gae"),
         ("ray_kwargs.ray_init.num_gpus=0", "ray_kwargs.ray_init.num_gpus"),
@@ -32,6 +32,23 @@ def test_gpu_only_or_unsafe_settings_are_refused_before_ray(cpu_config, override
     assert len(errors) == 1 and named in errors[0], errors
     with pytest.raises(SettingsError, match="cannot run on the CPU backend"):
         check_and_prepare(cpu_config(override))
+
+
+def test_megatron_preset_passes_and_its_cpu_limits_are_named(cpu_config, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    megatron = "actor_rollout_ref.actor.megatron"
+    assert cpu_settings_errors(cpu_config(name="cpu_megatron")) == []
+    assert cpu_settings_errors(cpu_config("actor_rollout_ref.model.use_remove_padding=true", name="cpu_megatron")) == [], "packed sequences run per sequence on Megatron"
+    for override, named in (
+        (f"{megatron}.vanilla_mbridge=false", f"{megatron}.vanilla_mbridge=False"),
+        (f"{megatron}.sequence_parallel=true {megatron}.tensor_model_parallel_size=2", f"{megatron}.sequence_parallel=True"),
+        ("actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=2", "actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=2"),
+    ):
+        errors = cpu_settings_errors(cpu_config(*override.split(), name="cpu_megatron"))
+        assert len(errors) == 1 and named in errors[0], errors
+    monkeypatch.setattr("oar_verl.verl_cpu.validation.megatron_installed", lambda: False)
+    errors = cpu_settings_errors(cpu_config(name="cpu_megatron"))
+    assert len(errors) == 2 and all("pip install 'oar_verl[megatron]'" in e for e in errors), errors  # actor and ref
 
 
 def test_separate_async_needs_the_gloo_checkpoint_engine_and_a_logical_gpu_per_replica(cpu_config, monkeypatch):
