@@ -11,6 +11,8 @@ Model shims (`install_model_shims`: building and running a `GPTModel` through mb
 - megatron's model-parallel RNG tracker uses the CPU generator (it reads and writes the
   CUDA generator);
 - `nn.Module.cuda()` is a no-op (mbridge's `get_model` moves each chunk with it);
+- the attention softmax never picks megatron's fused CUDA kernels (half-precision inputs
+  of some shapes would);
 - mbridge builds TransformerEngine layers unconditionally: without TransformerEngine it
   builds megatron's local layers (patches/mbridge-0.15.1/0001), whose separate norms
   (`input_layernorm`, `pre_mlp_layernorm`) its weight-name tables then map as the fused
@@ -18,7 +20,10 @@ Model shims (`install_model_shims`: building and running a `GPTModel` through mb
 
 Engine shims (`install_engine_shims`: verl's `MegatronEngineWithLMHead` trains and infers):
 - tensors created with a literal `device="cuda"` (pipeline schedules, optimizer,
-  gradient clipping) are created on the CPU, and CPU tensors report `torch.cuda.*Tensor`
+  gradient clipping) are created on the CPU, `torch.cuda.synchronize()` (distributed
+  checkpointing) returns at once, and a resumed run's distributed optimizer fills its
+  empty torch-optimizer state before it loads (megatron does so for its FSDP layout only;
+  with apex or TransformerEngine optimizers the step lives in the parameter groups), and CPU tensors report `torch.cuda.*Tensor`
   types to megatron's optimizer checks: a process-wide torch function mode, entered only
   in a process that builds a Megatron engine on the CPU;
 - megatron's local attention (the one without TransformerEngine): verl's unpacked
@@ -59,6 +64,7 @@ def install_model_shims() -> None:
     _patch_current_device()
     _patch_rng_tracker()
     _patch_module_cuda()
+    _patch_fused_softmax()
     _patch_mbridge_layer_spec()
     _patch_mbridge_norm_names()
 
@@ -69,6 +75,8 @@ def install_engine_shims() -> None:
     if torch.cuda.is_available():
         return
     _enter_cuda_as_cpu_mode()
+    _patch_cuda_synchronize()
+    _patch_optimizer_state_before_load()
     _patch_local_attention()
 
 
@@ -102,6 +110,19 @@ def _patch_module_cuda() -> None:
         return self
 
     torch.nn.Module.cuda = _mark(cuda)
+
+
+def _patch_fused_softmax() -> None:
+    from megatron.core.fusions.fused_softmax import FusedScaleMaskSoftmax
+
+    if _marked(FusedScaleMaskSoftmax.is_kernel_available):
+        return
+
+    def is_kernel_available(self, mask, b, np, sq, sk):
+        """False: megatron's fused softmax kernels are CUDA extensions."""
+        return False
+
+    FusedScaleMaskSoftmax.is_kernel_available = _mark(is_kernel_available)
 
 
 def _transformer_engine_installed() -> bool:
@@ -190,6 +211,37 @@ def _enter_cuda_as_cpu_mode() -> None:
     if _MODE is None:
         _MODE = CudaAsCpuMode()
         _MODE.__enter__()
+
+
+def _patch_cuda_synchronize() -> None:
+    if _marked(torch.cuda.synchronize):
+        return
+
+    def synchronize(device=None):
+        """No-op: CPU work is synchronous."""
+
+    torch.cuda.synchronize = _mark(synchronize)
+
+
+def _patch_optimizer_state_before_load() -> None:
+    from megatron.core.optimizer import distrib_optimizer
+
+    cls = distrib_optimizer.DistributedOptimizer
+    original = cls.sharded_state_dict
+    if _marked(original) or distrib_optimizer.HAVE_APEX_OR_TE:
+        return
+    if "is_loading" not in inspect.signature(original).parameters or not hasattr(cls, "_init_optimizer_states_with_dummy_values"):
+        raise ShimError("megatron's DistributedOptimizer.sharded_state_dict is not the one this shim knows: cannot patch")
+
+    @functools.wraps(original)
+    def sharded_state_dict(self, model_sharded_state_dict, is_loading: bool = False, *args, **kwargs):
+        """megatron's, with a torch optimizer's empty state filled before a load (its
+        `state_dict` reads the step from the per-parameter state)."""
+        if is_loading and not self.optimizer.state:
+            self._init_optimizer_states_with_dummy_values()
+        return original(self, model_sharded_state_dict, is_loading, *args, **kwargs)
+
+    cls.sharded_state_dict = _mark(sharded_state_dict)
 
 
 def _patch_local_attention() -> None:

@@ -81,8 +81,12 @@ def megatron_errors(megatron: DictConfig, prefix: str) -> list[str]:
     errors = []
     if not megatron.get("vanilla_mbridge", False):
         errors.append(f"{prefix}.vanilla_mbridge=False selects Megatron-Bridge, which needs Python >= 3.12 and is not installable here; set it to True (mbridge builds the same GPTModel)")
-    if megatron.get("sequence_parallel", True) and megatron.get("tensor_model_parallel_size", 1) > 1:
-        errors.append(f"{prefix}.sequence_parallel=True: megatron's local norms (no TransformerEngine or apex on the CPU) refuse sequence parallelism; set it to False")
+    sequence_parallel = (megatron.get("override_transformer_config") or {}).get("sequence_parallel", True)  # mbridge's default: on at TP > 1
+    if sequence_parallel and megatron.get("tensor_model_parallel_size", 1) > 1:
+        errors.append(
+            f"{prefix}.override_transformer_config.sequence_parallel={sequence_parallel}: megatron's local norms (no TransformerEngine or apex on the CPU) "
+            "refuse sequence parallelism, which mbridge turns on at tensor parallelism > 1; set it to False"
+        )
     for key in ("pipeline_model_parallel_size", "context_parallel_size", "expert_model_parallel_size"):
         if megatron.get(key, 1) > 1:
             errors.append(f"{prefix}.{key}={megatron[key]}: not run on the CPU backend; set it to 1")

@@ -41,7 +41,7 @@ def test_megatron_preset_passes_and_its_cpu_limits_are_named(cpu_config, monkeyp
     assert cpu_settings_errors(cpu_config("actor_rollout_ref.model.use_remove_padding=true", name="cpu_megatron")) == [], "packed sequences run per sequence on Megatron"
     for override, named in (
         (f"{megatron}.vanilla_mbridge=false", f"{megatron}.vanilla_mbridge=False"),
-        (f"{megatron}.sequence_parallel=true {megatron}.tensor_model_parallel_size=2", f"{megatron}.sequence_parallel=True"),
+        (f"{megatron}.override_transformer_config.sequence_parallel=true {megatron}.tensor_model_parallel_size=2", f"{megatron}.override_transformer_config.sequence_parallel=True"),
         ("actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=2", "actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=2"),
     ):
         errors = cpu_settings_errors(cpu_config(*override.split(), name="cpu_megatron"))
