@@ -2,6 +2,7 @@
 
     python benchmarks/attribution.py --config cpu      # small model, 2 CPU cores: a few minutes
     python benchmarks/attribution.py --config cuda     # Qwen2.5-1.5B-shaped, bf16, 1k/2k/4k responses
+    python benchmarks/attribution.py --config cpu --backends   # the same model on verl's Megatron model, side by side
 
 Figures (same inputs for every method):
 - OAR-P exact vs the naive algorithm (full logits, no key/value reuse, one response at a
@@ -20,6 +21,12 @@ Figures (same inputs for every method):
   meaningless rankings);
 - peak memory of each (CUDA: allocator peak; CPU: tensor memory from torch.profiler's
   allocation events).
+
+`--backends` instead measures the backends side by side (needs the megatron extra): the
+same weights as the Hugging Face model (the FSDP engines' model) and as megatron-core's
+`GPTModel` built by mbridge as verl's Megatron engine builds it (tensor parallelism 1), the
+same inputs; per method the median time on each, Megatron / HF, each against its own
+log-prob pass, and the largest score difference between the two.
 """
 
 from __future__ import annotations
@@ -222,6 +229,61 @@ def log_prob_pass(model, batch: ResponseBatch) -> torch.Tensor:
         return torch.log_softmax(logits.float(), dim=-1)[:, :-1].gather(2, batch.input_ids[:, 1:, None])
 
 
+def megatron_model(model, device: str):
+    """`model`'s weights as verl's Megatron engine's model (one gloo process, TP 1)."""
+    import os
+    import tempfile
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state, tensor_parallel
+
+    from oar_verl.verl_cpu.megatron import install_model_shims, model_from_hf
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29591")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    install_model_shims()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=1)
+    tensor_parallel.model_parallel_cuda_manual_seed(0)
+    path = tempfile.mkdtemp(prefix="oar_bench_")
+    model.save_pretrained(path)
+    (chunk,) = model_from_hf(path, dtype=model.dtype)
+    return chunk.to(device).eval()
+
+
+def parts_log_prob_pass(model, batch: ResponseBatch) -> torch.Tensor:
+    """The log-prob pass through a model's parts: full logits, log-softmax, gather."""
+    from oar_verl.core.lm import lm_parts
+
+    parts = lm_parts(model)
+    with torch.no_grad():
+        hidden = parts.hidden_states(parts.embed(batch.input_ids), batch.attention_mask, batch.position_ids)
+        return parts.token_values(parts.log_softmax(parts.logits(hidden[:, :-1])), batch.input_ids[:, 1:])
+
+
+def compare_backends(setup: Setup, device: str, meter: Meter) -> None:
+    """The `--backends` figures (module docstring)."""
+    hf = build(setup, device)
+    megatron = megatron_model(hf, device)
+    print(f"backends side by side: Hugging Face (FSDP engines) vs megatron-core GPTModel (Megatron engine, TP 1); {setup.dtype}")
+    for length in setup.responses:
+        batch, segments = make_batch(setup, length, device)
+        print(f"\nresponse length {length}: method{'':<36} HF s    Megatron s   Megatron/HF   x own log-prob pass (HF, Megatron)   max |score diff|")
+        passes = [meter(lambda m=m: parts_log_prob_pass(m, batch))[1] for m in (hf, megatron)]
+        print(f"  {'log-prob pass (no grad, full logits)':<43} {passes[0]:8.3f} {passes[1]:10.3f} {passes[1] / passes[0]:11.2f}x")
+        methods = [
+            ("OAR-G answer_mean", lambda m, c=GradientConfig(max_tokens_per_pass=setup.token_budget): gradient.attribute(m, batch, segments, c)),
+            ("OAR-G answer_mean fused", lambda m, c=GradientConfig(max_tokens_per_pass=setup.token_budget): gradient.attribute_with_log_probs(m, batch, segments, c).scores),
+            ("OAR-G answer_logprob", lambda m, c=GradientConfig(target="answer_logprob", max_tokens_per_pass=setup.token_budget): gradient.attribute(m, batch, segments, c)),
+            ("OAR-P taylor answer_mean", lambda m, c=PerturbationConfig(target="answer_mean", perturbation_id=0, mode="taylor", max_tokens_per_pass=setup.token_budget): perturbation.attribute(m, batch, segments, c)),
+            ("OAR-P exact first_answer", lambda m, c=PerturbationConfig(perturbation_id=0, max_tokens_per_pass=setup.token_budget): perturbation.attribute(m, batch, segments, c)),
+        ]
+        for label, method in methods:
+            (hf_scores, hf_time, _), (m_scores, m_time, _) = meter(lambda: method(hf)), meter(lambda: method(megatron))
+            difference = float((hf_scores - m_scores).abs().max())
+            print(f"  {label:<43} {hf_time:8.3f} {m_time:10.3f} {m_time / hf_time:11.2f}x   {hf_time / passes[0]:8.2f}x, {m_time / passes[1]:6.2f}x{'':<16} {difference:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
@@ -229,10 +291,13 @@ def main() -> None:
     parser.add_argument("--gradient-repeats", type=int, default=21, help="timed runs per log-prob / OAR-G figure (passes of milliseconds on the CPU config)")
     parser.add_argument("--pairs", type=int, default=15, help="interleaved (log-prob pass, method) pairs per ratio (the median and quartiles are printed)")
     parser.add_argument("--skip-naive-above", type=int, default=1024, help="response length above which the naive OAR-P baseline is not run")
+    parser.add_argument("--backends", action="store_true", help="the Hugging Face and Megatron models side by side (module docstring)")
     args = parser.parse_args()
     setup = CONFIGS[args.config]
     device = "cuda" if args.config == "cuda" else "cpu"
     torch.set_grad_enabled(True)
+    if args.backends:
+        return compare_backends(setup, device, Meter(device, repeats=args.repeats))
     model = build(setup, device)
     meter = Meter(device, repeats=args.repeats)
     gradient_meter = Meter(device, repeats=args.gradient_repeats)

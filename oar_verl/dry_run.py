@@ -39,12 +39,19 @@ def check(config: DictConfig) -> None:
 
 
 def dry_run(overrides: list[str]) -> DictConfig:
-    """`main` in this process: composes verl's configuration with `overrides` (hydra's
-    compose API, as `hydra.main` does), checks it and returns it resolved."""
+    """`main` in this process: composes verl's configuration (`ppo_trainer`, or the one a
+    `--config-name NAME` among `overrides` names, e.g. `ppo_megatron_trainer`) with the
+    overrides (hydra's compose API, as `hydra.main` does), checks it and returns it
+    resolved."""
     from hydra import compose, initialize_config_dir
 
+    overrides, name = list(overrides), "ppo_trainer"
+    if "--config-name" in overrides:
+        at = overrides.index("--config-name")
+        name = overrides[at + 1]
+        del overrides[at : at + 2]
     with initialize_config_dir(config_dir=VERL_CONFIG_DIR, version_base=None):
-        config = compose(config_name="ppo_trainer", overrides=list(overrides))
+        config = compose(config_name=name, overrides=overrides)
     check(config)
     return config
 

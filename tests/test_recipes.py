@@ -75,7 +75,9 @@ def test_reward_routing_scores_every_recipe_source():
 
 # Every recipe with oar_g, and each estimator on one recipe: the scripts set the estimator in
 # one key and have no estimator-specific branch, so the other pairs repeat these checks.
-DRY_RUNS = [(recipe, "oar_g") for recipe in RECIPES] + [(ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh", estimator) for estimator in ("grpo", "oar_p")]
+# The Megatron recipe runs another configuration (ppo_megatron_trainer): every estimator.
+MEGATRON_RECIPE = ROOT / "recipes" / "math_gsm8k_qwen2.5-math-7b_megatron.sh"
+DRY_RUNS = [(recipe, "oar_g") for recipe in RECIPES] + [(recipe, estimator) for recipe in (ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh", MEGATRON_RECIPE) for estimator in ("grpo", "oar_p")]
 
 
 def recipe_overrides(recipe: Path, *extra: str, **env: str) -> list[str]:
@@ -89,6 +91,18 @@ def recipe_overrides(recipe: Path, *extra: str, **env: str) -> list[str]:
 def test_recipe_dry_run(recipe, estimator, data_dir):
     config = dry_run(recipe_overrides(recipe, ESTIMATOR=estimator, DATA_DIR=str(data_dir)))
     assert config.algorithm.adv_estimator == estimator and summary(config).startswith(f"dry run passed: algorithm.adv_estimator={estimator}")
+
+
+def test_megatron_recipe_is_megatron_and_refuses_what_attribution_cannot_honour(data_dir):
+    config = dry_run(recipe_overrides(MEGATRON_RECIPE, ESTIMATOR="oar_g", DATA_DIR=str(data_dir)))
+    assert config.actor_rollout_ref.actor.strategy == "megatron" and config.actor_rollout_ref.actor.megatron.tensor_model_parallel_size == 4
+    for extra, message in (
+        (["actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2"], "megatron.pipeline_model_parallel_size=2"),
+        (["+algorithm.oar.perturbation_mode=taylor"], "algorithm.oar.perturbation_mode=taylor with algorithm.oar.target=first_answer"),
+    ):
+        with pytest.raises(Exception) as refused:
+            dry_run(recipe_overrides(MEGATRON_RECIPE, *extra, ESTIMATOR="oar_p", DATA_DIR=str(data_dir)))
+        assert message in str(refused.value), refused.value
 
 
 def test_a_recipe_runs_through_the_dry_run_entry_point(data_dir):

@@ -30,11 +30,13 @@ are refused here, and before Ray by the settings check.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from megatron.core.models.gpt import GPTModel
 from megatron.core.tensor_parallel import (
     copy_to_tensor_model_parallel_region,
@@ -144,10 +146,23 @@ class MegatronParts:
     def gathered_through_backward(self):
         yield
 
-    def activation_checkpointing(self) -> contextlib.AbstractContextManager:
-        """None: megatron recomputes activations in training only (its recompute settings);
-        attribution's passes are bounded by their token budget."""
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def activation_checkpointing(self):
+        """A pass with gradients that keeps one decoder layer's activations at a time when
+        the model recomputes activations in training (`recompute_granularity` set: megatron
+        honours it in training mode only, and attribution runs in eval mode): each layer
+        runs under torch's non-reentrant checkpoint, its forward restored after."""
+        if self.gpt.config.recompute_granularity is None:
+            yield
+            return
+        layers = list(self.gpt.decoder.layers)
+        for layer in layers:
+            layer.forward = functools.partial(torch.utils.checkpoint.checkpoint, type(layer).forward.__get__(layer), use_reentrant=False)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                del layer.forward
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[N, L, H] word embeddings of ids [N, L], replicated on the tensor-parallel ranks

@@ -76,6 +76,16 @@ SCRIPT = textwrap.dedent(
                 raise AssertionError("taylor over a split vocabulary was not refused")
             except ValueError as error:
                 assert "tensor-parallel" in str(error)
+    # with the model's activation recomputation on, each decoder layer runs checkpointed: same scores
+    checkpointed, original = [], torch.utils.checkpoint.checkpoint
+    torch.utils.checkpoint.checkpoint = lambda function, *args, **kwargs: checkpointed.append(1) or original(function, *args, **kwargs)
+    parts.gpt.config.recompute_granularity = "full"
+    config = GradientConfig(target="answer_mean", max_tokens_per_pass=12)
+    torch.testing.assert_close(gradient.attribute(model, batch, segments, config), gradient.attribute(hf, batch, segments, config), rtol=1e-4, atol=1e-9)
+    parts.gpt.config.recompute_granularity = None
+    torch.utils.checkpoint.checkpoint = original
+    assert len(checkpointed) == 2 * 2, checkpointed  # 2 layers x 2 chunks of rows (noisy passes)
+    assert all("forward" not in vars(layer) for layer in parts.gpt.decoder.layers), "layer forwards were not restored"
     assert all(p.grad is None for p in model.parameters()), "parameter gradients were produced"
     assert all(torch.equal(p.main_grad, b) for p, b in zip(model.parameters(), buffers)), "megatron's gradient buffers changed"
     assert [m.training for m in model.modules()] == modes, "module modes were not restored"

@@ -1,0 +1,104 @@
+"""End to end on Megatron actors: verl's stock v1 trainer with `actor.strategy=megatron`
+(verl's Megatron engine, megatron-core through vanilla mbridge, bf16 as verl requires) on
+the CPU backend (`--config-name cpu_megatron`). Fused `oar_g` at tensor parallelism 2 with a
+checkpoint; exact `oar_p` resumed from it with the reference model on Megatron too; GRPO.
+The checks are the FSDP2 runs' (`test_e2e_oar`): advantages = Bi-Level weights x GRPO
+advantage on reweighted rows and GRPO's elsewhere, totals kept, the rollout against the
+actor's log-probs."""
+
+from dataclasses import dataclass
+
+import pytest
+from safetensors.torch import load_file
+
+from oar_verl.quickstart import prepare, read_metrics, run_training, train_command
+from oar_verl.verl_cpu.hf_server import weights_digest
+from tests.verl_cpu.test_e2e_grpo import synced_digests
+from tests.verl_cpu.test_e2e_oar import BF16_ROLLOUT_GAP, check_oar_run, step_dumps
+
+pytest.importorskip("megatron.core", reason="the megatron extra: pip install 'oar_verl[megatron]'")
+
+TENSOR_PARALLEL_2 = ("actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2", "trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2")
+CHECKPOINT = ("trainer.save_freq=2", "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]")
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    estimator: str
+    steps: tuple[int, ...]
+    overrides: tuple[str, ...]
+    checkpoints: str  # the run's checkpoint directory (shared by a run and its resumption)
+    fused: bool = False
+
+
+RUNS = {
+    "oar_g": Run("oar_g-fused-tp2-checkpoint", "oar_g", (1, 2), (*TENSOR_PARALLEL_2, *CHECKPOINT), "ckpt_tp2", fused=True),
+    "oar_p": Run("oar_p-exact-tp2-resumed-kl", "oar_p", (3, 4), (*TENSOR_PARALLEL_2, "actor_rollout_ref.actor.use_kl_loss=true"), "ckpt_tp2"),
+    "grpo": Run("grpo-tp1", "grpo", (1, 2), (), "ckpt_grpo"),
+}
+QUANTILE = 0.25
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The three runs in order (oar_p resumes from oar_g's checkpoint): name -> (log, metrics, dumps)."""
+    root = tmp_path_factory.mktemp("megatron")
+    paths = prepare(root, train_size=64, val_size=16)
+    results = {}
+    for key, run in RUNS.items():
+        dumps, log, metrics = root / f"dump_{run.name}", root / f"{run.name}.log", root / f"{run.name}.jsonl"
+        overrides = [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={QUANTILE}", *run.overrides]
+        command = train_command(paths, root / run.checkpoints, estimator=run.estimator, steps=run.steps[-1], overrides=overrides, strategy="megatron")
+        result = run_training(command, metrics, log)
+        assert result.returncode == 0, log.read_text()[-6000:]
+        results[key] = (log, read_metrics(metrics), dumps)
+    return root, paths, results
+
+
+@pytest.mark.parametrize("key", ["oar_g", "oar_p"])
+def test_oar_advantages_on_megatron(runs, key):
+    _, _, results = runs
+    run, (log, metrics, dumps) = RUNS[key], results[key]
+    assert sorted(metrics) == list(run.steps)
+    check_oar_run(metrics, dumps, QUANTILE, steps=run.steps)
+    for step in run.steps:
+        assert all(bool(dump["fused"]) == run.fused for dump in step_dumps(dumps, step)) and metrics[step]["oar/fused"] == float(run.fused)
+        check_rollout_gap(metrics[step])
+    # two tensor-parallel ranks (one data-parallel rank), each holding half of every layer
+    assert "model parallel rank (1, 0)" in log.read_text() and metrics[run.steps[0]]["oar/ranks/without_attributed_rows"] == 0
+
+
+def test_checkpoint_resumes_on_megatron(runs):
+    """oar_p's run resumes oar_g's step-2 checkpoint: it trains steps 3 and 4 only, its
+    rollout starts from the checkpoint's weights, and the reference model (KL loss) ran."""
+    root, paths, results = runs
+    first_log, _, _ = results["oar_g"]
+    resumed_log, metrics, _ = results["oar_p"]
+    assert f"Resuming from {root / 'ckpt_tp2' / 'global_step_2'}" in resumed_log.read_text()
+    saved = weights_digest(load_file(root / "ckpt_tp2" / "global_step_2" / "actor" / "model" / "huggingface" / "model.safetensors").items())
+    initial = weights_digest(load_file(paths["model"] / "model.safetensors").items())
+    first, resumed = synced_digests(first_log), synced_digests(resumed_log)
+    assert first[0][1] == initial and saved != initial, "the policy did not change"
+    assert first[-1] == (2, saved), "the rollout does not hold the checkpoint's weights"
+    assert resumed[0] == (2, saved), "the resumed trainer must start from the checkpoint's weights"
+    assert all(metrics[step]["actor/kl_loss"] > 0 for step in (3, 4)), "the reference model on Megatron gave no KL"
+
+
+def test_grpo_on_megatron(runs):
+    _, _, results = runs
+    log, metrics, _ = results["grpo"]
+    assert not any(name.startswith("oar/") for name in metrics[1])
+    assert 0.0 < metrics[1]["critic/score/mean"] < 1.0, "GRPO needs groups with different rewards"
+    for step in (1, 2):
+        check_rollout_gap(metrics[step])
+        assert metrics[step]["actor/grad_norm"] > 0
+    digests = synced_digests(log)
+    assert [step for step, _ in digests] == [0, 1, 2] and len({digest for _, digest in digests}) == 3, "weights did not change between steps"
+
+
+def check_rollout_gap(metrics: dict) -> None:
+    """The fp32 rollout against the Megatron actor's bf16 log-probs (verl's Megatron engine
+    computes in bf16 or fp16 only): close, and not zero (bf16 did apply)."""
+    assert metrics["training/rollout_probs_diff_max"] < BF16_ROLLOUT_GAP, metrics["training/rollout_probs_diff_max"]
+    assert metrics["training/rollout_probs_diff_mean"] > 1e-4, metrics["training/rollout_probs_diff_mean"]
