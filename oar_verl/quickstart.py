@@ -3,6 +3,7 @@ CPU, from nothing.
 
     python -m oar_verl.quickstart                      # defaults: oar_g, 12 steps
     python -m oar_verl.quickstart --estimator grpo --steps 20 --workdir outputs/quickstart
+    python -m oar_verl.quickstart --strategy megatron   # the actor on verl's Megatron engine
 
 1. builds a byte-level Qwen2 and warm-starts it on generated arithmetic (`warmstart.py`);
 2. writes generated GSM8K-format train / held-out parquet files (`data/arithmetic.py`);
@@ -99,18 +100,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--test-freq", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=Path("outputs/quickstart"))
+    parser.add_argument("--strategy", choices=sorted(PRESETS), default="fsdp2", help="the actor's engine: fsdp2 (default) or megatron (needs the megatron extra)")
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides for verl")
     args = parser.parse_args(argv)
 
     paths = prepare(args.workdir)
-    metrics_file = args.workdir / f"metrics_{args.estimator}.jsonl"
+    run = args.estimator if args.strategy == "fsdp2" else f"{args.estimator}_{args.strategy}"
+    metrics_file = args.workdir / f"metrics_{run}.jsonl"
     metrics_file.unlink(missing_ok=True)
     command = train_command(
         paths,
-        args.workdir / f"checkpoints_{args.estimator}",
+        args.workdir / f"checkpoints_{run}",
         estimator=args.estimator,
         steps=args.steps,
         overrides=["trainer.val_before_train=true", f"trainer.test_freq={args.test_freq}", *args.overrides],
+        strategy=args.strategy,
     )
     print("running:", " ".join(command), flush=True)
     result = run_training(command, metrics_file)

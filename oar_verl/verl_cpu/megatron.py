@@ -162,7 +162,7 @@ def _patch_mbridge_norm_names() -> None:
     from mbridge.core.bridge import Bridge
 
     original = Bridge._weight_name_mapping_mcore_to_hf
-    if _marked(original) or "input_layernorm" in inspect.getsource(original):
+    if _marked(original) or "_LOCAL_NORM_NAMES" in inspect.getsource(original):
         return  # mbridge maps the local norms itself (patches/mbridge-0.15.1/0002)
 
     @functools.wraps(original)
