@@ -4,7 +4,8 @@ The plugin uses verl's extension points where verl has them (estimator, engine, 
 and rollout registries, the `verl.plugins` entry point), but its OAR step and CPU backend
 also subclass, wrap or mirror code that verl does not promise to keep: the v1 trainer's
 step pipeline, the actor worker's log-prob method, the FSDP engine's numerics, the
-process-group and offload code the CPU shims patch. `INTERNALS` names each such function
+process-group and offload code the CPU shims patch, the Megatron engine's log-prob
+numerics and model building. `INTERNALS` names each such function
 or class; `TESTED` holds, per verl release the project is tested against, a digest of each
 one's syntax tree (`ast.dump`: formatting and comments do not count).
 
@@ -48,6 +49,12 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.forward_step"),
     ("verl.utils.torch_functional", "logprobs_from_logits"),
     ("verl.utils.torch_functional", "entropy_from_logits"),
+    # the Megatron engine's numerics fused attribution reproduces there (integration/backends.py)
+    ("verl.workers.engine.megatron.transformer_impl", "MegatronEngineWithLMHead._lm_head_logits_processor"),
+    ("verl.utils.megatron.tensor_parallel", "vocab_parallel_log_probs_from_logits"),
+    ("verl.utils.megatron.tensor_parallel", "vocab_parallel_entropy"),
+    # how verl's Megatron engine builds its model (verl_cpu/megatron.py builds the same one for tests and benchmarks)
+    ("verl.utils.megatron_utils", "make_megatron_module"),
     # the launch path the settings check runs in (main_ppo.py, plugin.py)
     ("verl.trainer.main_ppo", "main"),
     ("verl.utils.config", "validate_config"),
@@ -82,6 +89,10 @@ TESTED: dict[str, dict[str, str]] = {
         "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.forward_step": "0c246a287aafd34a",
         "verl.utils.torch_functional:logprobs_from_logits": "d070215c02e9fc47",
         "verl.utils.torch_functional:entropy_from_logits": "7f9fb7dd0b6d13c2",
+        "verl.workers.engine.megatron.transformer_impl:MegatronEngineWithLMHead._lm_head_logits_processor": "008adad999987df1",
+        "verl.utils.megatron.tensor_parallel:vocab_parallel_log_probs_from_logits": "991ecfd5a480261a",
+        "verl.utils.megatron.tensor_parallel:vocab_parallel_entropy": "33a6f18c85676379",
+        "verl.utils.megatron_utils:make_megatron_module": "deb7353282037d62",
         "verl.trainer.main_ppo:main": "60ed801d4a618a71",
         "verl.utils.config:validate_config": "6457f0b9ba0ac2b7",
         "verl.utils.distributed:initialize_global_process_group_ray": "31347938cf9dfe16",
