@@ -1,7 +1,8 @@
 """verl's Megatron engine on the CPU backend: megatron-core and mbridge on a CPU-only torch,
 gloo process groups (megatron-core 0.16, mbridge 0.15 on verl's vanilla-mbridge path).
 
-megatron-core is written for CUDA; on a CPU-only torch build it needs the shims below, each
+megatron-core is written for CUDA; on a CPU-only torch build it needs the shims below,
+installed on the release lines they were written for (`TESTED_RELEASES`, else refused), each
 checked against the code it replaces (a shim whose target is not the expected code refuses,
 naming it) and stepping aside where it is not needed (a CUDA build, a fixed release):
 
@@ -45,7 +46,7 @@ import inspect
 import torch
 from torch.overrides import TorchFunctionMode
 
-from oar_verl.megatron_extra import megatron_installed
+from oar_verl.megatron_extra import INSTALL_HINT, megatron_installed
 from oar_verl.verl_cpu.shims import ShimError
 
 def _marked(function) -> bool:
@@ -57,10 +58,25 @@ def _mark(function):
     return function
 
 
+# The releases these shims were written against (the `megatron` extra's ranges).
+TESTED_RELEASES = {"megatron-core": "0.16.", "mbridge": "0.15."}
+
+
+def check_versions() -> None:
+    """The installed megatron-core and mbridge are the release lines the shims know."""
+    import importlib.metadata
+
+    for package, line in TESTED_RELEASES.items():
+        version = importlib.metadata.version(package)
+        if not version.startswith(line):
+            raise ShimError(f"oar_verl's CPU Megatron backend is written for {package} {line}x, found {version}: {INSTALL_HINT}")
+
+
 def install_model_shims() -> None:
     """The shims a `GPTModel` built through mbridge needs on a CPU-only torch (idempotent)."""
     if torch.cuda.is_available():
         return
+    check_versions()
     _patch_current_device()
     _patch_rng_tracker()
     _patch_module_cuda()
