@@ -1,10 +1,12 @@
 """End to end on Megatron actors: verl's stock v1 trainer with `actor.strategy=megatron`
 (verl's Megatron engine, megatron-core through vanilla mbridge, bf16 as verl requires) on
 the CPU backend (`--config-name cpu_megatron`). Fused `oar_g` at tensor parallelism 2 with a
-checkpoint; exact `oar_p` resumed from it with the reference model on Megatron too; GRPO.
-The checks are the FSDP2 runs' (`test_e2e_oar`): advantages = Bi-Level weights x GRPO
-advantage on reweighted rows and GRPO's elsewhere, totals kept, the rollout against the
-actor's log-probs."""
+checkpoint; exact `oar_p` resumed from it with the reference model on Megatron too (rows
+OAR does not reweight train on GRPO's advantages in both; a GRPO-only run on Megatron adds
+a verl start-up, about 2 minutes here, and no code of this project: it is run by hand,
+`docs/benchmarks.md`). The checks are the FSDP2 runs' (`test_e2e_oar`): advantages =
+Bi-Level weights x GRPO advantage on reweighted rows and GRPO's elsewhere, totals kept, the
+rollout against the actor's log-probs."""
 
 from dataclasses import dataclass
 
@@ -36,14 +38,13 @@ class Run:
 RUNS = {
     "oar_g": Run("oar_g-fused-tp2-checkpoint", "oar_g", (1, 2), (*TENSOR_PARALLEL_2, *CHECKPOINT), "ckpt_tp2", fused=True),
     "oar_p": Run("oar_p-exact-tp2-resumed-kl", "oar_p", (3, 4), (*TENSOR_PARALLEL_2, "actor_rollout_ref.actor.use_kl_loss=true"), "ckpt_tp2"),
-    "grpo": Run("grpo-tp1", "grpo", (1, 2), (), "ckpt_grpo"),
 }
 QUANTILE = 0.25
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The three runs in order (oar_p resumes from oar_g's checkpoint): name -> (log, metrics, dumps)."""
+    """The runs in order (oar_p resumes from oar_g's checkpoint): name -> (log, metrics, dumps)."""
     root = tmp_path_factory.mktemp("megatron")
     paths = prepare(root, train_size=64, val_size=16)
     results = {}
@@ -85,18 +86,6 @@ def test_checkpoint_resumes_on_megatron(runs):
     assert first[-1] == (2, saved), "the rollout does not hold the checkpoint's weights"
     assert resumed[0] == (2, saved), "the resumed trainer must start from the checkpoint's weights"
     assert all(metrics[step]["actor/kl_loss"] > 0 for step in (3, 4)), "the reference model on Megatron gave no KL"
-
-
-def test_grpo_on_megatron(runs):
-    _, _, results = runs
-    log, metrics, _ = results["grpo"]
-    assert not any(name.startswith("oar/") for name in metrics[1])
-    assert 0.0 < metrics[1]["critic/score/mean"] < 1.0, "GRPO needs groups with different rewards"
-    for step in (1, 2):
-        check_rollout_gap(metrics[step])
-        assert metrics[step]["actor/grad_norm"] > 0
-    digests = synced_digests(log)
-    assert [step for step, _ in digests] == [0, 1, 2] and len({digest for _, digest in digests}) == 3, "weights did not change between steps"
 
 
 def check_rollout_gap(metrics: dict) -> None:
