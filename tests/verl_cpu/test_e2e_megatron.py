@@ -61,7 +61,7 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("key", ["oar_g", "oar_p"])
 def test_oar_advantages_on_megatron(runs, key):
     _, _, results = runs
-    run, (log, metrics, dumps) = RUNS[key], results[key]
+    run, (_, metrics, dumps) = RUNS[key], results[key]
     assert sorted(metrics) == list(run.steps)
     check_oar_run(metrics, dumps, QUANTILE, steps=run.steps)
     for step in run.steps:
