@@ -225,14 +225,17 @@ class MegatronParts:
 
     def logits(self, hidden: torch.Tensor, upcast: bool = True) -> torch.Tensor:
         """[..., V / tp] this rank's shard of the logits of hidden states [..., H] (the head's
-        weight applied to these states only); float32 (float64 for a float64 model) with
-        `upcast`. In the backward the hidden states' gradient is summed over the shards."""
+        weight applied to these states only), in float32 (float64 for a float64 model)
+        whatever `upcast` says: megatron's half-precision wrapper (Float16Module) returns
+        its logits in float32, and verl's Megatron engine takes temperature, log-probs and
+        entropy on those. In the backward the hidden states' gradient is summed over the
+        shards."""
         layer = self.gpt.output_layer
         weight = self.gpt.shared_embedding_or_output_weight() if self.gpt.share_embeddings_and_output_weights else layer.weight
         if self.vocab_parallel:
             hidden = copy_to_tensor_model_parallel_region(hidden, group=self.tp_group)
         logits = F.linear(hidden, weight, getattr(layer, "bias", None))
-        return logits.to(torch.promote_types(logits.dtype, torch.float32)) if upcast else logits
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
     def log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.vocab_parallel:
