@@ -20,13 +20,14 @@ Model shims (`install_model_shims`: building and running a `GPTModel` through mb
   ones (0002).
 
 Engine shims (`install_engine_shims`: verl's `MegatronEngineWithLMHead` trains and infers):
-- tensors created with a literal `device="cuda"` (pipeline schedules, optimizer,
-  gradient clipping) are created on the CPU, `torch.cuda.synchronize()` (distributed
-  checkpointing) returns at once, and a resumed run's distributed optimizer fills its
-  empty torch-optimizer state before it loads (megatron does so for its FSDP layout only;
-  with apex or TransformerEngine optimizers the step lives in the parameter groups), and CPU tensors report `torch.cuda.*Tensor`
-  types to megatron's optimizer checks: a process-wide torch function mode, entered only
-  in a process that builds a Megatron engine on the CPU;
+- a process-wide torch function mode creates tensors asked for with a literal
+  `device="cuda"` (pipeline schedules, optimizer, gradient clipping) on the CPU and makes
+  CPU tensors report `torch.cuda.*Tensor` types to megatron's optimizer checks; it is
+  entered only in a process that builds a Megatron engine on the CPU;
+- `torch.cuda.synchronize()` (distributed checkpointing) returns at once;
+- a resumed run's distributed optimizer fills its empty torch-optimizer state before it
+  loads (megatron does so for its FSDP layout only; with apex or TransformerEngine
+  optimizers the step lives in the parameter groups);
 - megatron's local attention (the one without TransformerEngine): verl's unpacked
   batches carry a [B, S] padding mask it cannot broadcast (right-padded rows: the causal
   mask alone gives the real tokens the same result), and packed (THD) batches run per
@@ -48,6 +49,7 @@ from torch.overrides import TorchFunctionMode
 
 from oar_verl.megatron_extra import INSTALL_HINT, megatron_installed
 from oar_verl.verl_cpu.shims import ShimError
+
 
 def _marked(function) -> bool:
     return getattr(function, "_oar_cpu_shim", False)
