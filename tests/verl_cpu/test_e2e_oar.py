@@ -238,7 +238,10 @@ def check_oar_run(metrics: dict, dumps, quantile: float, steps=(1, 2), updates: 
     row-weighted means)."""
     reweighted_rows = 0
     for step in steps:
-        for name in OAR_METRICS:
+        # the weight statistics exist for steps that reweighted a row (a step whose groups all
+        # had equal rewards has none: separate_async's lr-3e-3 run can collapse by step 3)
+        expected_metrics = OAR_METRICS if metrics[step]["oar/rows/attributed"] > 0 else [name for name in OAR_METRICS if not name.startswith("oar/weight/")]
+        for name in expected_metrics:
             assert name in metrics[step], f"{name} missing at step {step}"
         records = step_dumps(dumps, step, updates)
         for name, count in (("oar/rows/attributed", attributed_rows), ("oar/rows/zero_advantage", zero_advantage_rows)):
@@ -246,7 +249,10 @@ def check_oar_run(metrics: dict, dumps, quantile: float, steps=(1, 2), updates: 
             assert abs(metrics[step][name] - expected) < 1e-6, (name, step, metrics[step][name], expected)
         for dump in records:
             reweighted_rows += check_oar_dump(dump, quantile)
-        assert metrics[step]["oar/weight/min"] >= 0 and abs(metrics[step]["oar/weight/mean"] - 1.0) < 1e-4
+        if metrics[step]["oar/rows/attributed"] > 0:
+            assert metrics[step]["oar/weight/min"] >= 0 and abs(metrics[step]["oar/weight/mean"] - 1.0) < 1e-4
+        else:
+            assert not any(name.startswith("oar/weight/") for name in metrics[step]), "weight statistics without a reweighted row"
     assert reweighted_rows > 0, "no response was reweighted"
 
 
