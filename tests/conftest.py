@@ -1,4 +1,5 @@
-"""Shared fixtures: a byte-level tokenizer and tiny Qwen2 models built locally."""
+"""Shared fixtures: a byte-level tokenizer and tiny Qwen2 models built locally, and the
+training runs' warm-started model and data (built once per session)."""
 
 import pytest
 import torch
@@ -48,3 +49,13 @@ def batch_and_segments(tokenizer):
         found=torch.tensor([True, True, True, False]),
     )
     return prompts, responses, batch, segments
+
+
+@pytest.fixture(scope="session")
+def quickstart_inputs(tmp_path_factory):
+    """{"model", "train", "val"} paths: the quickstart's warm-started model and generated
+    GSM8K-format data (64 training, 16 held-out rows), built once and only read by the
+    training runs of every test module."""
+    from oar_verl.quickstart import prepare
+
+    return prepare(tmp_path_factory.mktemp("quickstart_inputs"), train_size=64, val_size=16)

@@ -111,13 +111,13 @@ def test_patches_are_git_format_with_messages():
         assert len(body.strip().splitlines()) >= 3, f"{patch.name}: the commit message must explain the change"
 
 
-def test_oar_trains_through_the_patched_hooks(patched_verl, tmp_path):
+def test_oar_trains_through_the_patched_hooks(patched_verl, tmp_path, quickstart_inputs):
     """On a patched verl the plugin registers a pre-advantage step, a worker computation
     and an estimator that declares its input: no trainer or worker class is replaced."""
-    from oar_verl.quickstart import prepare, read_metrics, run_training, train_command
+    from oar_verl.quickstart import read_metrics, run_training, train_command
     from tests.verl_cpu.test_e2e_oar import check_oar_run
 
-    paths = prepare(tmp_path, train_size=64, val_size=16)
+    paths = quickstart_inputs
     dumps, log, metrics = tmp_path / "dumps", tmp_path / "run.log", tmp_path / "metrics.jsonl"
     command = train_command(paths, tmp_path / "ckpt", estimator="oar_g", steps=2, overrides=[f"algorithm.oar.dump_dir={dumps}"])
     result = run_training(command, metrics, log, env={"PYTHONPATH": str(patched_verl)})

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from oar_verl.quickstart import prepare, read_metrics, run_training, train_command
+from oar_verl.quickstart import read_metrics, run_training, train_command
 from oar_verl.verl_cpu.hf_server import weights_digest
 
 SYNC_LINE = re.compile(r"\[oar_verl\.hf_rollout\] replica 0 step (\d+): weights synced, sha256 ([0-9a-f]{64})")
@@ -19,10 +19,10 @@ def synced_digests(log: Path) -> list[tuple[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, quickstart_inputs):
     """Two steps with a checkpoint, then a resumed run to step 3."""
     workdir = tmp_path_factory.mktemp("grpo")
-    paths = prepare(workdir, train_size=64, val_size=16)
+    paths = quickstart_inputs
     checkpoints = workdir / "checkpoints"
     results = {}
     for name, steps, extra in (("first", 2, ["trainer.val_before_train=true", "trainer.test_freq=2"]), ("resumed", 3, [])):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from oar_verl.quickstart import prepare, read_metrics, run_training, train_command
+from oar_verl.quickstart import read_metrics, run_training, train_command
 from oar_verl.verl_cpu.hf_server import weights_digest
 from tests.verl_cpu.test_e2e_grpo import synced_digests
 from tests.verl_cpu.test_e2e_oar import BF16_ROLLOUT_GAP, check_oar_run, step_dumps
@@ -43,10 +43,10 @@ QUANTILE = 0.25
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, quickstart_inputs):
     """The runs in order (oar_p resumes from oar_g's checkpoint): name -> (log, metrics, dumps)."""
     root = tmp_path_factory.mktemp("megatron")
-    paths = prepare(root, train_size=64, val_size=16)
+    paths = quickstart_inputs
     results = {}
     for key, run in RUNS.items():
         dumps, log, metrics = root / f"dump_{run.name}", root / f"{run.name}.log", root / f"{run.name}.jsonl"

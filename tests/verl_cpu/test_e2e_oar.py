@@ -16,7 +16,7 @@ from oar_verl import rewards
 from oar_verl.core import bilevel_weights
 from oar_verl.integration.config import OARSettings
 from oar_verl.data.arithmetic import make_problem, verl_row
-from oar_verl.quickstart import TASK, prepare, read_metrics, run_training, train_command
+from oar_verl.quickstart import TASK, read_metrics, run_training, train_command
 from tests.core import reference
 
 OAR_METRICS = (
@@ -27,9 +27,8 @@ OAR_METRICS = (
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("oar")
-    return path, prepare(path, train_size=64, val_size=16)
+def workdir(tmp_path_factory, quickstart_inputs):
+    return tmp_path_factory.mktemp("oar"), quickstart_inputs
 
 
 RECIPE_FEATURES = (
