@@ -12,26 +12,26 @@ import pytest
 
 from tests.torchrun import run_ranks
 
-SCRIPT = textwrap.dedent(
+BATCH = textwrap.dedent(
     """
-    import json, os, sys, torch, torch.distributed as dist
+    import json, os, torch, torch.distributed as dist
     import verl  # the plugin: cpu platform and engines
     from tensordict import TensorDict
     from verl.trainer.config import CheckpointConfig
     from verl.utils import tensordict_utils as tu
-    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
     from verl.workers.engine import EngineRegistry
     from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
     from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments
     from oar_verl.core.attribution import fused_attribution
-    from oar_verl.integration.backends import engine_autocast, verl_log_prob_fn
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
 
     dist.init_process_group("gloo")
     path = os.path.join(os.environ["OK_DIR"], "model")
     tokenizer = byte_tokenizer()
-    tiny_qwen2(len(tokenizer), hidden_size=64, seed=3).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    if dist.get_rank() == 0:
+        tiny_qwen2(len(tokenizer), hidden_size=64, seed=3).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    dist.barrier()
     generator = torch.Generator().manual_seed(0)
     lengths = [(5, 30), (9, 12), (3, 25), (7, 18), (4, 30), (6, 9)]  # (prompt, response)
     batch = ResponseBatch.from_token_lists(
@@ -41,6 +41,20 @@ SCRIPT = textwrap.dedent(
     B, P, R, mask = len(lengths), batch.prompt_length, batch.response_length, batch.response_mask
     end = torch.tensor([r for _, r in lengths])
     segments = Segments(end - 4, end - 3, end - 1, torch.ones(B, dtype=torch.bool))
+
+    def largest(pairs):
+        return max(float((a - b).abs()[mask].max()) for a, b in pairs)
+    """
+)
+"""What both scripts share: verl's modules, a tiny Qwen2 saved by rank 0, 6 rows of 9 to 30
+response tokens with their segments, and the largest difference over response tokens."""
+
+
+SCRIPT = BATCH + textwrap.dedent(
+    """
+    from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
+    from oar_verl.integration.backends import engine_autocast, verl_log_prob_fn
+
 
     def verl_pass(engine, temperature, micro):
         data = TensorDict({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids,
@@ -61,9 +75,6 @@ SCRIPT = textwrap.dedent(
         GradientConfig(target="answer_logprob", max_tokens_per_pass=2 * (P + R)),
         PerturbationConfig(perturbation_id=tokenizer.pad_token_id, mode="taylor", taylor_top=2, max_tokens_per_pass=3 * (P + R)),
     ]
-
-    def largest(pairs):
-        return max(float((a - b).abs()[mask].max()) for a, b in pairs)
 
     report = {}
     for dtype in ("fp32", "bf16"):
@@ -94,37 +105,11 @@ def test_fused_log_probs_are_verls(tmp_path):
     print(next(line for line in result.stdout.splitlines() if line.startswith("REPORT")))
 
 
-MEGATRON_SCRIPT = textwrap.dedent(
+MEGATRON_SCRIPT = BATCH + textwrap.dedent(
     """
-    import json, os, torch, torch.distributed as dist
-    import verl  # the plugin: cpu platform and engines
-    from tensordict import TensorDict
-    from verl.trainer.config import CheckpointConfig
-    from verl.utils import tensordict_utils as tu
     from verl.workers.config import HFModelConfig, McoreEngineConfig, McoreOptimizerConfig
-    from verl.workers.engine import EngineRegistry
-    from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
-    from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments
-    from oar_verl.core.attribution import fused_attribution
     from oar_verl.integration.backends import engine_adapter
-    from oar_verl.tiny import byte_tokenizer, tiny_qwen2
 
-    dist.init_process_group("gloo")
-    path = os.path.join(os.environ["OK_DIR"], "model")
-    tokenizer = byte_tokenizer()
-    if dist.get_rank() == 0:
-        tiny_qwen2(len(tokenizer), hidden_size=64, seed=3).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-    dist.barrier()
-    generator = torch.Generator().manual_seed(0)
-    lengths = [(5, 30), (9, 12), (3, 25), (7, 18), (4, 30), (6, 9)]  # (prompt, response)
-    batch = ResponseBatch.from_token_lists(
-        [torch.randint(0, 250, (p,), generator=generator).tolist() for p, _ in lengths],
-        [torch.randint(0, 250, (r,), generator=generator).tolist() for _, r in lengths], pad_token_id=tokenizer.pad_token_id,
-    )
-    B, P, R, mask = len(lengths), batch.prompt_length, batch.response_length, batch.response_mask
-    end = torch.tensor([r for _, r in lengths])
-    segments = Segments(end - 4, end - 3, end - 1, torch.ones(B, dtype=torch.bool))
     engine = EngineRegistry.new(
         model_type="language_model", backend="megatron", checkpoint_config=CheckpointConfig(),
         optimizer_config=McoreOptimizerConfig(lr=1e-5, total_training_steps=10, lr_warmup_steps=0),
@@ -155,9 +140,6 @@ MEGATRON_SCRIPT = textwrap.dedent(
         GradientConfig(target="answer_logprob", max_tokens_per_pass=2 * (P + R)),
         PerturbationConfig(target="answer_logprob", perturbation_id=tokenizer.pad_token_id, mode="taylor", max_tokens_per_pass=3 * (P + R)),
     ]
-
-    def largest(pairs):
-        return max(float((a - b).abs()[mask].max()) for a, b in pairs)
 
     report = {}
     for temperature in (0.6, 1.0):
