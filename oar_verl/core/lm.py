@@ -174,10 +174,10 @@ class LMParts:
 
     def log_probs_and_entropy(self, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """([N, S] log-probs of tokens [N, S], [N, S] entropies) of logits [N, S, V], in
-        float32 (float64 for a float64 model): the default log-prob function of the fused
-        passes."""
-        log_softmax = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)  # [N, S, V]
-        return log_softmax.gather(-1, tokens[..., None])[..., 0], -(log_softmax.exp() * log_softmax).sum(dim=-1)
+        float32 (float64 for a float64 model), by the vocabulary reductions above: the
+        default log-prob function of the fused passes (every adapter's)."""
+        log_probs = self.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)))  # [N, S, V]
+        return self.token_values(log_probs, tokens), -self.vocab_sum(log_probs.exp() * log_probs)
 
     def activation_checkpointing(self) -> contextlib.AbstractContextManager:
         """A pass with gradients, checkpointed as the model is in training

@@ -46,6 +46,8 @@ from megatron.core.tensor_parallel import (
 )
 from torch import nn
 
+from oar_verl.core.lm import LMParts
+
 
 def unwrap(model: nn.Module) -> GPTModel:
     """The `GPTModel` inside megatron's wrappers (DDP, Float16Module), or a ValueError."""
@@ -257,9 +259,5 @@ class MegatronParts:
         picked = values.gather(-1, torch.where(outside, 0, local)[..., None])[..., 0].masked_fill(outside, 0.0)
         return reduce_from_tensor_model_parallel_region(picked, group=self.tp_group)
 
-    def log_probs_and_entropy(self, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """([N, S] log-probs of tokens [N, S], [N, S] entropies) of this shard's logits
-        [N, S, V / tp], in float32 (float64 for a float64 model)."""
-        log_probs = self.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)))
-        return self.token_values(log_probs, tokens), -self.vocab_sum(log_probs.exp() * log_probs)
+    log_probs_and_entropy = LMParts.log_probs_and_entropy  # the same reductions, over this rank's shard [N, S, V / tp]
 
