@@ -1,8 +1,11 @@
 """Shared fixtures: a byte-level tokenizer and tiny Qwen2 models built locally, and the
 training runs' warm-started model and data (built once per session)."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from filelock import FileLock
 from hypothesis import settings
 
 from oar_verl.core import ResponseBatch, Segments
@@ -52,10 +55,34 @@ def batch_and_segments(tokenizer):
 
 
 @pytest.fixture(scope="session")
-def quickstart_inputs(tmp_path_factory):
+def quickstart_inputs(tmp_path_factory, worker_id):
     """{"model", "train", "val"} paths: the quickstart's warm-started model and generated
-    GSM8K-format data (64 training, 16 held-out rows), built once and only read by the
-    training runs of every test module."""
+    GSM8K-format data (64 training, 16 held-out rows), built once per test session (also
+    under `pytest -n 2`: the first worker builds it, the other waits and reuses it) and
+    only read by the training runs of every test module."""
     from oar_verl.quickstart import prepare
 
-    return prepare(tmp_path_factory.mktemp("quickstart_inputs"), train_size=64, val_size=16)
+    if worker_id == "master":  # not distributed
+        return prepare(tmp_path_factory.mktemp("quickstart_inputs"), train_size=64, val_size=16)
+    shared = tmp_path_factory.getbasetemp().parent  # this session's directory, common to its workers
+    with FileLock(shared / "quickstart_inputs.lock"):
+        return prepare(shared / "quickstart_inputs", train_size=64, val_size=16)
+
+
+# Modules that launch verl's trainer (minutes each), longest first. They run first, so that
+# `pytest -n 2 --dist loadfile` (the README's test command) hands them out before the short
+# modules and the two workers finish together.
+LONGEST_MODULES = (
+    "verl_cpu/test_e2e_oar.py",
+    "verl_cpu/test_e2e_megatron.py",
+    "study/test_smoke.py",
+    "verl_cpu/test_e2e_grpo.py",
+    "test_patches.py",
+    "core/test_faithfulness.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    order = {name: rank for rank, name in enumerate(LONGEST_MODULES)}
+    tests = Path(__file__).parent
+    items.sort(key=lambda item: order.get(item.path.relative_to(tests).as_posix(), len(order)))

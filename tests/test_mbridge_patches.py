@@ -57,7 +57,7 @@ def test_patched_mbridge_needs_no_shim(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     root = Path(__file__).parents[1]
-    run_ranks(SCRIPT, run_dir, 1, port=29731, env={"PYTHONPATH": f"{source}:{root}", "PATCHED": str(source)})
+    run_ranks(SCRIPT, run_dir, 1, env={"PYTHONPATH": f"{source}:{root}", "PATCHED": str(source)})
 
 
 def test_patches_are_git_format_with_messages():

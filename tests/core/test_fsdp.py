@@ -70,4 +70,4 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_attribution_on_fsdp2(tmp_path, world_size):
-    run_ranks(SCRIPT, tmp_path, world_size, port=29700 + world_size, timeout=300)
+    run_ranks(SCRIPT, tmp_path, world_size, timeout=300)

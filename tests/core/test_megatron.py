@@ -97,4 +97,4 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("tensor_parallel,tied", [(1, False), (2, True)])
 def test_attribution_on_megatron(tmp_path, tensor_parallel, tied):
     script = SCRIPT.replace("TIED", str(tied))
-    run_ranks(script, tmp_path, tensor_parallel, port=29720 + tensor_parallel, timeout=600, env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[2])})
+    run_ranks(script, tmp_path, tensor_parallel, timeout=600, env={"PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[2])})

@@ -98,4 +98,4 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_attribution_across_uneven_fsdp2_ranks(tmp_path, world_size):
-    run_ranks(SCRIPT, tmp_path, world_size, port=29720 + world_size, timeout=900, env={"COLLECTIVE_TIMEOUT": "120"})
+    run_ranks(SCRIPT, tmp_path, world_size, timeout=900, env={"COLLECTIVE_TIMEOUT": "120"})

@@ -101,7 +101,7 @@ SCRIPT = BATCH + textwrap.dedent(
 
 
 def test_fused_log_probs_are_verls(tmp_path):
-    result = run_ranks(SCRIPT, tmp_path, world_size=1, port=29741, env={"VERL_PLATFORM": "cpu"})
+    result = run_ranks(SCRIPT, tmp_path, world_size=1, env={"VERL_PLATFORM": "cpu"})
     print(next(line for line in result.stdout.splitlines() if line.startswith("REPORT")))
 
 
@@ -161,5 +161,5 @@ def test_fused_log_probs_are_verls_on_megatron(tmp_path):
     parallelism 2: each rank holds half of the vocabulary) against fused OAR-G (3 budgets,
     `answer_logprob`) and fused first-order `taylor` at T = 0.6 and 1.0."""
     pytest.importorskip("megatron.core", reason="the megatron extra: pip install 'oar_verl[megatron]'")
-    result = run_ranks(MEGATRON_SCRIPT, tmp_path, world_size=2, port=29743, env={"VERL_PLATFORM": "cpu"})
+    result = run_ranks(MEGATRON_SCRIPT, tmp_path, world_size=2, env={"VERL_PLATFORM": "cpu"})
     print(next(line for line in result.stdout.splitlines() if line.startswith("REPORT")))
