@@ -69,6 +69,14 @@ def quickstart_inputs(tmp_path_factory, worker_id):
         return prepare(shared / "quickstart_inputs", train_size=64, val_size=16)
 
 
+@pytest.fixture(scope="session")
+def patched_verl(tmp_path_factory):
+    """verl 0.9.1's source tree with the upstream patches applied (put it on PYTHONPATH)."""
+    from tests.patched_verl import patched_verl_tree
+
+    return patched_verl_tree(tmp_path_factory.mktemp("verl-src"))
+
+
 # Modules that launch verl's trainer (minutes each), longest first. They run first, so that
 # `pytest -n 2 --dist loadfile` (the README's test command) hands them out before the short
 # modules and the two workers finish together.

@@ -1,49 +1,17 @@
 """The upstream patches apply to verl 0.9.1's sources, the tests they add to verl's tree
 pass there together with verl's own CPU tests of the modules they change, and the plugin
-takes the patched path (no runtime shim) on a patched verl."""
+takes the patched path (no runtime shim) on a patched verl (`patched_verl`, tests/conftest.py).
+OAR training through the patched hooks: `tests/verl_cpu/test_e2e_grpo.py` (its resumed run)."""
 
-import hashlib
 import os
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
-import pytest
-import torch
-import verl
+from tests.patched_verl import PATCHES, SERIES
 
-SERIES = Path(__file__).parents[1] / "patches"
-PATCHES = sorted((SERIES / "verl-0.9.1").glob("*.patch"))
 MAIN_PATCHES = sorted((SERIES / "verl-main").glob("*.patch"))  # checked against verl's main by hand (patches/README.md)
-# verl's source distribution on PyPI: the package plus verl's tests (the wheel has no tests).
-VERL_SDIST = ("verl==0.9.1", "verl-0.9.1.tar.gz", "3e03d8816b2546b2c5580705671b8d0bb3f79b8364e7b5c56dbfc1245536ba22")
-
-
-def verl_sources(directory: Path) -> Path:
-    """verl 0.9.1's source tree (verl/ and tests/), from PyPI's sdist, checked by sha256."""
-    requirement, name, sha256 = VERL_SDIST
-    command = [sys.executable, "-m", "pip", "download", requirement, "--no-binary", ":all:", "--no-deps", "-q", "-d", str(directory)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    archive = directory / name
-    assert result.returncode == 0 and archive.exists(), f"could not download verl's sdist from PyPI: {result.stderr[-2000:]}"
-    assert hashlib.sha256(archive.read_bytes()).hexdigest() == sha256, f"{name}: unexpected sha256"
-    with tarfile.open(archive) as tar:
-        tar.extractall(directory, filter="data")
-    return directory / name.removesuffix(".tar.gz")
-
-
-@pytest.fixture(scope="module")
-def patched_verl(tmp_path_factory):
-    root = verl_sources(tmp_path_factory.mktemp("verl-src"))
-    assert (root / "verl" / "__init__.py").exists() and (root / "tests").is_dir()
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    for patch in PATCHES:
-        result = subprocess.run(["git", "apply", "--check", str(patch)], cwd=root, capture_output=True, text=True)
-        assert result.returncode == 0, f"{patch.name} does not apply to verl {verl.__version__}: {result.stderr}"
-        subprocess.run(["git", "apply", str(patch)], cwd=root, check=True)
-    return root
 
 
 def changed_files(patch: Path) -> list[str]:
@@ -109,24 +77,6 @@ def test_patches_are_git_format_with_messages():
         assert text.startswith("From ") and "\nSubject: [PATCH" in text
         body = text.split("\n\n", 1)[1].split("\n---\n", 1)[0]
         assert len(body.strip().splitlines()) >= 3, f"{patch.name}: the commit message must explain the change"
-
-
-def test_oar_trains_through_the_patched_hooks(patched_verl, tmp_path, quickstart_inputs):
-    """On a patched verl the plugin registers a pre-advantage step, a worker computation
-    and an estimator that declares its input: no trainer or worker class is replaced."""
-    from oar_verl.quickstart import read_metrics, run_training, train_command
-    from tests.verl_cpu.test_e2e_oar import check_oar_run
-
-    paths = quickstart_inputs
-    dumps, log, metrics = tmp_path / "dumps", tmp_path / "run.log", tmp_path / "metrics.jsonl"
-    command = train_command(paths, tmp_path / "ckpt", estimator="oar_g", steps=2, overrides=[f"algorithm.oar.dump_dir={dumps}"])
-    result = run_training(command, metrics, log, env={"PYTHONPATH": str(patched_verl)})
-    text = log.read_text()
-    assert result.returncode == 0, text[-6000:]
-    assert "registered as verl's pre-advantage step (patched verl)" in text
-    assert "installed in verl's sync trainer" not in text
-    check_oar_run(read_metrics(metrics), dumps, quantile=0.25)
-    assert int(torch.load(dumps / "step_1.pt")["path"]) == 1
 
 
 def test_plugin_uses_the_patched_verl(patched_verl):

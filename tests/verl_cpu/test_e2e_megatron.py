@@ -1,12 +1,11 @@
 """End to end on Megatron actors: verl's stock v1 trainer with `actor.strategy=megatron`
 (verl's Megatron engine, megatron-core through vanilla mbridge, bf16 as verl requires) on
-the CPU backend (`--config-name cpu_megatron`). Fused `oar_g` at tensor parallelism 2 with a
-checkpoint; exact `oar_p` resumed from it with the reference model on Megatron too (rows
-OAR does not reweight train on GRPO's advantages in both; a GRPO-only run on Megatron adds
-a verl start-up, about 2 minutes here, and no code of this project: it is run by hand,
-`docs/benchmarks.md`). The checks are the FSDP2 runs' (`test_e2e_oar`): advantages =
-Bi-Level weights x GRPO advantage on reweighted rows and GRPO's elsewhere, totals kept, the
-rollout against the actor's log-probs."""
+the CPU backend (`--config-name cpu_megatron`), tensor parallelism 2. One run resumed twice,
+switching estimators at each resumption: GRPO for steps 1-2 with a checkpoint, fused
+`oar_g` for steps 3-4 with a checkpoint, exact `oar_p` for steps 5-6 with the reference
+model on Megatron too (KL loss). The OAR checks are the FSDP2 runs' (`test_e2e_oar`):
+advantages = Bi-Level weights x GRPO advantage on reweighted rows and GRPO's elsewhere,
+totals kept, the rollout against the actor's log-probs."""
 
 from dataclasses import dataclass
 
@@ -35,16 +34,17 @@ class Run:
     fused: bool = False
 
 
-RUNS = {
-    "oar_g": Run("oar_g-fused-tp2-checkpoint", "oar_g", (1, 2), (*TENSOR_PARALLEL_2, *CHECKPOINT), "ckpt_tp2", fused=True),
-    "oar_p": Run("oar_p-exact-tp2-resumed-kl", "oar_p", (3, 4), (*TENSOR_PARALLEL_2, "actor_rollout_ref.actor.use_kl_loss=true"), "ckpt_tp2"),
+RUNS = {  # in order: each run resumes the previous run's last checkpoint
+    "grpo": Run("grpo-tp2-checkpoint", "grpo", (1, 2), (*TENSOR_PARALLEL_2, *CHECKPOINT), "ckpt_tp2"),
+    "oar_g": Run("oar_g-fused-tp2-resumed-checkpoint", "oar_g", (3, 4), (*TENSOR_PARALLEL_2, *CHECKPOINT), "ckpt_tp2", fused=True),
+    "oar_p": Run("oar_p-exact-tp2-resumed-kl", "oar_p", (5, 6), (*TENSOR_PARALLEL_2, "actor_rollout_ref.actor.use_kl_loss=true"), "ckpt_tp2"),
 }
 QUANTILE = 0.25
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, quickstart_inputs):
-    """The runs in order (oar_p resumes from oar_g's checkpoint): name -> (log, metrics, dumps)."""
+    """The runs in order, each resuming the previous one's checkpoint: name -> (log, metrics, dumps)."""
     root = tmp_path_factory.mktemp("megatron")
     paths = quickstart_inputs
     results = {}
@@ -56,6 +56,23 @@ def runs(tmp_path_factory, quickstart_inputs):
         assert result.returncode == 0, log.read_text()[-6000:]
         results[key] = (log, read_metrics(metrics), dumps)
     return root, paths, results
+
+
+def test_grpo_on_megatron(runs):
+    """GRPO's two steps: the policy trained, the rollout followed it, no OAR step ran."""
+    root, paths, results = runs
+    log, metrics, _ = results["grpo"]
+    assert sorted(metrics) == [1, 2]
+    assert 0.0 < metrics[1]["critic/score/mean"] < 1.0, "GRPO needs groups with different rewards"
+    assert not any(name.startswith("oar/") for step in (1, 2) for name in metrics[step]), "OAR ran in a GRPO run"
+    for step in (1, 2):
+        check_rollout_gap(metrics[step])
+    saved = weights_digest(load_file(root / "ckpt_tp2" / "global_step_2" / "actor" / "model" / "huggingface" / "model.safetensors").items())
+    # the Megatron actor holds bf16 weights: the rollout starts from the initial model in bf16
+    initial = weights_digest({name: tensor.to(torch.bfloat16) for name, tensor in load_file(paths["model"] / "model.safetensors").items()}.items())
+    digests = synced_digests(log)
+    assert [step for step, _ in digests] == [0, 1, 2] and digests[0][1] == initial
+    assert saved != initial and digests[-1][1] == saved, "the rollout does not hold the checkpoint's weights"
 
 
 @pytest.mark.parametrize("key", ["oar_g", "oar_p"])
@@ -71,21 +88,23 @@ def test_oar_advantages_on_megatron(runs, key):
     assert all(set(dump["dp_rank"].tolist()) == {0} for step in run.steps for dump in step_dumps(dumps, step))
 
 
-def test_checkpoint_resumes_on_megatron(runs):
-    """oar_p's run resumes oar_g's step-2 checkpoint: it trains steps 3 and 4 only, its
-    rollout starts from the checkpoint's weights, and the reference model (KL loss) ran."""
-    root, paths, results = runs
-    first_log, _, _ = results["oar_g"]
-    resumed_log, metrics, _ = results["oar_p"]
-    assert f"Resuming from {root / 'ckpt_tp2' / 'global_step_2'}" in resumed_log.read_text()
-    saved = weights_digest(load_file(root / "ckpt_tp2" / "global_step_2" / "actor" / "model" / "huggingface" / "model.safetensors").items())
-    # the Megatron actor holds bf16 weights: the rollout starts from the initial model in bf16
-    initial = weights_digest({name: tensor.to(torch.bfloat16) for name, tensor in load_file(paths["model"] / "model.safetensors").items()}.items())
-    first, resumed = synced_digests(first_log), synced_digests(resumed_log)
-    assert first[0][1] == initial and saved != initial, "the policy did not change"
-    assert first[-1] == (2, saved), "the rollout does not hold the checkpoint's weights"
-    assert resumed[0] == (2, saved), "the resumed trainer must start from the checkpoint's weights"
-    assert all(metrics[step]["actor/kl_loss"] > 0 for step in (3, 4)), "the reference model on Megatron gave no KL"
+@pytest.mark.parametrize("previous, key", [("grpo", "oar_g"), ("oar_g", "oar_p")])
+def test_checkpoint_resumes_on_megatron(runs, previous, key):
+    """Each run resumes the previous run's last checkpoint: it trains its own steps only,
+    and its rollout starts from the checkpoint's weights."""
+    root, _, results = runs
+    step = RUNS[previous].steps[-1]
+    previous_log, resumed_log = results[previous][0], results[key][0]
+    assert f"Resuming from {root / 'ckpt_tp2' / f'global_step_{step}'}" in resumed_log.read_text()
+    saved = weights_digest(load_file(root / "ckpt_tp2" / f"global_step_{step}" / "actor" / "model" / "huggingface" / "model.safetensors").items())
+    assert synced_digests(previous_log)[-1] == (step, saved), "the rollout does not hold the checkpoint's weights"
+    assert synced_digests(resumed_log)[0] == (step, saved), "the resumed trainer must start from the checkpoint's weights"
+
+
+def test_reference_model_on_megatron(runs):
+    _, _, results = runs
+    metrics = results["oar_p"][1]
+    assert all(metrics[step]["actor/kl_loss"] > 0 for step in RUNS["oar_p"].steps), "the reference model on Megatron gave no KL"
 
 
 def check_rollout_gap(metrics: dict) -> None:
