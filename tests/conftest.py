@@ -77,9 +77,9 @@ def patched_verl(tmp_path_factory):
     return patched_verl_tree(tmp_path_factory.mktemp("verl-src"))
 
 
-# Modules that launch verl's trainer (minutes each), longest first. They run first, so that
-# `pytest -n 2 --dist loadfile` (the README's test command) hands them out before the short
-# modules and the two workers finish together.
+# Modules that launch verl's trainer (minutes each), longest first. They are collected
+# first, so that `pytest -n 2 --dist loadfile --no-loadscope-reorder` (the README's test
+# command) hands them out before the short modules and the two workers finish together.
 LONGEST_MODULES = (
     "verl_cpu/test_e2e_oar.py",
     "verl_cpu/test_e2e_megatron.py",
