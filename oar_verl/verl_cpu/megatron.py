@@ -205,13 +205,16 @@ def _as_cpu(device):
 class CudaAsCpuMode(TorchFunctionMode):
     """Creates tensors asked for on "cuda" on the CPU, leaves `.cuda()` / `.to("cuda")` in
     place, and answers `Tensor.type()` with the CUDA type name (megatron's optimizer
-    accepts only `torch.cuda.*Tensor` parameters)."""
+    accepts only `torch.cuda.*Tensor` parameters). Host memory is not pinned (torch has no
+    pinned allocator without an accelerator): verl's Megatron offload asks for it."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if "device" in kwargs:
             kwargs["device"] = _as_cpu(kwargs["device"])
-        if func is torch.Tensor.cuda:
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
+        if func is torch.Tensor.cuda or func is torch.Tensor.pin_memory:
             return args[0]
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
             name = func(*args)

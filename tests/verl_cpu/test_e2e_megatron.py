@@ -2,7 +2,7 @@
 (verl's Megatron engine, megatron-core through vanilla mbridge, bf16 as verl requires) on
 the CPU backend (`--config-name cpu_megatron`), tensor parallelism 2. One run resumed twice,
 switching estimators at each resumption: GRPO for steps 1-2 with a checkpoint, fused
-`oar_g` for steps 3-4 with a checkpoint, exact `oar_p` for steps 5-6 with the reference
+`oar_g` for steps 3-4 with a checkpoint and parameter / optimizer offload, exact `oar_p` for steps 5-6 with the reference
 model on Megatron too (KL loss). The OAR checks are the FSDP2 runs' (`test_e2e_oar`):
 advantages = Bi-Level weights x GRPO advantage on reweighted rows and GRPO's elsewhere,
 totals kept, the rollout against the actor's log-probs."""
@@ -21,6 +21,10 @@ from tests.verl_cpu.test_e2e_oar import BF16_ROLLOUT_GAP, check_oar_run, step_du
 pytest.importorskip("megatron.core", reason="the megatron extra: pip install 'oar_verl[megatron]'")
 
 TENSOR_PARALLEL_2 = ("actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2", "trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2")
+# verl's Megatron parameter and optimizer offload: the attribution runs in the engine's
+# eval-mode context, which loads offloaded parameters and offloads them again (on the CPU
+# the moves are within host memory: this runs the code path, it measures no memory)
+OFFLOAD = ("actor_rollout_ref.actor.megatron.param_offload=true", "actor_rollout_ref.actor.megatron.optimizer_offload=true")
 CHECKPOINT = ("trainer.save_freq=2", "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]")
 
 
@@ -36,7 +40,7 @@ class Run:
 
 RUNS = {  # in order: each run resumes the previous run's last checkpoint
     "grpo": Run("grpo-tp2-checkpoint", "grpo", (1, 2), (*TENSOR_PARALLEL_2, *CHECKPOINT), "ckpt_tp2"),
-    "oar_g": Run("oar_g-fused-tp2-resumed-checkpoint", "oar_g", (3, 4), (*TENSOR_PARALLEL_2, *CHECKPOINT), "ckpt_tp2", fused=True),
+    "oar_g": Run("oar_g-fused-tp2-resumed-checkpoint-offload", "oar_g", (3, 4), (*TENSOR_PARALLEL_2, *CHECKPOINT, *OFFLOAD), "ckpt_tp2", fused=True),
     "oar_p": Run("oar_p-exact-tp2-resumed-kl", "oar_p", (5, 6), (*TENSOR_PARALLEL_2, "actor_rollout_ref.actor.use_kl_loss=true"), "ckpt_tp2"),
 }
 QUANTILE = 0.25
