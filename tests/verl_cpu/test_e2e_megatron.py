@@ -3,9 +3,9 @@
 the CPU backend (`--config-name cpu_megatron`), tensor parallelism 2. One run resumed twice,
 switching estimators at each resumption: GRPO for steps 1-2 with a checkpoint, fused
 `oar_g` for steps 3-4 with a checkpoint and parameter / optimizer offload, exact `oar_p`
-for steps 5-6 with the reference model on Megatron too (KL loss). The OAR checks are the FSDP2 runs' (`test_e2e_oar`):
-advantages = Bi-Level weights x GRPO advantage on reweighted rows and GRPO's elsewhere,
-totals kept, the rollout against the actor's log-probs."""
+for steps 5-6 with the reference model on Megatron too (KL loss). The OAR checks are the
+FSDP2 runs' (`test_e2e_oar`): advantages = Bi-Level weights x GRPO advantage on reweighted
+rows and GRPO's elsewhere, totals kept, the rollout against the actor's log-probs."""
 
 from dataclasses import dataclass
 
