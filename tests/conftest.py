@@ -1,6 +1,7 @@
 """Shared fixtures: a byte-level tokenizer and tiny Qwen2 models built locally, and the
 training runs' warm-started model and data (built once per session)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import settings
 
 from oar_verl.core import ResponseBatch, Segments
 from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from tests.fixtures.models import QUICKSTART_MODEL
 
 # Property tests draw the same examples on every run, so CI's verdict does not depend on the
 # draw; `pytest --hypothesis-profile explore` searches with fresh random examples.
@@ -56,17 +58,24 @@ def batch_and_segments(tokenizer):
 
 @pytest.fixture(scope="session")
 def quickstart_inputs(tmp_path_factory, worker_id):
-    """{"model", "train", "val"} paths: the quickstart's warm-started model and generated
-    GSM8K-format data (64 training, 16 held-out rows), built once per test session (also
-    under `pytest -n 2`: the first worker builds it, the other waits and reuses it) and
-    only read by the training runs of every test module."""
-    from oar_verl.quickstart import prepare
-
+    """{"model", "train", "val"} paths: the quickstart's warm-started model (the shipped
+    fixture `tests/fixtures/models/quickstart`: a model trained here would differ by CPU)
+    and generated GSM8K-format data (64 training, 16 held-out rows), built once per test
+    session (also under `pytest -n 2`: the first worker builds it, the other waits and
+    reuses it) and only read by the training runs of every test module."""
     if worker_id == "master":  # not distributed
-        return prepare(tmp_path_factory.mktemp("quickstart_inputs"), train_size=64, val_size=16)
+        return _quickstart_inputs(tmp_path_factory.mktemp("quickstart_inputs"))
     shared = tmp_path_factory.getbasetemp().parent  # this session's directory, common to its workers
     with FileLock(shared / "quickstart_inputs.lock"):
-        return prepare(shared / "quickstart_inputs", train_size=64, val_size=16)
+        return _quickstart_inputs(shared / "quickstart_inputs")
+
+
+def _quickstart_inputs(workdir: Path) -> dict[str, Path]:
+    from oar_verl.quickstart import prepare
+
+    if not (workdir / "model").exists():
+        shutil.copytree(QUICKSTART_MODEL, workdir / "model")
+    return prepare(workdir, train_size=64, val_size=16)
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +95,6 @@ LONGEST_MODULES = (
     "study/test_smoke.py",
     "verl_cpu/test_e2e_grpo.py",
     "test_patches.py",
-    "core/test_faithfulness.py",
 )
 
 

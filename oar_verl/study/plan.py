@@ -76,4 +76,4 @@ FULL = StudyPlan()
 # compares with) and the control; OAR-G (the control without the shuffle) and OAR-P go
 # through the same runner and are trained in the e2e tests.
 SMOKE = StudyPlan(methods=("grpo", "oar_g_permuted"), seeds=(0,), warm_start_steps=300, train_size=64, test_size=16, rl_steps=2,
-                  test_freq=2, train_batch_size=8, rollout_n=4, fidelity_responses=4)  # fmt: skip
+                  test_freq=2, train_batch_size=8, rollout_n=8, fidelity_responses=4)  # fmt: skip

@@ -1,28 +1,30 @@
 """Faithfulness on a planted pivot: a tiny model trained so that one known reasoning
-token decides the answer (`oar_verl.demo`); OAR-P must rank that token first."""
+token decides the answer (`oar_verl.demo`); OAR-P must rank that token first.
 
-import random
+The model is the shipped fixture `tests/fixtures/models/pivot` (the demo's training, 400
+steps, seed 0), not trained here: retraining on another CPU gives another model
+(`tests/fixtures/models`). The spread of each statistic over 20 retrained models and over
+30 OAR-G noise seeds is measured by `benchmarks/pivot_spread.py` and recorded in
+`docs/benchmarks.md` ("Planted-pivot statistics"); each bound below is stated against it.
+"""
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig, ResponseBatch, segment_responses
+from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig
 from oar_verl.core.attribution import gradient, perturbation
-from oar_verl.demo import PROMPT, pivot_example, pivot_rank, train_pivot_model
-
-EXAMPLES = 20
+from oar_verl.demo import pivot_rank
+from tests.fixtures.models import PIVOT_EXAMPLES, PIVOT_MODEL, pivot_test_batch
 
 
 @pytest.fixture(scope="module")
 def trained():
-    model, tokenizer = train_pivot_model(steps=400, seed=0)
-    examples = [pivot_example(random.Random(1000 + i)) for i in range(EXAMPLES)]
-    prompt = tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
-    responses = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in examples]
-    batch = ResponseBatch.from_token_lists([prompt] * EXAMPLES, responses, pad_token_id=tokenizer.pad_token_id)
-    segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
+    model = AutoModelForCausalLM.from_pretrained(PIVOT_MODEL, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(PIVOT_MODEL)
+    batch, segments, pivots = pivot_test_batch(tokenizer)
     assert segments.usable.all()
-    return model, tokenizer, batch, segments, [pivot for _, pivot in examples]
+    return model, tokenizer, batch, segments, pivots
 
 
 def ranks(scores, segments, pivots):
@@ -33,30 +35,33 @@ def ranks(scores, segments, pivots):
 def test_oar_p_ranks_the_pivot_first(trained, mode):
     model, tokenizer, batch, segments, pivots = trained
     scores = perturbation.attribute(model, batch, segments, PerturbationConfig(target=mode, perturbation_id=tokenizer.pad_token_id))
-    assert ranks(scores, segments, pivots) == [1] * EXAMPLES
+    assert ranks(scores, segments, pivots) == [1] * PIVOT_EXAMPLES
 
 
 @pytest.mark.parametrize("mode", TARGET_MODES)
-def test_oar_g_pivot_rank_reported(trained, mode, record_property):
+def test_oar_g_ranks_the_pivot_well_above_chance(trained, mode, record_property):
+    """Mean pivot rank below half of chance's (2.83). On the fixture over 30 noise seeds
+    the mean rank is 1.57 +- 0.21 (max 2.10) for the KL targets and 1.89 +- 0.29 (max
+    2.55) for answer_logprob: the bound is 3.2 standard deviations above the worst case's
+    mean, so neither the noise draw nor last-bit differences between CPUs decide it."""
     model, _, batch, segments, pivots = trained
     scores = gradient.attribute(model, batch, segments, GradientConfig(target=mode))
     found = ranks(scores, segments, pivots)
     mean_rank = sum(found) / len(found)
     chance = sum((int(n) + 1) / 2 for n in segments.reasoning_end) / len(found)  # mean rank of a random order
     record_property(f"oar_g_{mode}_mean_pivot_rank", mean_rank)
-    record_property(f"oar_g_{mode}_pivot_first_fraction", found.count(1) / len(found))
-    print(f"OAR-G {mode}: pivot ranks {found}; mean {mean_rank:.2f} (chance {chance:.2f}); first in {found.count(1)}/{len(found)}")
-    assert mean_rank < chance / 2, f"OAR-G ({mode}) ranks the pivot no better than chance: {found}"
+    assert mean_rank < chance / 2, f"OAR-G ({mode}) ranks the pivot no better than chance: {found} (chance {chance:.2f})"
 
 
-def test_perturbing_the_pivot_changes_the_prediction(trained):
-    """The trained model copies the planted digit: the attribution has a real pivot to find."""
+def test_the_model_copies_the_planted_digit(trained):
+    """The model predicts the answer digit of at least 16 of the 20 responses: the
+    attribution has a real pivot to find. The fixture predicts 17; the logit of the answer
+    leads the next digit's by 2.4 or more on each of them, so no float difference between
+    CPUs moves the count."""
     model, _, batch, segments, pivots = trained
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
-    P = batch.prompt_length
-    rows = torch.arange(EXAMPLES)
-    predicted = logits[rows, P + segments.answer_start - 1].argmax(-1)
+    rows = torch.arange(PIVOT_EXAMPLES)
+    predicted = logits[rows, batch.prompt_length + segments.answer_start - 1].argmax(-1)
     answers = batch.responses[rows, segments.answer_start]
-    # 0.85 to 1.0 on different x86 CPUs: the 400-step training's float sums differ by machine
-    assert (predicted == answers).float().mean() >= 0.8
+    assert int((predicted == answers).sum()) >= 16

@@ -67,6 +67,7 @@ def test_grpo_on_megatron(runs):
     root, paths, results = runs
     log, metrics, _ = results["grpo"]
     assert sorted(metrics) == [1, 2]
+    # 32 samples at the shipped model's sampled accuracy 0.41: all equal with probability < 1e-7
     assert 0.0 < metrics[1]["critic/score/mean"] < 1.0, "GRPO needs groups with different rewards"
     assert not any(name.startswith("oar/") for step in (1, 2) for name in metrics[step]), "OAR ran in a GRPO run"
     for step in (1, 2):

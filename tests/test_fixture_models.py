@@ -1,0 +1,50 @@
+"""The shipped trained models (`tests/fixtures/models`): the tests load the committed bytes,
+and each is what the project's own training code builds, short of its training steps."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from oar_verl.demo import train_pivot_model
+from oar_verl.quickstart import TASK
+from oar_verl.warmstart import warm_start
+from tests.fixtures.models import PIVOT_MODEL, QUICKSTART_MODEL, STUDY_SMOKE_MODEL, recorded_digests, weights_digest
+
+
+@pytest.mark.parametrize("path", [PIVOT_MODEL, QUICKSTART_MODEL, STUDY_SMOKE_MODEL], ids=lambda path: path.name)
+def test_the_shipped_weights_are_the_recorded_ones(path):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert weights_digest(model) == recorded_digests()[path.name]
+
+
+def test_weights_digest_sees_a_one_bit_change():
+    model = AutoModelForCausalLM.from_pretrained(PIVOT_MODEL, dtype=torch.float32)
+    before = weights_digest(model)
+    with torch.no_grad():
+        weight = model.model.norm.weight
+        weight.view(torch.int32)[0] ^= 1
+    assert weights_digest(model) != before
+
+
+def same_architecture(built_dir, shipped_dir) -> None:
+    built, shipped = (json.loads((d / "config.json").read_text()) for d in (built_dir, shipped_dir))
+    assert built == shipped
+    assert AutoTokenizer.from_pretrained(built_dir).get_vocab() == AutoTokenizer.from_pretrained(shipped_dir).get_vocab()
+
+
+def test_the_quickstart_model_is_what_the_warm_start_builds(tmp_path):
+    built = warm_start(tmp_path / "model", steps=2, seed=0, **TASK)
+    same_architecture(built, QUICKSTART_MODEL)
+    generation = json.loads((built / "generation_config.json").read_text())
+    assert generation == json.loads((QUICKSTART_MODEL / "generation_config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(built)
+    assert generation["eos_token_id"] == [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+
+
+def test_the_pivot_model_is_what_the_demo_trains(tmp_path):
+    model, tokenizer = train_pivot_model(steps=2, seed=0)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    same_architecture(tmp_path, PIVOT_MODEL)
