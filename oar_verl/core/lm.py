@@ -25,6 +25,8 @@ import torch.utils.checkpoint
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from oar_verl.core import fsdp_internals
+
 
 @dataclass(frozen=True)
 class LMParts:
@@ -68,9 +70,7 @@ class LMParts:
         if not modules:
             yield
             return
-        # What the root's pre-forward does first (idempotent): mark the root, share its state
-        # with the sub-modules. torch has no public call for it.
-        self.model._get_fsdp_state()._lazy_init()
+        fsdp_internals.lazy_init_root(self.model)  # what the root's pre-forward runs first
         for module in modules:
             module.unshard()
         try:
@@ -86,14 +86,14 @@ class LMParts:
         the same collectives on every rank: none for the groups already gathered); the
         groups are resharded, and their setting restored, on exit."""
         groups = [module for module in self.model.modules() if hasattr(module, "set_reshard_after_backward")]
-        settings = [[group.reshard_after_backward for group in module._get_fsdp_state()._fsdp_param_groups] for module in groups]
+        settings = [[group.reshard_after_backward for group in fsdp_internals.param_groups(module)] for module in groups]
         for module in groups:
             module.set_reshard_after_backward(False, recurse=False)
         try:
             yield
         finally:
             for module, previous in zip(groups, settings):
-                for group, value in zip(module._get_fsdp_state()._fsdp_param_groups, previous):
+                for group, value in zip(fsdp_internals.param_groups(module), previous):
                     group.reshard_after_backward = value
                 module.reshard()
 
