@@ -25,7 +25,7 @@ On the CPU the attention of `sdpa` with a mask (math kernel) also keeps its prob
 heads x S x b per token for sequences of S tokens in every layer without checkpointing
 (flash / memory-efficient kernels on GPUs keep none); the measurement adds that term to
 the model. Fixed costs beside the per-token ones: the gathered embeddings and output head
-(2 V H b) and, in fused OAR-G, the log-prob pass's logits (`gradient.LOGIT_TOKENS`
+(2 V H b) and, in fused OAR-G, the log-prob pass's logits (`chunks.LOGIT_TOKENS`
 positions at a time, at most about 20 bytes per logit with their float32 log-softmax and
 entropy temporaries).
 """
@@ -38,7 +38,7 @@ import torch
 
 from attribution import build, cpu_peak_memory
 from oar_verl.core import GradientConfig, ResponseBatch, Segments
-from oar_verl.core.attribution import gradient
+from oar_verl.core.attribution import chunks, gradient
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def main() -> None:
     print("embeddings and head, and the log-prob logits (vLLM asleep during the old-log-prob step, as verl's colocated rollout is):")
     print(f"  {'recipe':<28} {'checkpointing':<14} {'MiB/token':>9} {'GiB at default':>15}  " + "  ".join(f"{memory:>4} GiB" for memory in GPU_MEMORY_GIB))
     for recipe, shape, gpus in RECIPES:
-        fixed = 2 * shape.vocab * shape.hidden * 2 + 20 * gradient.LOGIT_TOKENS * shape.vocab
+        fixed = 2 * shape.vocab * shape.hidden * 2 + 20 * chunks.LOGIT_TOKENS * shape.vocab
         state = 16 * PARAMETERS[shape.name] / gpus
         for checkpointing in (True, False):
             per_token = shape.bytes_per_token(2, checkpointing)

@@ -23,7 +23,7 @@ from torch import nn
 from verl.utils import torch_functional as verl_F
 from verl.utils.device import get_device_name
 
-from oar_verl.core.attribution.gradient import LogProbFn
+from oar_verl.core.attribution.chunks import LogProbFn
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ def get_method(name: str, setting: str = "method") -> Method:
 
 def fused_attribution(config: GradientConfig | PerturbationConfig) -> Callable | None:
     """`attribute_with_log_probs(model, batch, segments, config, rows=None, *, temperature,
-    log_prob_fn, sync_passes) -> gradient.ScoresAndLogProbs` of the method `config` runs:
+    log_prob_fn, sync_passes) -> chunks.ScoresAndLogProbs` of the method `config` runs:
     OAR-G, and OAR-P's `taylor` mode (one clean forward with autograd); None for OAR-P's
     other modes, whose passes are not a forward over whole sequences."""
     if isinstance(config, GradientConfig):

@@ -1,6 +1,6 @@
 """What the attribution methods share: input checks, row selection, the scatter of
-per-reasoning-token scores back to [B, R], passes under a token budget, and the step
-count every data-parallel rank runs.
+per-reasoning-token scores back to [B, R], and the step count every data-parallel rank
+runs (the chunks under a token budget: `chunks.py`).
 
 Every method module exposes `attribute(model, batch, segments, config, rows=None)` and
 returns raw scores [B, R] (float32, >= 0): one per reasoning token of every attributed row,
@@ -44,28 +44,12 @@ def attributed_rows(batch: ResponseBatch, segments: Segments, rows: torch.Tensor
     return selected.nonzero().squeeze(1)
 
 
-def rows_per_pass(max_tokens_per_pass: int, sequence_length: int, setting: str) -> int:
-    """How many sequences of `sequence_length` tokens one forward pass may hold."""
-    if max_tokens_per_pass < sequence_length:
-        raise ValueError(
-            f"{setting}: {max_tokens_per_pass} tokens cannot hold one sequence of {sequence_length} tokens "
-            f"(prompt plus response up to the answer); raise it to at least {sequence_length}"
-        )
-    return max_tokens_per_pass // sequence_length
-
-
 def passes_to_run(local: int, sync: PassSync | None) -> int:
     """The number of passes this process runs: its own, or the synchronised count."""
     total = local if sync is None else int(sync(local))
     if total < local:
         raise ValueError(f"sync_passes: returned {total} passes, fewer than this process needs ({local})")
     return total
-
-
-def split_rows(index: torch.Tensor, per_pass: int) -> list[torch.Tensor]:
-    """Row indices [B'] in chunks of at most `per_pass`; none for no rows (where
-    `Tensor.split` gives one empty chunk)."""
-    return list(index.split(per_pass)) if index.numel() else []
 
 
 def max_over_ranks(local: int) -> int:

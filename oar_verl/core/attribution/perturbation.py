@@ -26,11 +26,12 @@ import math
 import torch
 
 from oar_verl.core.attribution import taylor
-from oar_verl.core.attribution.base import PassSync, attributed_rows, passes_to_run, rows_per_pass, scatter_scores, split_rows
+from oar_verl.core.attribution.base import PassSync, attributed_rows, passes_to_run, scatter_scores
+from oar_verl.core.attribution.chunks import Chunk, answer_widths, plan_chunks, prompt_lengths
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.lm import eval_mode, lm_parts
 from oar_verl.core.spans import Segments
-from oar_verl.core.targets import answer_positions, check_target, compute_target, target_shift
+from oar_verl.core.targets import check_target, compute_target, target_shift
 
 NAME = "oar_p"
 MODES = ("exact", "span_approx", "guided_approx", "taylor")
@@ -104,49 +105,48 @@ def attribute(
             for _ in range(passes_to_run(0, sync_passes)):
                 parts.idle_forward(device)
         return torch.zeros((B, R), dtype=torch.float32, device=device)
-    answer = answer_positions(sub, sub_segments)  # [B', A]
-    L = int(answer.columns_needed.max())  # no target reads past column L
-    input_ids = sub.input_ids[:, :L]
-    attention_mask, position_ids = sub.attention_mask[:, :L], sub.position_ids[:, :L]
-    per_pass = rows_per_pass(config.max_tokens_per_pass, L, "max_tokens_per_pass")
-
-    P = batch.prompt_length
-    row_chunks = split_rows(torch.arange(len(index), device=device), per_pass)
+    # clean passes on chunks of rows of similar length, each cut to its own widths
+    steps = plan_chunks(prompt_lengths(sub), answer_widths(sub_segments), torch.arange(len(index), device=device), config.max_tokens_per_pass)
+    chunks = [Chunk.of(sub, sub_segments, rows_of_chunk, with_answer=True, to_answers=True) for rows_of_chunk in steps]
     span = config.span if config.mode == "span_approx" else 1
     if config.mode == "guided_approx":
         units = _guided_units(guide, sub_segments, config)
     else:
         units = [torch.arange(0, int(end), span, device=device) for end in sub_segments.reasoning_end]
-    windows = [_windows(units[r], span, P, L, config.max_tokens_per_pass) for r in range(len(index))]  # per row
-    passes = len(row_chunks) + sum(len(w) for w in windows)
+    windows = {}  # row -> its perturbed passes, each recomputing from its first unit to the row's own last column
+    for chunk in chunks:
+        for within, r in enumerate(chunk.rows.tolist()):
+            windows[r] = _windows(units[r], span, chunk.prompt_length, int(chunk.answer.columns_needed[within]), config.max_tokens_per_pass)
+    passes = len(chunks) + sum(len(w) for w in windows.values())
     idle = passes_to_run(passes, sync_passes) - passes
 
     pair_row, pair_token, shifts = [], [], []
     with eval_mode(model):
-        for c in row_chunks:  # one chunk's clean key/value cache at a time: memory does not grow with the batch
+        for chunk in chunks:  # one chunk's clean key/value cache at a time: memory does not grow with the batch
             with parts.materialized():
-                hidden, cache = parts.hidden_states_and_cache(input_ids[c], attention_mask[c], position_ids[c])  # [C, L, H]
-                clean = compute_target(parts, hidden, answer.select(c), config.target)  # [C, V] or [C]
+                hidden, cache = parts.hidden_states_and_cache(chunk.input_ids, chunk.attention_mask, chunk.position_ids)  # [C, L_c, H]
+                clean = compute_target(parts, hidden, chunk.answer, config.target)  # [C, V] or [C]
             del hidden
-            for within, r in enumerate(c.tolist()):
+            P = chunk.prompt_length
+            for within, r in enumerate(chunk.rows.tolist()):
                 row_cache = copy.deepcopy(cache)  # the row taken out of its chunk's cache once
                 row_cache.batch_select_indices(torch.tensor([within], device=device))
-                end = int(sub_segments.reasoning_end[r])
+                end, length = int(sub_segments.reasoning_end[r]), int(chunk.answer.columns_needed[within])
                 for window in windows[r]:  # window: [C'] first positions of runs of `span` tokens
                     start = P + int(window[0])  # positions before `start` keep their clean keys/values
                     count = len(window)
                     prefix = copy.deepcopy(row_cache)
                     prefix.crop(start)
                     prefix.batch_repeat_interleave(count)
-                    suffix = input_ids[r, start:].repeat(count, 1)  # [C', L - start]
+                    suffix = chunk.input_ids[within, start:length].repeat(count, 1)  # [C', length - start]
                     for offset in range(span):  # a unit is [first, first + span) within the reasoning
                         inside = window + offset < end
                         suffix[torch.arange(count, device=device)[inside], (P + window + offset - start)[inside]] = config.perturbation_id
                     with parts.materialized():
                         hidden, _ = parts.hidden_states_and_cache(
-                            suffix, attention_mask[r].repeat(count, 1), position_ids[r, start:].repeat(count, 1), past_key_values=prefix
-                        )  # [C', L - start, H]
-                        perturbed = compute_target(parts, hidden, answer.select(torch.full((count,), r, device=device)).shifted(-start), config.target)
+                            suffix, chunk.attention_mask[within, :length].repeat(count, 1), chunk.position_ids[within, start:length].repeat(count, 1), past_key_values=prefix
+                        )  # [C', length - start, H]
+                        perturbed = compute_target(parts, hidden, chunk.answer.select(torch.full((count,), within, device=device)).shifted(-start), config.target)
                     shift = target_shift(parts, clean[[within] * count], perturbed, config.target).abs()  # [C']
                     tokens = (window[:, None] + torch.arange(span, device=device)[None, :]).flatten()  # [C' * span]
                     inside = tokens < end

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from oar_verl.core.attribution.base import PassSync
-from oar_verl.core.attribution.gradient import Chunk, LogProbFn, RecordLogProbs, ScoresAndLogProbs, attribute_by_chunks, row_seed, scores_with_log_probs
+from oar_verl.core.attribution.chunks import Chunk, LogProbFn, RecordLogProbs, ScoresAndLogProbs, attribute_by_chunks, scores_with_log_probs
+from oar_verl.core.attribution.gradient import row_seed
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.lm import LMParts
 from oar_verl.core.spans import Segments
@@ -106,9 +107,9 @@ def attribute_with_log_probs(
     sync_passes: PassSync | None = None,
 ) -> ScoresAndLogProbs:
     """The Taylor estimates fused with the trainer's log-prob pass
-    (`gradient.scores_with_log_probs`): the clean forward the expansion differentiates gives
+    (`chunks.scores_with_log_probs`): the clean forward the expansion differentiates gives
     the attributed rows' log-probs too, so the fused step costs the log-prob pass plus the
-    backward passes. Args as for `attribute` and `gradient.scores_with_log_probs`."""
+    backward passes. Args as for `attribute` and `chunks.scores_with_log_probs`."""
     return scores_with_log_probs(
         model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk, record: _chunk_scores(parts, chunk, config, record), rows,
         temperature=temperature, log_prob_fn=log_prob_fn, sync_passes=sync_passes,
