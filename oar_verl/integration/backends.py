@@ -53,9 +53,21 @@ def engine_autocast(engine) -> contextlib.AbstractContextManager:
 
 def verl_log_prob_fn(engine, use_remove_padding: bool) -> LogProbFn:
     """verl's log-probs and entropies of logits at the temperature, by the functions its FSDP
-    engine uses (`prepare_model_outputs`): `logprobs_from_logits`, and the engine's
-    `compute_entropy_from_logits` with remove-padding, `entropy_from_logits` without."""
-    entropy_fn = engine.compute_entropy_from_logits if use_remove_padding else verl_F.entropy_from_logits
+    engine uses (`prepare_model_outputs`): `logprobs_from_logits`; for the entropy, with
+    remove-padding, the engine's `compute_entropy_from_logits` (`entropy_from_logits` or,
+    with `entropy_from_logits_with_chunking`, the chunked one with the engine's
+    `entropy_from_logits_chunk_size`; compiled under `use_torch_compile`) on the logits as
+    rows [N, V], as the engine calls it on its packed tokens; without, `entropy_from_logits`."""
+    config = engine.engine_config
+
+    def packed_entropy(logits: torch.Tensor) -> torch.Tensor:
+        """[N, S] entropies of logits [N, S, V], computed on the [N S, V] rows."""
+        rows = logits.reshape(-1, logits.shape[-1])
+        if config.entropy_from_logits_with_chunking:
+            return engine.compute_entropy_from_logits(rows, chunk_size=config.entropy_from_logits_chunk_size).reshape(logits.shape[:-1])
+        return engine.compute_entropy_from_logits(rows).reshape(logits.shape[:-1])
+
+    entropy_fn = packed_entropy if use_remove_padding else verl_F.entropy_from_logits
 
     def log_prob_fn(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return verl_F.logprobs_from_logits(logits, tokens), entropy_fn(logits)
