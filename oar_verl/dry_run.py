@@ -31,7 +31,8 @@ def check(config: DictConfig) -> None:
 
     OmegaConf.resolve(config)
     verl_checks(config)
-    omega_conf_to_dataclass(config.algorithm)
+    # verl's own algorithm fields; `algorithm.oar` is the plugin's, checked by `verl_checks`
+    omega_conf_to_dataclass(OmegaConf.masked_copy(config.algorithm, [key for key in config.algorithm if key != "oar"]))
     omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
     errors = data_errors(config, answer_pattern=None)
     if errors:

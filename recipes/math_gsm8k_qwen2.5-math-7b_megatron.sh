@@ -17,6 +17,13 @@
 set -euo pipefail
 
 ESTIMATOR=${ESTIMATOR:-grpo}              # grpo | oar_g | oar_p
+# oar_p's mode at these lengths: taylor, fused with the log-prob pass (exact OAR-P is one
+# forward per reasoning token: ~1,000x the step's log-prob pass at 3k tokens; README)
+OAR_P_MODE=${OAR_P_MODE:-taylor}          # taylor | exact | guided_approx | span_approx
+OAR_P_ARGS=()
+if [ "$ESTIMATOR" = oar_p ]; then
+    OAR_P_ARGS=(+algorithm.oar.perturbation_mode="$OAR_P_MODE" +algorithm.oar.target=answer_logprob)  # taylor at TP > 1: first order
+fi
 DATA_DIR=${DATA_DIR:-$HOME/data}
 MODEL=${MODEL:-Qwen/Qwen2.5-Math-7B}
 VERL_MAIN=${VERL_MAIN:-python3 -m verl.trainer.main_ppo}
@@ -28,7 +35,6 @@ VAL_FILES="['$DATA_DIR/math500/test.parquet','$DATA_DIR/gsm8k/test.parquet','$DA
 # Optional OAR settings (new keys take a leading '+' with verl's entry point):
 #   +algorithm.oar.answer_pattern=auto       # default: finds '####' (GSM8K rows) and \boxed{} (MATH rows)
 #   +algorithm.oar.target=answer_logprob     # OAR-G target: answer_mean (default) | first_answer | answer_logprob
-#   +algorithm.oar.perturbation_mode=guided_approx  # OAR-P: APPROXIMATE, far cheaper at 3k-token responses
 #   +algorithm.oar.max_tokens_per_pass=16384 # 4 sequences of 4k tokens per attribution pass: ~12 GiB with gradient checkpointing (recipes/README.md)
 #   +algorithm.oar.heatmap_freq=20
 
@@ -36,6 +42,7 @@ export CUDA_DEVICE_MAX_CONNECTIONS=1  # megatron's overlap of tensor-parallel co
 
 $VERL_MAIN --config-name ppo_megatron_trainer \
     algorithm.adv_estimator="$ESTIMATOR" \
+    ${OAR_P_ARGS[@]+"${OAR_P_ARGS[@]}"} \
     algorithm.use_kl_in_reward=False \
     data.train_files="$TRAIN_FILES" \
     data.val_files="$VAL_FILES" \

@@ -10,6 +10,13 @@
 set -euo pipefail
 
 ESTIMATOR=${ESTIMATOR:-grpo}              # grpo | oar_g | oar_p
+# oar_p's mode at these lengths: taylor, fused with the log-prob pass (exact OAR-P is one
+# forward per reasoning token: ~1,000x the step's log-prob pass at 3k tokens; README)
+OAR_P_MODE=${OAR_P_MODE:-taylor}          # taylor | exact | guided_approx | span_approx
+OAR_P_ARGS=()
+if [ "$ESTIMATOR" = oar_p ]; then
+    OAR_P_ARGS=(+algorithm.oar.perturbation_mode="$OAR_P_MODE")
+fi
 DATA_DIR=${DATA_DIR:-$HOME/data}
 MODEL=${MODEL:-Qwen/Qwen2.5-Math-1.5B}
 VERL_MAIN=${VERL_MAIN:-python3 -m verl.trainer.main_ppo}
@@ -19,12 +26,12 @@ VAL_FILES="['$DATA_DIR/math500/test.parquet','$DATA_DIR/aime2024/test.parquet','
 # Optional OAR settings (new keys take a leading '+' with verl's entry point):
 #   +algorithm.oar.answer_pattern=boxed      # auto finds \boxed{} as well
 #   +algorithm.oar.target=answer_logprob     # OAR-G target: answer_mean (default) | first_answer | answer_logprob
-#   +algorithm.oar.perturbation_mode=guided_approx  # OAR-P: APPROXIMATE, exact on the top OAR-G tokens only
 #   +algorithm.oar.max_tokens_per_pass=16384 # ~7 GiB with gradient checkpointing; per GPU size: recipes/README.md
 #   +algorithm.oar.heatmap_freq=20
 
 $VERL_MAIN \
     algorithm.adv_estimator="$ESTIMATOR" \
+    ${OAR_P_ARGS[@]+"${OAR_P_ARGS[@]}"} \
     algorithm.use_kl_in_reward=False \
     data.train_files="$DATA_DIR/math/train.parquet" \
     data.val_files="$VAL_FILES" \

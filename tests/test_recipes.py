@@ -98,11 +98,26 @@ def test_megatron_recipe_is_megatron_and_refuses_what_attribution_cannot_honour(
     assert config.actor_rollout_ref.actor.strategy == "megatron" and config.actor_rollout_ref.actor.megatron.tensor_model_parallel_size == 4
     for extra, message in (
         (["actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2"], "megatron.pipeline_model_parallel_size=2"),
-        (["+algorithm.oar.perturbation_mode=taylor"], "algorithm.oar.perturbation_mode=taylor with algorithm.oar.target=first_answer"),
+        (["algorithm.oar.target=first_answer"], "algorithm.oar.perturbation_mode=taylor with algorithm.oar.target=first_answer"),
     ):
         with pytest.raises(Exception) as refused:
             dry_run(recipe_overrides(MEGATRON_RECIPE, *extra, ESTIMATOR="oar_p", DATA_DIR=str(data_dir)))
         assert message in str(refused.value), refused.value
+
+
+@pytest.mark.parametrize("recipe", [ROOT / "recipes" / "math_qwen2.5-math-1.5b.sh", MEGATRON_RECIPE], ids=lambda path: path.stem)
+def test_gpu_recipes_run_oar_p_in_taylor_mode(recipe, data_dir):
+    """At 3k-token responses exact OAR-P is ~1,000x the step's log-prob pass: the GPU recipes
+    run taylor unless OAR_P_MODE says otherwise; other estimators get no OAR-P setting."""
+    assert dry_run(recipe_overrides(recipe, ESTIMATOR="oar_p", DATA_DIR=str(data_dir))).algorithm.oar.perturbation_mode == "taylor"
+    assert dry_run(recipe_overrides(recipe, ESTIMATOR="oar_p", OAR_P_MODE="guided_approx", DATA_DIR=str(data_dir))).algorithm.oar.perturbation_mode == "guided_approx"
+    assert "perturbation_mode" not in " ".join(recipe_overrides(recipe, ESTIMATOR="oar_g", DATA_DIR=str(data_dir)))
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "oar_g"])
+def test_the_dry_run_accepts_oar_settings(estimator, data_dir):
+    config = dry_run(recipe_overrides(ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh", "+algorithm.oar.quantile=0.3", ESTIMATOR=estimator, DATA_DIR=str(data_dir)))
+    assert config.algorithm.oar.quantile == 0.3
 
 
 def test_a_recipe_runs_through_the_dry_run_entry_point(data_dir):

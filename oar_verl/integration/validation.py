@@ -57,7 +57,41 @@ def oar_settings_errors(config) -> list[str]:
         errors.append(f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False")
     if not errors:
         errors += data_errors(config, OARSettings.from_algorithm_config(config.algorithm).answer_pattern)
+        warning = perturbation_cost_warning(config)
+        if warning:
+            logger.warning("%s", warning)
     return errors
+
+
+COSTLY_PASS_RATIO = 50  # warn when a mode's perturbed tokens exceed the log-prob pass's this many times
+
+
+def perturbation_cost_warning(config) -> str | None:
+    """A warning when `oar_p`'s perturbation mode would compute far more tokens a step than
+    the step's log-prob pass, estimated from the config alone (before Ray): per rank,
+    responses x perturbed reasoning tokens, each a sequence recomputed from its token on
+    (KV reuse: on average half the response), against responses x (prompt + response).
+    The mode `taylor` (fused with the log-prob pass) is never warned about."""
+    if config.algorithm.adv_estimator != "oar_p":
+        return None
+    settings = OARSettings.from_algorithm_config(config.algorithm)
+    unit_share = {"exact": 1.0, "span_approx": 1.0 / settings.span, "guided_approx": settings.guided_fraction + settings.calibration_fraction * (1 - settings.guided_fraction)}
+    if settings.perturbation_mode not in unit_share:
+        return None
+    data, trainer = config.data, config.trainer
+    responses = int(data.train_batch_size) * int(config.actor_rollout_ref.rollout.n)
+    ranks = max(1, int(trainer.n_gpus_per_node) * int(trainer.get("nnodes", 1)))
+    per_rank = -(-responses // ranks)
+    P, R = int(data.max_prompt_length), int(data.max_response_length)
+    perturbed = per_rank * R * unit_share[settings.perturbation_mode]  # sequences, each ~R / 2 tokens
+    ratio = perturbed * (R / 2) / (per_rank * (P + R))
+    if ratio < COSTLY_PASS_RATIO:
+        return None
+    return (
+        f"algorithm.oar.perturbation_mode={settings.perturbation_mode}: about {perturbed:,.0f} perturbed sequences per rank per step "
+        f"({per_rank} responses x up to {R} reasoning tokens), about {ratio:,.0f}x the tokens of the step's log-prob pass; "
+        "at this response length use algorithm.oar.perturbation_mode=taylor (fused with the log-prob pass)"
+    )
 
 
 def megatron_errors(config, method: str) -> list[str]:

@@ -1,5 +1,6 @@
 """OAR settings are refused in the launching process, before Ray starts, naming the key."""
 
+import logging
 import subprocess
 import sys
 import tempfile
@@ -9,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from oar_verl.data.arithmetic import write_split
-from oar_verl.integration.validation import oar_settings_errors
+from oar_verl.integration.validation import oar_settings_errors, perturbation_cost_warning
 from oar_verl.main_ppo import SettingsError, check_and_prepare
 
 
@@ -95,3 +96,33 @@ def test_stock_entry_point_refuses_before_ray(tmp_path):
     assert "algorithm.oar.quantile: expected a value in (0, 1), got 2.0" in result.stderr
     assert "ray init" not in result.stdout.lower() and "Started a local Ray instance" not in result.stderr
 
+
+
+def recipe_shape(*overrides):
+    """The 7B MATH recipe's step: 512 prompts x 8 samples on 8 ranks, 1024 + 3072 tokens."""
+    return config("algorithm.adv_estimator=oar_p", "data.train_batch_size=512", "actor_rollout_ref.rollout.n=8", "trainer.n_gpus_per_node=8",
+                  "data.max_prompt_length=1024", "data.max_response_length=3072", *overrides)  # fmt: skip
+
+
+def test_a_costly_perturbation_mode_is_warned_about_before_ray():
+    warning = perturbation_cost_warning(recipe_shape())
+    # 512 responses per rank x 3072 perturbed sequences of ~1536 tokens against 512 x 4096
+    assert warning.startswith("algorithm.oar.perturbation_mode=exact: about 1,572,864 perturbed sequences per rank per step (512 responses x up to 3072")
+    assert "about 1,152x the tokens of the step's log-prob pass" in warning and "perturbation_mode=taylor" in warning
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("oar_verl").addHandler(handler)
+    try:
+        assert oar_settings_errors(recipe_shape()) == []
+    finally:
+        logging.getLogger("oar_verl").removeHandler(handler)
+    assert warning in logged
+    guided = perturbation_cost_warning(recipe_shape("algorithm.oar.perturbation_mode=guided_approx"))
+    assert "about 511,181 perturbed sequences" in guided  # 3072 x (0.25 + 0.1 x 0.75) per response
+
+
+def test_cheap_modes_and_short_responses_are_not_warned_about():
+    assert perturbation_cost_warning(recipe_shape("algorithm.oar.perturbation_mode=taylor")) is None
+    assert perturbation_cost_warning(recipe_shape("algorithm.adv_estimator=oar_g")) is None
+    assert perturbation_cost_warning(config("algorithm.adv_estimator=oar_p", "data.max_prompt_length=64", "data.max_response_length=32")) is None
