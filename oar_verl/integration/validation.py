@@ -108,6 +108,9 @@ def megatron_errors(config, method: str) -> list[str]:
         errors.append(f"{prefix}.virtual_pipeline_model_parallel_size={megatron.virtual_pipeline_model_parallel_size}: {method} needs the whole model in one chunk; set it to null")
     if megatron.get("context_parallel_size", 1) > 1 or megatron.get("dynamic_context_parallel", False):
         errors.append(f"{prefix}.context_parallel_size={megatron.get('context_parallel_size', 1)} (dynamic_context_parallel={megatron.get('dynamic_context_parallel', False)}): {method} needs whole sequences on each rank; set them to 1 and False")
+    replay = (megatron.get("router_replay") or {}).get("mode", "disabled")
+    if replay != "disabled":
+        errors.append(f"{prefix}.router_replay.mode={replay}: {method}'s passes do not replay the rollout's MoE routing (verl's log-prob pass does); set it to disabled")
     if str(megatron.get("dtype", "bfloat16")) in (*HALF_PRECISIONS, "float16"):
         errors.append(f"{prefix}.dtype={megatron.dtype}: {method}'s gradient passes have no loss scaling, and fp16 gradients of the attribution objective underflow; use bfloat16")
     settings = OARSettings.from_algorithm_config(config.algorithm)

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
+from verl.utils.profiler import DistProfiler
 from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id
 from verl.experimental.separation.engine_workers import DetachActorWorker
@@ -131,8 +132,12 @@ class OARWorkerRole:
     def compute_log_prob(self, data: TensorDict) -> TensorDict | None:
         """verl's log-prob pass, or fused attribution when the request carries `oar_fused`."""
         if tu.get(data, key=FUSED_KEY, default=False):
-            return compute_oar_scores(self, data)
+            return self._fused_log_prob(data)
         return super().compute_log_prob(data)
+
+    @DistProfiler.annotate(color="blue", role="actor_compute_log_prob")  # as verl's compute_log_prob is profiled
+    def _fused_log_prob(self, data: TensorDict) -> TensorDict | None:
+        return compute_oar_scores(self, data)
 
 
 class OARActorRolloutRefWorker(OARWorkerRole, ActorRolloutRefWorker):

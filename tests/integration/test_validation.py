@@ -68,6 +68,7 @@ def test_megatron_defaults_pass():
         (["actor_rollout_ref.actor.megatron.virtual_pipeline_model_parallel_size=2"], "megatron.virtual_pipeline_model_parallel_size=2"),
         (["actor_rollout_ref.actor.megatron.context_parallel_size=2"], "megatron.context_parallel_size=2"),
         (["actor_rollout_ref.actor.megatron.dtype=float16"], "megatron.dtype=float16"),
+        (["actor_rollout_ref.actor.megatron.router_replay.mode=R2"], "megatron.router_replay.mode=R2"),
         (["algorithm.adv_estimator=oar_p", "algorithm.oar.perturbation_mode=taylor", "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"], "perturbation_mode=taylor with algorithm.oar.target=first_answer"),
     ],
 )
