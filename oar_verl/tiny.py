@@ -14,6 +14,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from oar_verl.core.offsets import BYTE_OF_SYMBOL
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
 
 CHATML_TEMPLATE = (
@@ -54,23 +56,7 @@ def byte_tokenizer(merges: Sequence[tuple[str, str]] = ()) -> PreTrainedTokenize
 
 def _byte_value(symbol: str) -> int:
     """The byte a symbol of GPT-2's byte-to-unicode alphabet stands for."""
-    return _UNICODE_TO_BYTE[symbol]
-
-
-def _unicode_to_byte() -> dict[str, int]:
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    shift = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + shift)
-            shift += 1
-    return {chr(code): byte for byte, code in zip(printable, codes)}
-
-
-_UNICODE_TO_BYTE = _unicode_to_byte()
+    return BYTE_OF_SYMBOL[symbol]
 
 
 def tiny_qwen2(

@@ -10,7 +10,7 @@ With `algorithm.adv_estimator` = `oar_p` / `oar_g`, the advantage step becomes:
    produced `old_log_probs`;
 3. advantages = Bi-Level weights x GRPO advantage; rows without an answer, with empty
    reasoning or degenerate scores keep weight 1; `oar/*` metrics and
-   `timing_s/oar_attribution` go to verl's trackers; every `algorithm.oar.heatmap_freq`
+   `timing_s/oar_attribution` (with `timing_s/oar_segment`, the driver's share) go to verl's trackers; every `algorithm.oar.heatmap_freq`
    steps, token heatmaps (`integration/heatmaps.py`).
 
 Two ways in, chosen by what verl offers:
@@ -113,7 +113,8 @@ def prepare_attribution(trainer, batch: KVBatchMeta, row_advantage: torch.Tensor
     responses = padded["responses"].long()  # [B, R]
     real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags]) & response_mask.any(dim=1)  # [B]
     nonzero = real & (row_advantage != 0)
-    segments = segment_responses(trainer.tokenizer, responses, response_mask, settings.answer_pattern)
+    with marked_timer("oar_segment", trainer.timing_raw):  # on the driver: timing_s/oar_segment
+        segments = segment_responses(trainer.tokenizer, responses, response_mask, settings.answer_pattern)
     extra_info = {"oar_method": trainer.config.algorithm.adv_estimator, "oar_settings": dataclasses.asdict(settings), "oar_step": int(trainer.global_steps)}
     request = AttributionRequest(batch, extra_info, responses, response_mask, segments, real, nonzero, nonzero & segments.usable)
     fields = TensorDict({SEGMENTS_FIELD: request.segment_field}, batch_size=len(responses))

@@ -22,7 +22,7 @@ from tests.core import reference
 OAR_METRICS = (
     "oar/weight/mean", "oar/weight/std", "oar/weight/min", "oar/weight/max", "oar/weight/frac_suppressed",
     "oar/weight/frac_boosted", "oar/answer_found_rate", "oar/rows/attributed", "oar/rows/zero_advantage",
-    "oar/rows/degenerate", "timing_s/oar_attribution",
+    "oar/rows/degenerate", "timing_s/oar_attribution", "timing_s/oar_segment",
 )  # fmt: skip
 
 
