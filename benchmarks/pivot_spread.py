@@ -28,16 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig  # noqa: E402
 from oar_verl.core.attribution import gradient, perturbation  # noqa: E402
-from oar_verl.demo import pivot_rank, train_pivot_model  # noqa: E402
-from tests.fixtures.models import PIVOT_MODEL, pivot_test_batch  # noqa: E402
+from oar_verl.demo import train_pivot_model  # noqa: E402
+from tests.fixtures.models import PIVOT_MODEL, chance_mean_rank, copied_answers, pivot_ranks, pivot_test_batch  # noqa: E402
 
 
 def model_statistics(model, tokenizer, noise_seed: int = 0, with_oar_p: bool = True) -> dict:
     """The test's statistics on one model (see the module docstring)."""
     batch, segments, pivots = pivot_test_batch(tokenizer)
-    stats = {"copy_accuracy": copy_accuracy(model, batch, segments)}
-    chance = sum((int(n) + 1) / 2 for n in segments.reasoning_end) / len(pivots)
-    stats["chance_mean_rank"] = chance
+    stats = {"copy_accuracy": float(copied_answers(model, batch, segments).float().mean()), "chance_mean_rank": chance_mean_rank(segments)}
     for target in TARGET_MODES:
         if with_oar_p:
             scores = perturbation.attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id))
@@ -45,20 +43,6 @@ def model_statistics(model, tokenizer, noise_seed: int = 0, with_oar_p: bool = T
         scores = gradient.attribute(model, batch, segments, GradientConfig(target=target, seed=noise_seed))
         stats[f"oar_g_{target}_mean_rank"] = statistics.mean(pivot_ranks(scores, segments, pivots))
     return stats
-
-
-def pivot_ranks(scores: torch.Tensor, segments, pivots: list[int]) -> list[int]:
-    """`pivot_rank` of each row's pivot among its reasoning tokens."""
-    return [pivot_rank(scores[row].tolist(), int(segments.reasoning_end[row]), pivot) for row, pivot in enumerate(pivots)]
-
-
-def copy_accuracy(model, batch, segments) -> float:
-    """Share of rows whose first answer token is the model's argmax prediction."""
-    with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
-    rows = torch.arange(len(segments.reasoning_end))
-    predicted = logits[rows, batch.prompt_length + segments.answer_start - 1].argmax(-1)
-    return float((predicted == batch.responses[rows, segments.answer_start]).float().mean())
 
 
 def summary(records: list[dict]) -> dict[str, tuple[float, float, float]]:

@@ -35,7 +35,7 @@ def byte_tokenizer(merges: Sequence[tuple[str, str]] = ()) -> PreTrainedTokenize
     e.g. `[("#", "#"), ("##", "##")]` makes "####" one token.
     """
     alphabet = ByteLevel.alphabet()
-    byte_symbols = sorted(alphabet, key=_byte_value)
+    byte_symbols = sorted(alphabet, key=BYTE_OF_SYMBOL.__getitem__)
     vocab = {symbol: index for index, symbol in enumerate(byte_symbols)}
     for left, right in merges:
         if left not in vocab or right not in vocab:
@@ -52,11 +52,6 @@ def byte_tokenizer(merges: Sequence[tuple[str, str]] = ()) -> PreTrainedTokenize
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
-
-
-def _byte_value(symbol: str) -> int:
-    """The byte a symbol of GPT-2's byte-to-unicode alphabet stands for."""
-    return BYTE_OF_SYMBOL[symbol]
 
 
 def tiny_qwen2(

@@ -57,9 +57,6 @@ def oar_settings_errors(config) -> list[str]:
         errors.append(f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False")
     if not errors:
         errors += data_errors(config, OARSettings.from_algorithm_config(config.algorithm).answer_pattern)
-        warning = perturbation_cost_warning(config)
-        if warning:
-            logger.warning("%s", warning)
     return errors
 
 
@@ -124,6 +121,11 @@ def megatron_errors(config, method: str) -> list[str]:
 
 
 def check(config) -> None:
+    """The plugin's check in verl's `validate_config` (once per launch, before Ray): refuses
+    `config` with every error, warns about a costly OAR-P mode."""
     errors = oar_settings_errors(config)
     if errors:
         raise ValueError(f"algorithm.adv_estimator={config.algorithm.adv_estimator}:\n  - " + "\n  - ".join(errors))
+    warning = perturbation_cost_warning(config)
+    if warning:
+        logger.warning("%s", warning)

@@ -14,8 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig
 from oar_verl.core.attribution import gradient, perturbation
-from oar_verl.demo import pivot_rank
-from tests.fixtures.models import PIVOT_EXAMPLES, PIVOT_MODEL, pivot_test_batch
+from tests.fixtures.models import PIVOT_EXAMPLES, PIVOT_MODEL, chance_mean_rank, copied_answers, pivot_ranks, pivot_test_batch
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +26,11 @@ def trained():
     return model, tokenizer, batch, segments, pivots
 
 
-def ranks(scores, segments, pivots):
-    return [pivot_rank(scores[i].tolist(), int(segments.reasoning_end[i]), pivots[i]) for i in range(len(pivots))]
-
-
 @pytest.mark.parametrize("mode", TARGET_MODES)
 def test_oar_p_ranks_the_pivot_first(trained, mode):
     model, tokenizer, batch, segments, pivots = trained
     scores = perturbation.attribute(model, batch, segments, PerturbationConfig(target=mode, perturbation_id=tokenizer.pad_token_id))
-    assert ranks(scores, segments, pivots) == [1] * PIVOT_EXAMPLES
+    assert pivot_ranks(scores, segments, pivots) == [1] * PIVOT_EXAMPLES
 
 
 @pytest.mark.parametrize("mode", TARGET_MODES)
@@ -46,9 +41,9 @@ def test_oar_g_ranks_the_pivot_well_above_chance(trained, mode, record_property)
     mean, so neither the noise draw nor last-bit differences between CPUs decide it."""
     model, _, batch, segments, pivots = trained
     scores = gradient.attribute(model, batch, segments, GradientConfig(target=mode))
-    found = ranks(scores, segments, pivots)
+    found = pivot_ranks(scores, segments, pivots)
     mean_rank = sum(found) / len(found)
-    chance = sum((int(n) + 1) / 2 for n in segments.reasoning_end) / len(found)  # mean rank of a random order
+    chance = chance_mean_rank(segments)
     record_property(f"oar_g_{mode}_mean_pivot_rank", mean_rank)
     assert mean_rank < chance / 2, f"OAR-G ({mode}) ranks the pivot no better than chance: {found} (chance {chance:.2f})"
 
@@ -58,10 +53,5 @@ def test_the_model_copies_the_planted_digit(trained):
     attribution has a real pivot to find. The fixture predicts 17; the logit of the answer
     leads the next digit's by 2.4 or more on each of them, so no float difference between
     CPUs moves the count."""
-    model, _, batch, segments, pivots = trained
-    with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
-    rows = torch.arange(PIVOT_EXAMPLES)
-    predicted = logits[rows, batch.prompt_length + segments.answer_start - 1].argmax(-1)
-    answers = batch.responses[rows, segments.answer_start]
-    assert int((predicted == answers).sum()) >= 16
+    model, _, batch, segments, _ = trained
+    assert int(copied_answers(model, batch, segments).sum()) >= 16

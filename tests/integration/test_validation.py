@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from oar_verl.data.arithmetic import write_split
-from oar_verl.integration.validation import oar_settings_errors, perturbation_cost_warning
+from oar_verl.integration.validation import check, oar_settings_errors, perturbation_cost_warning
 from oar_verl.main_ppo import SettingsError, check_and_prepare
 
 
@@ -116,6 +116,8 @@ def test_a_costly_perturbation_mode_is_warned_about_before_ray():
     logging.getLogger("oar_verl").addHandler(handler)
     try:
         assert oar_settings_errors(recipe_shape()) == []
+        assert logged == [], "the errors' check (run twice by oar_verl.main_ppo) logs nothing"
+        check(recipe_shape())  # verl's validate_config, once per launch
     finally:
         logging.getLogger("oar_verl").removeHandler(handler)
     assert warning in logged

@@ -108,9 +108,9 @@ class Chunk:
         to their last real response token, or (`to_answers`) to the last column their
         targets read."""
         sub, sub_segments = batch.select(rows), segments.select(rows)
-        P = batch.prompt_length
+        P, width = batch.prompt_length, int(response_widths(sub).max())
         start = P - int(prompt_lengths(sub).max())
-        trimmed = ResponseBatch(*(t[:, start : P + int(response_widths(sub).max())] for t in (sub.input_ids, sub.attention_mask, sub.position_ids)), response_length=int(response_widths(sub).max()))  # fmt: skip
+        trimmed = ResponseBatch(*(t[:, start : P + width] for t in (sub.input_ids, sub.attention_mask, sub.position_ids)), response_length=width)
         answer = answer_positions(trimmed, sub_segments) if with_answer else None
         length = int(answer.columns_needed.max()) if to_answers else trimmed.input_ids.shape[1]
         return cls(rows, trimmed.input_ids[:, :length], trimmed.attention_mask[:, :length], trimmed.position_ids[:, :length], trimmed.prompt_length, answer, sub_segments.reasoning_end)
@@ -164,9 +164,15 @@ def attribute_by_chunks(
             chunk = Chunk.of(batch, segments, step_rows, with_answer=True, to_answers=True) if step_rows is not None else Chunk.dummy(device)
             estimate = chunk_scores(parts, chunk)  # [C, L_c]
             if step_rows is not None:
-                W = chunk.response_width
-                scores[step_rows, :W] = estimate[:, chunk.prompt_length :].float() * reasoning[step_rows, :W]
+                _keep_reasoning_scores(scores, chunk, estimate, reasoning)
     return scores
+
+
+def _keep_reasoning_scores(scores: torch.Tensor, chunk: Chunk, estimate: torch.Tensor, reasoning: torch.Tensor) -> None:
+    """Writes a chunk's estimates [C, L_c] into the batch's scores [B, R] on the reasoning
+    tokens (`reasoning` [B, R]) of its rows; 0 elsewhere in its columns."""
+    W = chunk.response_width
+    scores[chunk.rows, :W] = estimate[:, chunk.prompt_length :].float() * reasoning[chunk.rows, :W]
 
 
 @dataclass(frozen=True)
@@ -256,8 +262,7 @@ def scores_with_log_probs(
             chunk = Chunk.of(batch, segments, step_rows, with_answer=True) if step_rows is not None else Chunk.dummy(device)
             estimate = chunk_scores(parts, chunk, record_for(chunk))  # [C, L_c]
             if step_rows is not None:
-                W = chunk.response_width
-                scores[step_rows, :W] = estimate[:, chunk.prompt_length :].float() * reasoning[step_rows, :W]
+                _keep_reasoning_scores(scores, chunk, estimate, reasoning)
         for step_rows in synchronized_steps(plan_chunks(prompts, widths, plain, max_tokens_per_pass), sync_passes):
             chunk = Chunk.of(batch, segments, step_rows, with_answer=False) if step_rows is not None else Chunk.dummy(device)
             with parts.materialized(), torch.no_grad():
