@@ -8,14 +8,16 @@ bytes end inside a multi-byte character produces no text on its own and is given
 first character it helps to complete; special tokens cover no character.
 
 Byte-level BPE tokenizers (GPT-2's, Qwen's, Llama 3's: a `ByteLevel` decoder) take a fast
-path with the same result: each token's bytes from a table built once per tokenizer, the
-text their UTF-8 decoding (checked against `decode`), and a token's characters those its
-bytes overlap. Other tokenizers, and responses where the check fails (a cut character,
-decode-time space cleanup), use the streaming decode.
+path with the same result: each token's bytes from a table built once per tokenizer (and
+checked id by id against `decode` then), a batch's texts the UTF-8 decoding of its rows'
+bytes, found blockwise in one vectorised pass, and a token's characters those its bytes
+overlap. Other tokenizers (decode-time space cleanup, other decoders), and responses whose
+bytes are not UTF-8 (a cut character), use the streaming decode.
 """
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,16 +50,28 @@ class TokenOffsets:
 
 def token_offsets(tokenizer, ids: Sequence[int]) -> TokenOffsets:
     """Character interval of every token of `ids` (a sampled response, padding removed)."""
-    ids = list(map(int, ids))
+    return batch_token_offsets(tokenizer, [list(map(int, ids))])[0]
+
+
+ROWS_PER_BLOCK = 256  # byte-level fast path: rows gathered at once (bounds its memory to a few MB)
+
+
+def batch_token_offsets(tokenizer, rows: Sequence[list[int]]) -> list[TokenOffsets]:
+    """`token_offsets` of each row (lists of ids, padding removed). On a byte-level
+    tokenizer the rows' bytes are gathered and their characters located blockwise in one
+    vectorised pass; rows whose bytes are not UTF-8, and other tokenizers, take the
+    streaming decode."""
     table = _byte_table(tokenizer)
-    offsets = _byte_offsets(tokenizer, table, ids) if table is not None else None
-    if offsets is not None:
-        return offsets
+    fast: list[TokenOffsets | None] = []
+    for first in range(0, len(rows), ROWS_PER_BLOCK):
+        block = rows[first : first + ROWS_PER_BLOCK]
+        fast += _byte_offsets(table, block) if table is not None else [None] * len(block)
+    return [offsets if offsets is not None else _streaming_offsets(tokenizer, ids) for offsets, ids in zip(fast, rows)]
+
+
+def _streaming_offsets(tokenizer, ids: list[int]) -> TokenOffsets:
     full_text = _decode(tokenizer, ids)
-    offsets = _incremental_offsets(tokenizer, ids, full_text)
-    if offsets is None:
-        offsets = _prefix_offsets(tokenizer, ids, full_text)
-    return offsets
+    return _incremental_offsets(tokenizer, ids, full_text) or _prefix_offsets(tokenizer, ids, full_text)
 
 
 def _byte_of_symbol() -> dict[str, int]:
@@ -91,8 +105,8 @@ _BYTE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokeniz
 
 def _byte_table(tokenizer) -> ByteTable | None:
     """The table of a fast tokenizer with a ByteLevel decoder whose `decode` is its
-    backend's (no `clean_up_tokenization_spaces`); None for any other. Built once per
-    tokenizer (a vocabulary of 150k: under a second)."""
+    backend's (no `clean_up_tokenization_spaces`), checked id by id against `decode`;
+    None for any other. Built once per tokenizer (a vocabulary of 150k: about a second)."""
     try:
         return _BYTE_TABLES[tokenizer]
     except (KeyError, TypeError):
@@ -100,16 +114,7 @@ def _byte_table(tokenizer) -> ByteTable | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     table = None
     if backend is not None and isinstance(backend.decoder, decoders.ByteLevel) and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        vocab = backend.get_vocab(with_added_tokens=False)
-        pieces = [b""] * max(len(tokenizer), max(vocab.values()) + 1)
-        for symbol, index in vocab.items():
-            if all(char in BYTE_OF_SYMBOL for char in symbol):
-                pieces[index] = bytes(BYTE_OF_SYMBOL[char] for char in symbol)
-        special = set(tokenizer.all_special_ids)
-        for index, added in tokenizer.added_tokens_decoder.items():
-            pieces[index] = b"" if (added.special or index in special) else added.content.encode("utf-8")
-        lengths = np.fromiter((len(piece) for piece in pieces), dtype=np.int64, count=len(pieces))
-        table = ByteTable(np.frombuffer(b"".join(pieces), dtype=np.uint8), np.cumsum(lengths) - lengths, lengths)
+        table = _checked_table(backend, _token_pieces(backend))
     try:
         _BYTE_TABLES[tokenizer] = table
     except TypeError:  # not weak-referenceable: no cache
@@ -117,28 +122,68 @@ def _byte_table(tokenizer) -> ByteTable | None:
     return table
 
 
-def _byte_offsets(tokenizer, table: ByteTable, ids: list[int]) -> TokenOffsets | None:
-    """Offsets from the tokens' bytes; None when their UTF-8 text is not the backend's
-    decoding (an unknown id, a character cut at the end)."""
-    index = np.asarray(ids, dtype=np.int64)
-    if index.size and (index.min() < 0 or index.max() >= len(table.lengths)):
+def _token_pieces(backend) -> list[bytes]:
+    """Each id's bytes as the ByteLevel decoder makes them: a token's symbols mapped back to
+    bytes, or its own UTF-8 when a character is outside the byte alphabet; none for special
+    tokens and ids outside the vocabulary."""
+    vocab = backend.get_vocab(with_added_tokens=True)
+    pieces = [b""] * (max(vocab.values()) + 1)
+    for symbol, index in vocab.items():
+        try:
+            pieces[index] = bytes(BYTE_OF_SYMBOL[char] for char in symbol)
+        except KeyError:
+            pieces[index] = symbol.encode("utf-8")
+    for index, added in backend.get_added_tokens_decoder().items():
+        if added.special:
+            pieces[index] = b""
+    return pieces
+
+
+def _checked_table(backend, pieces: list[bytes]) -> ByteTable | None:
+    """The table of `pieces` if every id decodes alone to its piece's (lossy) UTF-8 text,
+    else None. The ByteLevel decoder maps each token to bytes and decodes their
+    concatenation once, so a row whose bytes are valid UTF-8 then decodes to exactly them."""
+    decoded = backend.decode_batch([[index] for index in range(len(pieces))], skip_special_tokens=True)
+    if any(text != piece.decode("utf-8", errors="replace") for text, piece in zip(decoded, pieces)):
         return None
-    lengths = table.lengths[index]  # [N]
+    lengths = np.fromiter((len(piece) for piece in pieces), dtype=np.int64, count=len(pieces))
+    return ByteTable(np.frombuffer(b"".join(pieces), dtype=np.uint8), np.cumsum(lengths) - lengths, lengths)
+
+
+def _byte_offsets(table: ByteTable, rows: list[list[int]]) -> list[TokenOffsets | None]:
+    """Offsets of each row from its tokens' bytes; None for a row whose bytes are not UTF-8
+    (a character cut at the end) or hold an id outside the table."""
+    counts = np.fromiter((len(ids) for ids in rows), dtype=np.int64, count=len(rows))  # [B]
+    index = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(counts.sum()))  # [T]
+    token_bounds = np.concatenate(([0], np.cumsum(counts)))  # [B + 1]
+    unknown = (index < 0) | (index >= len(table.lengths))
+    usable = np.ones(len(rows), dtype=bool)
+    usable[np.repeat(np.arange(len(rows)), counts)[unknown]] = False
+    index = np.where(unknown, 0, index)
+    lengths = table.lengths[index]  # [T]
     byte_ends = np.cumsum(lengths)
     byte_starts = byte_ends - lengths
-    total = int(byte_ends[-1]) if index.size else 0
-    raw = table.data[np.arange(total) + np.repeat(table.starts[index] - byte_starts, lengths)]  # [bytes] the response's bytes
-    try:
-        text = raw.tobytes().decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if text != tokenizer.backend_tokenizer.decode(ids, skip_special_tokens=True):
-        return None
+    raw = table.data[np.arange(int(byte_ends[-1]) if index.size else 0) + np.repeat(table.starts[index] - byte_starts, lengths)]  # [bytes]
+    byte_bounds = np.concatenate(([0], byte_ends))[token_bounds]  # [B + 1]
     char_starts = np.flatnonzero((raw & 0xC0) != 0x80)  # [C] first byte of each character
     char_ends = np.append(char_starts[1:], len(raw)) if len(char_starts) else char_starts
     starts = np.searchsorted(char_ends, byte_starts, side="right")  # characters ending by the token's first byte
-    ends = np.where(lengths > 0, np.searchsorted(char_starts, byte_ends, side="left"), starts)  # characters begun before its end
-    return TokenOffsets(text, starts.astype(np.int64), np.maximum(ends, starts).astype(np.int64))
+    ends = np.maximum(np.where(lengths > 0, np.searchsorted(char_starts, byte_ends, side="left"), starts), starts)
+    first_chars = np.searchsorted(char_starts, byte_bounds[:-1], side="left")  # [B] each row's first character
+    texts: list[str | None] = []
+    for row in range(len(rows)):
+        try:
+            texts.append(raw[byte_bounds[row] : byte_bounds[row + 1]].tobytes().decode("utf-8") if usable[row] else None)
+        except UnicodeDecodeError:
+            texts.append(None)
+    offsets: list[TokenOffsets | None] = []
+    for row, text in enumerate(texts):
+        if text is None:
+            offsets.append(None)
+            continue
+        tokens = slice(token_bounds[row], token_bounds[row + 1])
+        offsets.append(TokenOffsets(text, starts[tokens] - first_chars[row], ends[tokens] - first_chars[row]))
+    return offsets
 
 
 def _decode(tokenizer, ids: Sequence[int]) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from oar_verl.core.answers import answer_finder
-from oar_verl.core.offsets import token_offsets
+from oar_verl.core.offsets import TokenOffsets, batch_token_offsets
 
 SEGMENT_NAMES = ("reasoning", "bridge", "answer", "tail")
 UNSEGMENTED = "unsegmented"  # label of every token of a row without an answer
@@ -96,8 +96,8 @@ def segment_responses(
     rows = responses.tolist()
     bounds = torch.zeros((len(rows), 3), dtype=torch.long)
     found = torch.zeros(len(rows), dtype=torch.bool)
-    for row, (ids, length) in enumerate(zip(rows, lengths)):
-        token_bounds = _segment_tokens(tokenizer, ids[:length], find)
+    for row, offsets in enumerate(batch_token_offsets(tokenizer, [ids[:length] for ids, length in zip(rows, lengths)])):
+        token_bounds = _segment_tokens(offsets, find)
         if token_bounds is not None:
             bounds[row] = torch.tensor(token_bounds)
             found[row] = True
@@ -105,9 +105,8 @@ def segment_responses(
     return Segments(bounds[:, 0].to(device), bounds[:, 1].to(device), bounds[:, 2].to(device), found.to(device))
 
 
-def _segment_tokens(tokenizer, ids: list[int], find) -> tuple[int, int, int] | None:
-    """(reasoning_end, answer_start, answer_end) in tokens, or None without an answer."""
-    offsets = token_offsets(tokenizer, ids)
+def _segment_tokens(offsets: TokenOffsets, find) -> tuple[int, int, int] | None:
+    """(reasoning_end, answer_start, answer_end) in tokens of one response, or None without an answer."""
     span = find(offsets.text)
     if span is None:
         return None

@@ -1,7 +1,18 @@
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oar_verl.core.offsets import _byte_table, _incremental_offsets, _prefix_offsets, token_offsets
+from oar_verl.core import offsets as offsets_module
+from oar_verl.core.offsets import (
+    _byte_table,
+    _checked_table,
+    _incremental_offsets,
+    _prefix_offsets,
+    _token_pieces,
+    batch_token_offsets,
+    token_offsets,
+)
+from oar_verl.tiny import byte_tokenizer
 from tests.qwen_vocabulary import qwen_tokenizer
 
 
@@ -90,6 +101,45 @@ def test_fast_path_on_qwen_vocabulary(text, cut, special):
     tokenizer = qwen_tokenizer()
     assert _byte_table(tokenizer) is not None
     check_same_offsets(tokenizer, text, cut, special)
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.tuples(TEXTS, st.integers(0, 2), st.booleans()), max_size=7), unknown=st.booleans())
+def test_a_batch_equals_each_row_alone(tokenizer, texts, unknown):
+    """Rows gathered blockwise (3 a block here) give each row's own offsets: cut characters,
+    special tokens, empty rows and an id outside the vocabulary among them."""
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _, _ in texts]
+    rows = [ids[: max(0, len(ids) - cut)] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")] if special else []) for ids, (_, cut, special) in zip(rows, texts)]
+    if unknown and rows:
+        rows[-1] = rows[-1] + [len(tokenizer) + 5]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(offsets_module, "ROWS_PER_BLOCK", 3)
+        batch = batch_token_offsets(tokenizer, rows)
+    assert len(batch) == len(rows)
+    for ids, offsets in zip(rows, batch):
+        expected = reference_offsets(tokenizer, ids)
+        assert offsets.text == expected.text
+        assert offsets.starts.tolist() == expected.starts.tolist() and offsets.ends.tolist() == expected.ends.tolist()
+
+
+def test_added_tokens_decode_as_the_byte_level_decoder_makes_them():
+    """An added token made of byte symbols decodes to their bytes ("Ġzz" -> " zz"), one with
+    other characters to its own UTF-8; the table agrees with `decode` on both."""
+    tokenizer = byte_tokenizer(merges=[])
+    tokenizer.add_tokens(["Ġzz", "<tool>"])
+    ids = tokenizer("a", add_special_tokens=False)["input_ids"] + tokenizer.convert_tokens_to_ids(["Ġzz", "<tool>"])
+    assert _byte_table(tokenizer) is not None
+    offsets = token_offsets(tokenizer, ids)
+    assert offsets.text == tokenizer.decode(ids, skip_special_tokens=True) == "a zz<tool>"
+    assert covered(offsets) == ["a", " zz", "<tool>"]
+
+
+def test_a_table_that_disagrees_with_decode_is_refused(tokenizer):
+    pieces = _token_pieces(tokenizer.backend_tokenizer)
+    assert _checked_table(tokenizer.backend_tokenizer, pieces) is not None
+    wrong = tokenizer.convert_tokens_to_ids("a")
+    pieces[wrong] = b"b"
+    assert _checked_table(tokenizer.backend_tokenizer, pieces) is None
 
 
 def test_other_tokenizers_take_the_streaming_decode():
