@@ -14,13 +14,15 @@ settings are refused with the setting named.
 from __future__ import annotations
 
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from oar_verl.integration.command_line import CONFIG_OPTIONS, OAR_CONFIG_DIR, CommandLine, compose_config, hydra_entry_help
+from oar_verl.integration.errors import SettingsError, exit_on_settings_error
 
-class SettingsError(ValueError):
-    """A configuration that cannot run, found before Ray starts."""
+PROGRAM = "python -m oar_verl.main_ppo"
 
 
 def check_and_prepare(config: DictConfig) -> None:
@@ -51,7 +53,12 @@ def verl_checks(config: DictConfig) -> None:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
 
     verl_main.auto_set_device(config)
-    verl_main.validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    try:
+        verl_main.validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    except SettingsError:
+        raise
+    except (AssertionError, ValueError) as error:  # verl's own checks of its settings
+        raise SettingsError(f"verl's config check: {error}") from None
     if not config.trainer.use_v1:
         raise SettingsError("trainer.use_v1=False: oar_verl runs on verl's v1 trainer; the legacy trainer is deprecated in verl 0.9")
 
@@ -66,8 +73,24 @@ def run(config: DictConfig) -> None:
 
 
 @hydra.main(config_path="config", config_name="ppo", version_base=None)
-def main(config: DictConfig) -> None:
-    run(config)
+def hydra_main(config: DictConfig) -> None:
+    with exit_on_settings_error(PROGRAM):
+        run(config)
+
+
+def main() -> None:
+    """`--help` prints the OAR settings; the command line is composed and checked in this
+    process first (a key the config lacks, a value of the wrong type: one message, exit
+    status 2), then hydra runs the job as `verl.trainer.main_ppo` does."""
+    argv = sys.argv[1:]
+    if {"-h", "--help"} & set(argv):
+        print(hydra_entry_help(PROGRAM, __doc__))
+        return
+    hydra_options = [arg for arg in argv if arg.startswith("hydra.") or (arg.startswith("-") and arg.split("=")[0] not in CONFIG_OPTIONS)]
+    if not hydra_options:  # --multirun, --cfg, hydra.* ...: hydra's own business
+        with exit_on_settings_error(PROGRAM):
+            compose_config(CommandLine.parse(argv, OAR_CONFIG_DIR, "ppo"))
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from oar_verl.data.arithmetic import write_split
+from oar_verl.integration.errors import SettingsError, exit_on_settings_error
 from oar_verl.warmstart import warm_start
 
 HELD_OUT_METRIC = "val-core/openai/gsm8k/acc/mean@1"
@@ -94,15 +95,36 @@ def read_metrics(metrics_file: Path) -> dict[int, dict]:
     return steps
 
 
+def check_command(estimator: str, strategy: str, overrides: list[str]) -> None:
+    """The run's configuration composed and its names checked before the model is built
+    (the estimator, every override's key and type, the OAR settings): `SettingsError`."""
+    from oar_verl.integration import ESTIMATORS
+    from oar_verl.integration.command_line import CommandLine, compose_config
+    from oar_verl.integration.config import OARSettings
+    from oar_verl.integration.launch_checks import estimator_errors
+
+    config = compose_config(CommandLine.parse(["--config-name", PRESETS[strategy], f"algorithm.adv_estimator={estimator}", *overrides], CONFIG_DIR, "cpu"))
+    errors = estimator_errors(config)
+    if errors:
+        raise SettingsError(f"--estimator {errors[0].removeprefix('algorithm.adv_estimator=')}")
+    if estimator in ESTIMATORS:
+        try:
+            OARSettings.from_algorithm_config(config.algorithm).method_config(estimator, pad_token_id=0)
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train a small model with verl on the CPU: OAR-G, OAR-P or GRPO.")
-    parser.add_argument("--estimator", default="oar_g", help="algorithm.adv_estimator: oar_g, oar_p, grpo, ...")
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--test-freq", type=int, default=4)
-    parser.add_argument("--workdir", type=Path, default=Path("outputs/quickstart"))
-    parser.add_argument("--strategy", choices=sorted(PRESETS), default="fsdp2", help="the actor's engine: fsdp2 (default) or megatron (needs the megatron extra)")
-    parser.add_argument("overrides", nargs="*", help="extra hydra overrides for verl")
+    parser = argparse.ArgumentParser(prog="python -m oar_verl.quickstart", description="Train a small model with verl on the CPU: OAR-G, OAR-P or GRPO.")
+    parser.add_argument("--estimator", default="oar_g", help="algorithm.adv_estimator: oar_g, oar_p, grpo, ... (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=12, help="training steps (default: %(default)s)")
+    parser.add_argument("--test-freq", type=int, default=4, help="held-out evaluation every N steps, and before training (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, default=Path("outputs/quickstart"), help="model, data, checkpoints and metrics (default: %(default)s)")
+    parser.add_argument("--strategy", choices=sorted(PRESETS), default="fsdp2", help="the actor's engine; megatron needs the megatron extra (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", help="extra hydra overrides for verl, e.g. algorithm.oar.quantile=0.3")
     args = parser.parse_args(argv)
+    with exit_on_settings_error(parser.prog):
+        check_command(args.estimator, args.strategy, args.overrides)
 
     paths = prepare(args.workdir)
     run = args.estimator if args.strategy == "fsdp2" else f"{args.estimator}_{args.strategy}"

@@ -25,6 +25,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from oar_verl.core.names import did_you_mean
+
 
 @dataclass(frozen=True)
 class AnswerSpan:
@@ -101,14 +103,18 @@ def answer_finder(pattern: str | re.Pattern) -> AnswerFinder:
         regex = re.compile(pattern)
     except (re.error, TypeError) as error:
         raise ValueError(
-            f"answer_pattern: {pattern!r} is neither one of {sorted(BUILTIN_PATTERNS)} nor a valid regular expression ({error})"
+            f"answer_pattern: {pattern!r} is neither one of {sorted(BUILTIN_PATTERNS)}{did_you_mean(pattern, BUILTIN_PATTERNS)} "
+            f"nor a valid regular expression ({error})"
         ) from None
     if "answer" in regex.groupindex:
         group: str | int = "answer"
     elif regex.groups >= 1:
         group = 1
     else:
-        raise ValueError(f"answer_pattern: the regular expression {regex.pattern!r} needs a group 'answer' or a group 1 that holds the answer")
+        raise ValueError(
+            f"answer_pattern: {regex.pattern!r} is not one of {sorted(BUILTIN_PATTERNS)}{did_you_mean(regex.pattern, BUILTIN_PATTERNS)}, "
+            "and as a regular expression it needs a group 'answer' or a group 1 that holds the answer"
+        )
     return lambda text: _last_match_span(regex, text, group)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.lm import LMParts
+from oar_verl.core.names import did_you_mean
 from oar_verl.core.spans import Segments
 
 TARGET_MODES = ("answer_mean", "first_answer", "answer_logprob")
@@ -27,7 +28,7 @@ TARGET_MODES = ("answer_mean", "first_answer", "answer_logprob")
 
 def check_target(mode: str, setting: str = "target") -> None:
     if mode not in TARGET_MODES:
-        raise ValueError(f"{setting}: unknown target {mode!r}, expected one of {list(TARGET_MODES)}")
+        raise ValueError(f"{setting}: unknown target {mode!r}{did_you_mean(mode, TARGET_MODES)}, expected one of {list(TARGET_MODES)}")
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,30 @@ from dataclasses import dataclass, field
 from oar_verl.core.answers import answer_finder
 from oar_verl.core.attribution import GradientConfig, PerturbationConfig, fused_attribution
 from oar_verl.core.targets import check_target
+from oar_verl.core.names import did_you_mean
 
 PREFIX = "algorithm.oar"
 METHOD_DEFAULT_TARGETS = {"oar_p": "first_answer", "oar_g": "answer_mean"}
+
+
+@dataclass(frozen=True)
+class SettingType:
+    """What a setting accepts: `kind` "bool", "int", "float" or "str", and maybe null."""
+
+    kind: str
+    nullable: bool
+
+    def accepts(self, value) -> bool:
+        if value is None:
+            return self.nullable
+        if self.kind == "float":
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return type(value) is {"bool": bool, "int": int, "str": str}[self.kind]
+
+    @property
+    def description(self) -> str:
+        words = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}[self.kind]
+        return words + (" or null" if self.nullable else "")
 
 
 @dataclass(frozen=True)
@@ -74,8 +95,20 @@ class OARSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{PREFIX}: unknown setting(s) {unknown}; known: {sorted(known)}")
+            named = ", ".join(f"{name!r}{did_you_mean(name, known)}" for name in unknown)
+            raise ValueError(f"{PREFIX}: unknown setting(s) {named}; known: {sorted(known)}")
+        for name, value in values.items():
+            expected = cls.expected_type(name)
+            if not expected.accepts(value):
+                raise ValueError(f"{PREFIX}.{name}: expected {expected.description}, got {value!r} ({type(value).__name__})")
         return cls(**values)
+
+    @classmethod
+    def expected_type(cls, name: str) -> SettingType:
+        """The type setting `name` takes, from its annotation."""
+        annotation = next(f.type for f in dataclasses.fields(cls) if f.name == name)
+        parts = [part.strip() for part in str(annotation).split("|")]
+        return SettingType(next(part for part in parts if part != "None"), "None" in parts)
 
     @classmethod
     def from_algorithm_config(cls, algorithm: Mapping) -> OARSettings:
@@ -112,3 +145,13 @@ class OARSettings:
         except ValueError as error:
             message = str(error).replace("mode:", "perturbation_mode:", 1)
             raise ValueError(f"{PREFIX}.{message}") from None
+
+
+def settings_summary() -> str:
+    """One line per `algorithm.oar.*` setting: its name, default and the first sentence of
+    its help (the `--help` of the hydra entry points)."""
+    lines = []
+    for setting in dataclasses.fields(OARSettings):
+        first_sentence = setting.metadata["help"].split(". ")[0].rstrip(".")
+        lines.append(f"  {PREFIX}.{setting.name} (default {setting.default!r}): {first_sentence}.")
+    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""OAR settings checked in the launching process, before Ray starts: the installed verl
+"""Settings checked in the launching process, before Ray starts: for any estimator its name
+and the model paths (`launch_checks`); for OAR's, the installed verl
 (a tested release, or one whose internals the plugin relies on are identical:
 `verl_internals`), unknown or out-of-range `algorithm.oar.*` keys, backends the attribution
 role does not support (and Megatron settings it cannot honour), and training data whose answers `answer_pattern` cannot find
@@ -11,6 +12,8 @@ import logging
 from oar_verl.integration import ESTIMATORS
 from oar_verl.integration.config import METHOD_DEFAULT_TARGETS, OARSettings
 from oar_verl.integration.data_check import data_errors
+from oar_verl.integration.errors import SettingsError
+from oar_verl.integration.launch_checks import context_warning, estimator_errors, model_path_errors
 from oar_verl.megatron_extra import INSTALL_HINT, megatron_installed
 from oar_verl.verl_internals import support_problem
 
@@ -122,10 +125,11 @@ def megatron_errors(config, method: str) -> list[str]:
 
 def check(config) -> None:
     """The plugin's check in verl's `validate_config` (once per launch, before Ray): refuses
-    `config` with every error, warns about a costly OAR-P mode."""
-    errors = oar_settings_errors(config)
+    `config` with every error (any estimator: its name and the model paths; OAR's: its
+    settings), warns about a costly OAR-P mode and a context shorter than prompt + response."""
+    errors = estimator_errors(config) + model_path_errors(config) + oar_settings_errors(config)
     if errors:
-        raise ValueError(f"algorithm.adv_estimator={config.algorithm.adv_estimator}:\n  - " + "\n  - ".join(errors))
-    warning = perturbation_cost_warning(config)
-    if warning:
-        logger.warning("%s", warning)
+        raise SettingsError(f"algorithm.adv_estimator={config.algorithm.adv_estimator}:\n  - " + "\n  - ".join(errors))
+    for warning in (perturbation_cost_warning(config), context_warning(config)):
+        if warning:
+            logger.warning("%s", warning)

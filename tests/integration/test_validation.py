@@ -19,7 +19,7 @@ DATA = write_split(Path(tempfile.mkdtemp()) / "train.parquet", 8, seed=0, split=
 
 def config(*overrides, name="ppo"):
     with initialize_config_module(config_module="oar_verl.config", version_base=None):
-        defaults = ["algorithm.adv_estimator=oar_g", f"data.train_files={DATA}", f"data.val_files={DATA}"]
+        defaults = ["algorithm.adv_estimator=oar_g", f"data.train_files={DATA}", f"data.val_files={DATA}", "actor_rollout_ref.model.path=Qwen/Qwen2.5-0.5B"]
         if name == "ppo":
             defaults.append("actor_rollout_ref.actor.strategy=fsdp2")
         return compose(config_name=name, overrides=[*defaults, *overrides])
@@ -36,7 +36,7 @@ def test_defaults_pass():
     "override, named",
     [
         ("algorithm.oar.quantile=1.5", "algorithm.oar.quantile"),
-        ("+algorithm.oar.q=0.3", "algorithm.oar: unknown setting(s) ['q']"),
+        ("+algorithm.oar.q=0.3", "algorithm.oar: unknown setting(s) 'q'"),
         ("trainer.use_v1=false", "trainer.use_v1=False"),
         ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp"),
         ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron: missing"),

@@ -30,6 +30,7 @@ from oar_verl.core.attribution.base import PassSync, attributed_rows, passes_to_
 from oar_verl.core.attribution.chunks import Chunk, answer_widths, plan_chunks, prompt_lengths
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.lm import eval_mode, lm_parts
+from oar_verl.core.names import did_you_mean
 from oar_verl.core.spans import Segments
 from oar_verl.core.targets import check_target, compute_target, target_shift
 
@@ -53,7 +54,7 @@ class PerturbationConfig:
     def __post_init__(self) -> None:
         check_target(self.target)
         if self.mode not in MODES:
-            raise ValueError(f"mode: unknown OAR-P mode {self.mode!r}, expected one of {list(MODES)}")
+            raise ValueError(f"mode: unknown OAR-P mode {self.mode!r}{did_you_mean(self.mode, MODES)}, expected one of {list(MODES)}")
         for name in ("taylor_top", "taylor_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0 backward passes, got {getattr(self, name)}")
