@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from oar_verl.core.answers import BUILTIN_PATTERNS, answer_finder
+from oar_verl.core.answers import answer_finder, patterns_finding_answers
 
 SAMPLE_ROWS = 64
 FORMAT_MARKERS = {"gsm8k": ("####", "#### {}"), "boxed": ("\\boxed", "\\boxed{{{}}}"), "answer_colon": ("Answer:", "Answer: {}")}
@@ -81,7 +81,7 @@ def answer_format_errors(name: str, rows: Sequence[dict], answer_pattern: str) -
     missed = sum(find(text) is None for text in texts)
     if missed * 2 <= len(texts):
         return []
-    suggestions = [p for p in ("gsm8k", "boxed", "answer_colon") if sum(BUILTIN_PATTERNS[p](t) is not None for t in texts) * 2 > len(texts)]
+    suggestions = patterns_finding_answers(texts, share=0.5)
     hint = f"set algorithm.oar.answer_pattern={suggestions[0]}" if suggestions else "set algorithm.oar.answer_pattern to a regex with a group 'answer' that matches them"
     return [f"{name}: algorithm.oar.answer_pattern={answer_pattern!r} finds no answer in {missed} of {len(texts)} sampled rows; {hint}"]
 

@@ -7,8 +7,8 @@
 Never imports verl; the training-time hook lives in `oar_verl.integration.heatmaps`.
 """
 
-from oar_verl.viz.heatmap import TokenHeatmap, weight_colour
+from oar_verl.viz.heatmap import READING_GUIDE, TokenHeatmap, fallback_reason, weight_colour
 from oar_verl.viz.html import render_html
 from oar_verl.viz.png import render_png
 
-__all__ = ["TokenHeatmap", "render_html", "render_png", "weight_colour"]
+__all__ = ["READING_GUIDE", "TokenHeatmap", "fallback_reason", "render_html", "render_png", "weight_colour"]

@@ -14,6 +14,10 @@ BOOST = (214, 39, 40)  # weight above 1
 DAMP = (31, 119, 180)  # weight below 1
 SEGMENT_COLOURS = {"reasoning": "#2ca02c", "bridge": "#9467bd", "answer": "#ff7f0e", "tail": "#7f7f7f", "unsegmented": "#bcbd22"}
 BYTE_PIECE = "\u00b7"  # shown for a token that holds bytes of a character another token completes
+READING_GUIDE = (
+    "How to read: a token's weight multiplies its response's GRPO advantage, so on a negative advantage (e.g. reward 0) a high weight "
+    "means more blame; only reasoning is reweighted (bridge, answer and tail keep weight 1); colours are scaled per response."
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class TokenHeatmap:
         reward: the response's reward, when known.
         title: a heading (method, step, row...).
         notes: short facts shown under the title (answer found, degenerate, advantage...).
+        fallback: why every weight is 1 (no answer found, empty reasoning...), shown as a
+            warning; empty when the response was reweighted.
     """
 
     pieces: list[str]
@@ -43,6 +49,7 @@ class TokenHeatmap:
     reward: float | None = None
     title: str = ""
     notes: tuple[str, ...] = ()
+    fallback: str = ""
 
     def __post_init__(self) -> None:
         lengths = {len(self.pieces), len(self.token_ids), len(self.segments), len(self.scores), len(self.weights)}
@@ -59,12 +66,12 @@ class TokenHeatmap:
 
     @classmethod
     def from_explanation(cls, explanation, tokenizer, *, reward: float | None = None, title: str | None = None) -> TokenHeatmap:
-        """From `oar_verl.core.explain`'s result."""
+        """From `oar_verl.core.explain`'s result (`fallback` from `fallback_reason`)."""
         notes = (f"target {explanation.target}", f"answer found: {explanation.answer_found}", f"degenerate: {explanation.degenerate}")
         return cls.build(
             tokenizer, explanation.response_ids, explanation.segments, explanation.scores, explanation.weights,
             prompt=tokenizer.decode(explanation.prompt_ids, skip_special_tokens=False), reward=reward,
-            title=title if title is not None else explanation.method, notes=notes,
+            title=title if title is not None else explanation.method, notes=notes, fallback=fallback_reason(explanation),
         )  # fmt: skip
 
     def summary(self) -> list[str]:
@@ -76,6 +83,21 @@ class TokenHeatmap:
         """(lowest, highest) finite weight, widened to include 1."""
         finite = [w for w in self.weights if math.isfinite(w)] or [1.0]
         return min(min(finite), 1.0), max(max(finite), 1.0)
+
+
+def fallback_reason(explanation) -> str:
+    """Why `oar_verl.core.explain`'s result kept every weight at 1 (plain GRPO); "" when it
+    was reweighted."""
+    if not explanation.degenerate:
+        return ""
+    if not explanation.answer_found:
+        return "the answer pattern finds no answer"
+    reasoning = [score for score, segment in zip(explanation.scores, explanation.segments) if segment == "reasoning"]
+    if not reasoning:
+        return "empty reasoning (the response starts with the answer's marker)"
+    if not all(math.isfinite(score) for score in reasoning):
+        return "non-finite attribution scores on the reasoning"
+    return "constant attribution scores on the reasoning"
 
 
 def token_pieces(tokenizer, ids: list[int]) -> list[str]:
