@@ -284,15 +284,22 @@ def compare_backends(setup: Setup, device: str, meter: Meter) -> None:
             print(f"  {label:<43} {hf_time:8.3f} {m_time:10.3f} {m_time / hf_time:11.2f}x   {hf_time / passes[0]:8.2f}x, {m_time / passes[1]:6.2f}x{'':<16} {difference:.1e}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per OAR-P figure (the median is printed)")
-    parser.add_argument("--gradient-repeats", type=int, default=21, help="timed runs per log-prob / OAR-G figure (passes of milliseconds on the CPU config)")
-    parser.add_argument("--pairs", type=int, default=15, help="interleaved (log-prob pass, method) pairs per ratio (the median and quartiles are printed)")
-    parser.add_argument("--skip-naive-above", type=int, default=1024, help="response length above which the naive OAR-P baseline is not run")
-    parser.add_argument("--backends", action="store_true", help="the Hugging Face and Megatron models side by side (module docstring)")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python benchmarks/attribution.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu",
+                        help="cpu: a small model in float32; cuda: Qwen2.5-1.5B's shape in bf16 (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per OAR-P figure, the median printed (default: %(default)s)")
+    parser.add_argument("--gradient-repeats", type=int, default=21,
+                        help="timed runs per log-prob / OAR-G figure, passes of ms on the CPU (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--pairs", type=int, default=15,
+                        help="interleaved (log-prob pass, method) pairs per ratio, their median and quartiles printed "
+                             "(default: %(default)s)")  # fmt: skip
+    parser.add_argument("--skip-naive-above", type=int, default=1024,
+                        help="response length above which the naive OAR-P baseline is not run (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--backends", action="store_true",
+                        help="instead, the Hugging Face and Megatron models side by side; needs the megatron extra "
+                             "(default: off)")  # fmt: skip
+    args = parser.parse_args(argv)
     setup = CONFIGS[args.config]
     device = "cuda" if args.config == "cuda" else "cpu"
     torch.set_grad_enabled(True)

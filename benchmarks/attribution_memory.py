@@ -32,6 +32,7 @@ entropy temporaries).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import torch
@@ -108,7 +109,8 @@ def pass_peak(model, shape: Shape, rows: int) -> int:
     return cpu_peak_memory(lambda: gradient.attribute(model, batch, segments, config))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python benchmarks/attribution_memory.py", description=__doc__.split("\n\n")[0]).parse_args(argv)
     print(f"device: CPU, {torch.get_num_threads()} threads; float32 (b = 4); sequences of {SEQUENCE} tokens; budgets {BUDGETS}")
     print("\nmeasured bytes per token (peak difference between the two budgets / token difference) vs the model:")
     for shape in MEASURED:

@@ -16,18 +16,20 @@ Printed, per method and target, mean and minimum per-response Spearman of:
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 
-import torch
 
-from attribution import arithmetic_model_and_batch, spearman
-from oar_verl.core import GradientConfig, PerturbationConfig, segment_responses
-from oar_verl.core.attribution import gradient, perturbation
-from oar_verl.core.targets import TARGET_MODES
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python benchmarks/bf16_fidelity.py", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    import torch
+    from attribution import arithmetic_model_and_batch, spearman
 
+    from oar_verl.core import GradientConfig, PerturbationConfig, segment_responses
+    from oar_verl.core.attribution import gradient, perturbation
+    from oar_verl.core.targets import TARGET_MODES
 
-def main() -> None:
     model, tokenizer, batch = arithmetic_model_and_batch()
     segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
     usable = segments.usable & (segments.reasoning_end >= 3)

@@ -1,4 +1,4 @@
-"""The checks a session with a lent GPU runs, in one command, in at most a few minutes:
+"""The checks a session with a lent GPU runs, in one command, in at most a few minutes.
 
     python benchmarks/gpu_check.py --out gpu_check.json             # on the GPU machine
     python benchmarks/gpu_check.py --device cpu --small --out x.json  # a smoke run here
@@ -149,10 +149,10 @@ def memory(device: str, small: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/gpu_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="torch device (default: %(default)s)")
-    parser.add_argument("--small", action="store_true", help="smaller shapes, for a smoke run on the CPU")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
+    parser.add_argument("--small", action="store_true", help="smaller shapes, for a smoke run on the CPU (default: the full shapes)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures (required)")
     args = parser.parse_args(argv)
     report = {"machine": platform.platform(), "torch": torch.__version__, "device": args.device,
               "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}  # fmt: skip

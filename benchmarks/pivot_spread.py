@@ -20,20 +20,18 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig  # noqa: E402
-from oar_verl.core.attribution import gradient, perturbation  # noqa: E402
 from oar_verl.demo import train_pivot_model  # noqa: E402
 from tests.fixtures.models import PIVOT_MODEL, chance_mean_rank, copied_answers, pivot_ranks, pivot_test_batch  # noqa: E402
 
 
 def model_statistics(model, tokenizer, noise_seed: int = 0, with_oar_p: bool = True) -> dict:
     """The test's statistics on one model (see the module docstring)."""
+    from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig
+    from oar_verl.core.attribution import gradient, perturbation
+
     batch, segments, pivots = pivot_test_batch(tokenizer)
     stats = {"copy_accuracy": float(copied_answers(model, batch, segments).float().mean()), "chance_mean_rank": chance_mean_rank(segments)}
     for target in TARGET_MODES:
@@ -51,11 +49,14 @@ def summary(records: list[dict]) -> dict[str, tuple[float, float, float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/pivot_spread.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--training-seeds", type=int, default=20, help="models trained, seeds 0..n-1 (default: %(default)s)")
     parser.add_argument("--noise-seeds", type=int, default=30, help="OAR-G noise seeds on the fixture model (default: %(default)s)")
-    parser.add_argument("--json", type=Path, default=None, help="also write every record to this file")
+    parser.add_argument("--json", type=Path, default=None, help="also write every record to this file (default: no file)")
     args = parser.parse_args(argv)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     torch.set_num_threads(1)
 
     fixture = AutoModelForCausalLM.from_pretrained(PIVOT_MODEL, dtype=torch.float32).eval()

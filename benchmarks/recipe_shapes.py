@@ -21,12 +21,12 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from oar_verl.core.attribution.chunks import plan_chunks  # noqa: E402
 
 SHAPES = {  # name: (responses per rank, mean response, max response)
     "GSM8K-like (0.5B recipe)": (1280, 250, 1024),
@@ -37,6 +37,8 @@ BUDGET = 16384  # algorithm.oar.max_tokens_per_pass, the default
 
 def sample_lengths(rows: int, mean: float, maximum: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """([rows] prompt lengths, [rows] response lengths) as the module docstring states."""
+    import torch
+
     prompts = torch.randint(100, 401, (rows,), generator=generator)
     sigma = 0.8
     mu = math.log(mean) - sigma**2 / 2  # the log-normal's mean before clipping
@@ -52,14 +54,20 @@ def padded_tokens(prompts: torch.Tensor, responses: torch.Tensor) -> int:
 
 def length_aware_tokens(prompts: torch.Tensor, responses: torch.Tensor, budget: int) -> tuple[int, int]:
     """(tokens, chunks) of the length-aware plan."""
+    import torch
+
+    from oar_verl.core.attribution.chunks import plan_chunks
+
     planned = plan_chunks(prompts, responses, torch.arange(len(prompts)), budget)
     return sum(len(rows) * int(prompts[rows].max() + responses[rows].max()) for rows in planned), len(planned)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/recipe_shapes.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the length draw (default: %(default)s)")
     args = parser.parse_args(argv)
+    import torch
+
     generator = torch.Generator().manual_seed(args.seed)
     print("| shape | responses / rank | mean response (drawn) | verl packed (real tokens) | padded chunks | length-aware chunks (count) |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -17,14 +17,12 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from oar_verl.core import offsets  # noqa: E402
-from oar_verl.core.spans import segment_responses  # noqa: E402
-from tests.qwen_vocabulary import qwen_tokenizer  # noqa: E402
 
 STEP_RESPONSES = 4096
 WORDS = "so then we add multiply divide the total each more less half of is are apples cost dollars café naïve — ✓ 中文 step".split()
@@ -32,6 +30,8 @@ WORDS = "so then we add multiply divide the total each more less half of is are 
 
 def responses(tokenizer, count: int, tokens: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
     """([count, R] ids, [count, R] mask) of generated reasoning responses."""
+    import torch
+
     rows = []
     for _ in range(count):
         words = [rng.choice(WORDS) if rng.random() < 0.7 else str(rng.randint(0, 999)) for _ in range(tokens)]
@@ -46,16 +46,23 @@ def responses(tokenizer, count: int, tokens: int, rng: random.Random) -> tuple[t
 
 
 def seconds(tokenizer, ids, mask) -> tuple[float, torch.Tensor]:
+    from oar_verl.core.spans import segment_responses
+
     start = time.perf_counter()
     segments = segment_responses(tokenizer, ids, mask, "gsm8k")
     return time.perf_counter() - start, segments.found
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/segmentation.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--responses", type=int, default=256, help="responses timed (default: %(default)s)")
     parser.add_argument("--tokens", type=int, default=850, help="reasoning tokens per response (default: %(default)s)")
     args = parser.parse_args(argv)
+    import torch
+
+    from oar_verl.core import offsets
+    from tests.qwen_vocabulary import qwen_tokenizer
+
     torch.set_num_threads(1)
     tokenizer = qwen_tokenizer()
     start = time.perf_counter()

@@ -12,16 +12,16 @@ scored highest), and the cost in backward passes per chunk beside one forward.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import random
 import time
+from typing import TYPE_CHECKING
 
-import torch
-from attribution import APPROXIMATE, arithmetic_model_and_batch, pivot_model_and_batch, spearman
-
-from oar_verl.core import GradientConfig, PerturbationConfig, segment_responses
-from oar_verl.core.attribution import gradient, perturbation
 from oar_verl.demo import pivot_example
+
+if TYPE_CHECKING:
+    from oar_verl.core import GradientConfig, PerturbationConfig
 
 TARGETS = ("first_answer", "answer_mean", "answer_logprob")
 PIVOTS = [pivot_example(random.Random(1000 + i))[1] for i in range(20)]  # pivot_model_and_batch's responses
@@ -29,6 +29,11 @@ PIVOTS = [pivot_example(random.Random(1000 + i))[1] for i in range(20)]  # pivot
 
 def settings(config: PerturbationConfig) -> list[tuple[str, object, PerturbationConfig | GradientConfig]]:
     """(label, attribute function, config) of every estimator measured for one target."""
+    from attribution import APPROXIMATE
+
+    from oar_verl.core import GradientConfig
+    from oar_verl.core.attribution import gradient, perturbation
+
     rows = [("OAR-G (sigma 1e-3)", gradient.attribute, GradientConfig(target=config.target))]
     if config.target == "answer_logprob":
         rows.append(("taylor, first order", perturbation.attribute, dataclasses.replace(config, mode="taylor")))
@@ -60,7 +65,14 @@ def long_arithmetic_model_and_batch(chain_steps: int = 12, responses: int = 24):
     return model, tokenizer, sample_responses(model, tokenizer, questions, max_new_tokens=192, seed=7)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="python benchmarks/taylor_fidelity.py", description=__doc__.split("\n\n")[0]).parse_args(argv)
+    import torch
+    from attribution import arithmetic_model_and_batch, pivot_model_and_batch, spearman
+
+    from oar_verl.core import PerturbationConfig, segment_responses
+    from oar_verl.core.attribution import perturbation
+
     torch.manual_seed(0)
     models = (("pivot", pivot_model_and_batch), ("arithmetic", arithmetic_model_and_batch), ("long arithmetic", long_arithmetic_model_and_batch))
     for model_label, build in models:

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/verl_pass.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=5, help="interleaved timing pairs per method (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=64, help="responses in the batch (default: %(default)s)")
     parser.add_argument("--scale", type=int, default=8, help="lengths and budgets divided by this (default: %(default)s)")

@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import random
 import string
+import sys
 import time
 from pathlib import Path
 
-import torch
-
-from oar_verl.core import explain
-from oar_verl.sft import lm_batch, train_step
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
-from oar_verl.viz import TokenHeatmap, render_html
-
 PROMPT = "copy the digit:\n"
+PROG = "python -m oar_verl.demo"
+CONSOLE_SCRIPT = "oar-verl-demo"
 
 
 def pivot_example(rng: random.Random) -> tuple[str, int]:
@@ -47,6 +43,11 @@ def train_pivot_model(steps: int = 400, seed: int = 0, batch_size: int = 64, log
     the digits, so the digit is the one reasoning token whose replacement moves the
     answer: the pivot is planted for OAR-P's perturbation, not only in the data.
     """
+    import torch
+
+    from oar_verl.sft import lm_batch, train_step
+    from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+
     tokenizer = byte_tokenizer()
     model = tiny_qwen2(len(tokenizer), seed=seed)
     rng = random.Random(seed)
@@ -76,13 +77,22 @@ def pivot_rank(scores: list[float], reasoning_length: int, pivot: int) -> int:
     return 1 + sum(1 for k in range(reasoning_length) if k != pivot and scores[k] >= pivot_score)
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The demo's options; the program name is the console script's when run as one."""
+    prog = CONSOLE_SCRIPT if Path(sys.argv[0]).name == CONSOLE_SCRIPT else PROG
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=400, help="training steps of the tiny model (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training and of the explained response (default: %(default)s)")
+    parser.add_argument("--methods", nargs="+", default=["oar_p", "oar_g"], choices=["oar_p", "oar_g"],
+                        help="attribution methods explained (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--html", type=Path, help="also write the explanations as a heatmap page here (default: no page)")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=400, help="training steps of the tiny model")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=["oar_p", "oar_g"], choices=["oar_p", "oar_g"])
-    parser.add_argument("--html", type=Path, help="also write the explanations as a heatmap page here")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
+    from oar_verl.core import explain
+    from oar_verl.viz import TokenHeatmap, render_html
 
     start = time.perf_counter()
     print(f"training a tiny Qwen2 on the planted-pivot task ({args.steps} steps)")

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     if {"-h", "--help"} & set(argv):
         print(hydra_entry_help("python -m oar_verl.dry_run", __doc__))
         return
-    with exit_on_settings_error("oar_verl.dry_run"):
+    with exit_on_settings_error("python -m oar_verl.dry_run"):
         config = dry_run(argv)
     print(summary(config))
 

@@ -28,9 +28,9 @@ PROGRAM = "python -m oar_verl.main_ppo"
 def check_and_prepare(config: DictConfig) -> None:
     """Validates `config` (OAR settings; the CPU backend's limits) and selects the CPU
     backend when asked for."""
-    from oar_verl.integration.validation import oar_settings_errors
+    from oar_verl.integration.validation import launch_errors
 
-    errors = oar_settings_errors(config)
+    errors = launch_errors(config)
     if errors:
         raise SettingsError(f"algorithm.adv_estimator={config.algorithm.adv_estimator}:\n  - " + "\n  - ".join(errors))
     if config.trainer.device != "cpu":
@@ -49,6 +49,7 @@ def check_and_prepare(config: DictConfig) -> None:
 def verl_checks(config: DictConfig) -> None:
     """What `verl.trainer.main_ppo.main` checks before Ray (device, `validate_config`, with
     the plugin's OAR check), and that the v1 trainer is selected."""
+    from hydra.errors import InstantiationException
     from verl.trainer import main_ppo as verl_main
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
 
@@ -57,8 +58,10 @@ def verl_checks(config: DictConfig) -> None:
         verl_main.validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     except SettingsError:
         raise
-    except (AssertionError, ValueError) as error:  # verl's own checks of its settings
-        raise SettingsError(f"verl's config check: {error}") from None
+    except (AssertionError, ValueError, InstantiationException) as error:  # verl's own checks of its settings
+        while isinstance(error, InstantiationException) and error.__cause__ is not None:  # a config dataclass's check
+            error = error.__cause__
+        raise SettingsError(f"verl's config check: {str(error).splitlines()[0]}") from None
     if not config.trainer.use_v1:
         raise SettingsError("trainer.use_v1=False: oar_verl runs on verl's v1 trainer; the legacy trainer is deprecated in verl 0.9")
 

@@ -19,11 +19,11 @@ before Ray starts, naming the internals that changed.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 # (module, qualified name) of every internal the plugin depends on.
@@ -164,5 +164,15 @@ def support_problem(version: str) -> tuple[str | None, str | None]:
     return None, f"verl {version} is untested (tested: {tested}); every verl internal oar_verl relies on is identical to a tested release's"
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Prints the digests of every internal as JSON, the form of a `TESTED` entry."""
+    parser = argparse.ArgumentParser(prog="python -m oar_verl.verl_internals",
+                                     description="Digests of the verl internals oar_verl relies on, as JSON, for `TESTED`.")  # fmt: skip
+    parser.add_argument("dir", nargs="?", type=Path, metavar="DIR",
+                        help="read DIR/verl/ (e.g. an unpacked wheel; nothing imported) (default: the installed verl)")  # fmt: skip
+    args = parser.parse_args(argv)
+    print(json.dumps(digests(args.dir), indent=1))
+
+
 if __name__ == "__main__":
-    print(json.dumps(digests(Path(sys.argv[1]) if len(sys.argv) > 1 else None), indent=1))
+    main()

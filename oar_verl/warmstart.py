@@ -15,12 +15,6 @@ import argparse
 import random
 from pathlib import Path
 
-import torch
-
-from oar_verl.data.arithmetic import INSTRUCTION, make_problem
-from oar_verl.sft import lm_batch, train_step
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
-
 
 def warm_start(
     output_dir: str | Path,
@@ -40,6 +34,12 @@ def warm_start(
 
     `slip_probability`: share of imperfect training traces (`data.arithmetic.make_problem`).
     """
+    import torch
+
+    from oar_verl.data.arithmetic import INSTRUCTION, make_problem
+    from oar_verl.sft import lm_batch, train_step
+    from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+
     tokenizer = byte_tokenizer()
     model = tiny_qwen2(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
     end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -66,12 +66,12 @@ def warm_start(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build and warm-start a small arithmetic chat model.")
-    parser.add_argument("output_dir")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-steps", type=int, default=2, help="arithmetic steps per problem")
-    parser.add_argument("--max-operand", type=int, default=49)
+    parser = argparse.ArgumentParser(prog="python -m oar_verl.warmstart", description=__doc__.split("\n\n")[0])
+    parser.add_argument("output_dir", help="where the model and tokenizer are saved, a Hugging Face model directory (required)")
+    parser.add_argument("--steps", type=int, default=300, help="warm-start training steps (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the generated problems (default: %(default)s)")
+    parser.add_argument("--max-steps", type=int, default=2, help="most arithmetic steps per problem (default: %(default)s)")
+    parser.add_argument("--max-operand", type=int, default=49, help="largest operand of the problems (default: %(default)s)")
     args = parser.parse_args(argv)
     path = warm_start(args.output_dir, steps=args.steps, seed=args.seed, max_steps=args.max_steps, max_operand=args.max_operand, log_every=50)
     print(path)

@@ -17,11 +17,12 @@ from oar_verl.data.math_sets import SOURCES, DatasetError, prepare
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sets", nargs="+", default=list(SOURCES), choices=list(SOURCES))
-    parser.add_argument("--out", default="~/data", help="output directory")
-    parser.add_argument("--local", nargs="*", default=[], metavar="SET=PATH", help="read SET from a local copy (directory or file) instead of the hub")
-    parser.add_argument("--limit", type=int, default=None, help="keep the first N rows of each set")
+    parser = argparse.ArgumentParser(prog="python recipes/prepare_data.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", nargs="+", default=list(SOURCES), choices=list(SOURCES), help="datasets to write (default: all)")
+    parser.add_argument("--out", default="~/data", help="output directory (default: %(default)s)")
+    parser.add_argument("--local", nargs="*", default=[], metavar="SET=PATH",
+                        help="read SET from a local copy (directory or file) instead of the hub (default: all from the hub)")  # fmt: skip
+    parser.add_argument("--limit", type=int, default=None, help="keep the first N rows of each set (default: every row)")
     args = parser.parse_args(argv)
     local = {}
     for item in args.local:

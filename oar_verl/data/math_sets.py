@@ -7,7 +7,8 @@ both read: `####` for GSM8K, `\\boxed{}` for the others), `ability`,
 `reward_model.ground_truth`, `extra_info` (split, index, the reference solution when the
 dataset has one). Sources load from the Hugging Face hub by default, or from a local
 copy: a directory (`datasets.load_dataset` reads its parquet / JSONL / CSV files, split
-by file name) or one parquet / JSONL file.
+by file name) or one parquet / JSONL file. pandas and verl are imported on use: the command
+line's `--help` (`recipes/prepare_data.py`) reads `SOURCES` alone.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
-from verl.utils.reward_score.math_reward import last_boxed_only_string, remove_boxed
 
 GSM8K_INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
 BOXED_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
@@ -39,6 +37,8 @@ def gsm8k_ground_truth(solution) -> str | None:
 
 def boxed_ground_truth(solution) -> str | None:
     """The content of the last `\\boxed{}` of a MATH solution (verl's math_reward helpers)."""
+    from verl.utils.reward_score.math_reward import last_boxed_only_string, remove_boxed
+
     if not isinstance(solution, str):
         return None
     boxed = last_boxed_only_string(solution)
@@ -159,6 +159,8 @@ def to_verl_rows(name: str, records: Iterable[dict], split: str) -> list[dict]:
 
 def prepare(name: str, output_dir: str | Path, local_path: str | Path | None = None, limit: int | None = None) -> Path:
     """Writes source `name` as verl parquet under `output_dir` (`OUTPUT_FILES`); returns the file."""
+    import pandas as pd
+
     source = SOURCES[name]
     records = load_records(source, local_path)
     if limit is not None:

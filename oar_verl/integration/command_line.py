@@ -60,9 +60,11 @@ class CommandLine:
 
 
 def available_configs() -> list[str]:
-    """Config names `--config-name` accepts without `--config-path`: oar_verl's presets and
-    verl's trainer configs."""
-    return sorted({path.stem for folder in (OAR_CONFIG_DIR, VERL_CONFIG_DIR) for path in folder.glob("*.yaml")})
+    """Config names `--config-name` accepts without `--config-path`: oar_verl's presets
+    (the files with a `hydra:` section; the others are fragments they include) and verl's
+    configs (but its `_generated` references)."""
+    presets = [path.stem for path in OAR_CONFIG_DIR.glob("*.yaml") if "\nhydra:" in f"\n{path.read_text()}"]
+    return sorted(presets + [path.stem for path in VERL_CONFIG_DIR.glob("*.yaml") if not path.stem.startswith("_")])
 
 
 def compose_config(command: CommandLine) -> DictConfig:
@@ -103,7 +105,7 @@ def _composition_message(command: CommandLine, error: Exception) -> str:
     """A key the configuration lacks, named with a did-you-mean, or hydra's own message."""
     cause = error.__cause__
     full_key = getattr(cause, "full_key", None)
-    override = next((item for item in command.overrides if full_key and item.lstrip("+~").split("=")[0].startswith(full_key)), None)
+    override = next((item for item in command.overrides if full_key and _names_key(item, full_key)), None)
     if not full_key or override is None:
         return str(error).splitlines()[0] + (f": {str(cause).splitlines()[0]}" if cause is not None else "")
     key = override.lstrip("+~").split("=")[0]
@@ -118,6 +120,12 @@ def _composition_message(command: CommandLine, error: Exception) -> str:
     where = ".".join(key.split(".")[: len(key.split(".")) - len(missing)]) or "the top level"
     adding = "" if key.startswith(f"{OAR_PREFIX}.") else f"; to add a new key write +{override.lstrip('+')}"
     return f"{override}: the config has no key {'.'.join(key.split('.')[: len(key.split('.')) - len(missing) + 1])}{did_you_mean(missing[0], choices)} under {where}{adding}"
+
+
+def _names_key(override: str, full_key: str) -> bool:
+    """Whether `override` sets `full_key` or a key below it."""
+    key = override.lstrip("+~").split("=")[0]
+    return key == full_key or key.startswith(f"{full_key}.")
 
 
 def _deepest_existing(config: DictConfig, key: str) -> tuple[object, list[str]]:

@@ -1,6 +1,6 @@
 """What any verl launch with the plugin installed gets checked for, whatever its estimator,
-before Ray starts: an estimator verl knows, model and tokenizer paths that exist, and a
-model context that holds a prompt plus a response."""
+before Ray starts: an estimator verl knows, mandatory values set, model and tokenizer paths
+that exist, and a model context that holds a prompt plus a response."""
 
 from __future__ import annotations
 
@@ -28,6 +28,18 @@ def estimator_errors(config) -> list[str]:
         f"algorithm.adv_estimator={name}: no such advantage estimator{did_you_mean(name, known)}; verl knows {', '.join(sorted(known))} "
         "(a custom one must be registered with verl.trainer.ppo.core_algos.register_adv_est in every process, e.g. from a verl.plugins entry point)"
     ]
+
+
+ALWAYS_USED = ("actor_rollout_ref", "algorithm", "data", "trainer")  # config sections every run reads
+
+
+def missing_value_errors(config) -> list[str]:
+    """Mandatory values (`???` in verl's config) left unset in the sections every run
+    reads, e.g. `actor_rollout_ref.rollout.name`."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(key for key in OmegaConf.missing_keys(config) if key.split(".")[0] in ALWAYS_USED)
+    return [f"{key}: no value (verl's config leaves it to you: ??? in its yaml); set {key}=..." for key in missing]
 
 
 def model_path_errors(config) -> list[str]:

@@ -13,7 +13,7 @@ from oar_verl.integration import ESTIMATORS
 from oar_verl.integration.config import METHOD_DEFAULT_TARGETS, OARSettings
 from oar_verl.integration.data_check import data_errors
 from oar_verl.integration.errors import SettingsError
-from oar_verl.integration.launch_checks import context_warning, estimator_errors, model_path_errors
+from oar_verl.integration.launch_checks import context_warning, estimator_errors, missing_value_errors, model_path_errors
 from oar_verl.megatron_extra import INSTALL_HINT, megatron_installed
 from oar_verl.verl_internals import support_problem
 
@@ -55,6 +55,9 @@ def oar_settings_errors(config) -> list[str]:
             )
     if actor.get("ulysses_sequence_parallel_size", 1) > 1:
         errors.append(f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={actor.ulysses_sequence_parallel_size}: {method} needs whole sequences on each rank; set it to 1")
+    samples = config.actor_rollout_ref.rollout.get("n", 1)
+    if samples < 2:
+        errors.append(f"actor_rollout_ref.rollout.n={samples}: {method} keeps GRPO's group baseline, which needs >= 2 responses a prompt (with 1 every advantage is 0)")
     model = config.actor_rollout_ref.model
     if model.get("use_fused_kernels", False):
         errors.append(f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False")
@@ -123,11 +126,17 @@ def megatron_errors(config, method: str) -> list[str]:
     return errors
 
 
+def launch_errors(config) -> list[str]:
+    """Every problem found in `config` before Ray: for any estimator its name, mandatory
+    values and model paths; for OAR's, its settings (`oar_settings_errors`)."""
+    return estimator_errors(config) + missing_value_errors(config) + model_path_errors(config) + oar_settings_errors(config)
+
+
 def check(config) -> None:
     """The plugin's check in verl's `validate_config` (once per launch, before Ray): refuses
     `config` with every error (any estimator: its name and the model paths; OAR's: its
     settings), warns about a costly OAR-P mode and a context shorter than prompt + response."""
-    errors = estimator_errors(config) + model_path_errors(config) + oar_settings_errors(config)
+    errors = launch_errors(config)
     if errors:
         raise SettingsError(f"algorithm.adv_estimator={config.algorithm.adv_estimator}:\n  - " + "\n  - ".join(errors))
     for warning in (perturbation_cost_warning(config), context_warning(config)):

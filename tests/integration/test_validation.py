@@ -19,7 +19,8 @@ DATA = write_split(Path(tempfile.mkdtemp()) / "train.parquet", 8, seed=0, split=
 
 def config(*overrides, name="ppo"):
     with initialize_config_module(config_module="oar_verl.config", version_base=None):
-        defaults = ["algorithm.adv_estimator=oar_g", f"data.train_files={DATA}", f"data.val_files={DATA}", "actor_rollout_ref.model.path=Qwen/Qwen2.5-0.5B"]
+        defaults = ["algorithm.adv_estimator=oar_g", f"data.train_files={DATA}", f"data.val_files={DATA}", "actor_rollout_ref.model.path=Qwen/Qwen2.5-0.5B", "actor_rollout_ref.rollout.n=4",
+                    "actor_rollout_ref.rollout.name=vllm"]
         if name == "ppo":
             defaults.append("actor_rollout_ref.actor.strategy=fsdp2")
         return compose(config_name=name, overrides=[*defaults, *overrides])

@@ -1,6 +1,8 @@
 import pytest
 from hydra import compose, initialize_config_module
 
+from tests.fixtures.models import QUICKSTART_MODEL
+
 
 @pytest.fixture
 def cpu_config():
@@ -8,6 +10,6 @@ def cpu_config():
 
     def build(*overrides, name="cpu"):
         with initialize_config_module(config_module="oar_verl.config", version_base=None):
-            return compose(config_name=name, overrides=["data.train_files=x", "data.val_files=x", "actor_rollout_ref.model.path=x", *overrides])
+            return compose(config_name=name, overrides=["data.train_files=x", "data.val_files=x", f"actor_rollout_ref.model.path={QUICKSTART_MODEL}", *overrides])
 
     return build
