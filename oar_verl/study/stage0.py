@@ -1,0 +1,157 @@
+"""Stage 0 of the oracle-grounded study, no RL: on sampled wrong responses of the study's
+warm-started model, how well each estimator finds the token where the response first goes
+wrong (`study.oracle`): hit@1 and hit@3 of its scores, and the Bi-Level weight (default
+settings) it puts on that token against the other reasoning tokens.
+
+    python -m oar_verl.study.stage0 [--workdir outputs/study] [--responses 300] [--out docs/results/stage0.json]
+
+Estimators: exact OAR-P, OAR-P taylor and OAR-G at sigma 1e-3 (absolute) and at 0.1 x the
+embeddings' RMS, each with targets first_answer, answer_logprob and answer_mean; the oracle
+itself (hit@1 = 1 by construction) and random scores (chance). Results are saved after each
+estimator, and a rerun computes only the estimators missing from `--out` (on the same
+responses: same model, seed and count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+TARGETS = ("first_answer", "answer_logprob", "answer_mean")
+RELATIVE_SIGMA = 0.1  # OAR-G's noise as a share of the embeddings' RMS
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m oar_verl.study.stage0", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("outputs/study"), help="the study's model and data, built when absent (default: %(default)s)")
+    parser.add_argument("--responses", type=int, default=300, help="wrong responses with an error in their reasoning (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="problems, sampling and noise (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("docs/results/stage0.json"), help="results, read back to resume (default: %(default)s)")
+    args = parser.parse_args(argv)
+    run(args.workdir, args.responses, args.seed, args.out)
+
+
+def run(workdir: Path, responses: int, seed: int, out: Path) -> dict:
+    """Builds (or reuses) the study's model, samples the wrong responses and evaluates every
+    estimator missing from `out`; returns the results."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oar_verl.study.plan import FULL
+    from oar_verl.study.runner import prepare
+
+    torch.set_num_threads(1)
+    paths = prepare(FULL, workdir)
+    model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(paths["model"])
+    results = json.loads(out.read_text()) if out.exists() else {}
+    setup = {"model": str(paths["model"]), "responses": responses, "seed": seed, "max_steps": FULL.max_steps, "max_operand": FULL.max_operand}
+    if results.get("setup") != setup:
+        results = {"setup": setup, "estimators": {}}
+    batch, segments, questions, error_tokens, sampled = wrong_responses(model, tokenizer, responses, seed)
+    results["setup"]["sampled"] = sampled
+    for name, scores_of in estimators(model, tokenizer, questions, seed).items():
+        if name in results["estimators"]:
+            continue
+        started = time.perf_counter()
+        scores = scores_of(batch, segments)
+        results["estimators"][name] = {**error_statistics(scores, segments, error_tokens), "time_s": round(time.perf_counter() - started, 1)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"{name:36s} {results['estimators'][name]}", flush=True)
+    return results
+
+
+def wrong_responses(model, tokenizer, count: int, seed: int, max_new_tokens: int = 48):
+    """(batch, segments, questions, [B] error token, responses sampled): `count` sampled
+    responses (temperature 1) whose first error lies in their reasoning."""
+    from oar_verl.core import ResponseBatch, segment_responses
+    from oar_verl.data.arithmetic import make_problem
+    from oar_verl.study.fidelity import sample_responses
+    from oar_verl.study.oracle import oracle_scores
+    from oar_verl.study.plan import FULL
+
+    rng = random.Random(seed)
+    kept_prompts, kept_responses, questions, sampled = [], [], [], 0
+    while len(questions) < count:
+        batch_questions = [make_problem(rng, FULL.max_steps, FULL.max_operand).question for _ in range(64)]
+        batch = sample_responses(model, tokenizer, batch_questions, max_new_tokens=max_new_tokens, seed=seed + sampled)
+        sampled += len(batch_questions)
+        segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
+        marked = (oracle_scores(tokenizer, batch, segments, batch_questions) == 1.0).any(dim=1) & segments.usable
+        for row in marked.nonzero().flatten().tolist()[: count - len(questions)]:
+            P = batch.prompt_length
+            kept_prompts.append(batch.input_ids[row, :P][batch.attention_mask[row, :P].bool()].tolist())
+            kept_responses.append(batch.responses[row][batch.response_mask[row].bool()].tolist())
+            questions.append(batch_questions[row])
+    batch = ResponseBatch.from_token_lists(kept_prompts, kept_responses, pad_token_id=tokenizer.pad_token_id)
+    segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
+    marked = oracle_scores(tokenizer, batch, segments, questions) == 1.0
+    if not bool(marked.any(dim=1).all()):
+        raise RuntimeError("a kept response lost its error token when rebatched")
+    return batch, segments, questions, marked.float().argmax(dim=1), sampled
+
+
+def estimators(model, tokenizer, questions: list[str], seed: int) -> dict[str, Callable]:
+    """{name: (batch, segments) -> [B, R] scores} of every estimator stage 0 compares."""
+    import torch
+
+    from oar_verl.core import GradientConfig, PerturbationConfig
+    from oar_verl.core.attribution import gradient, perturbation
+    from oar_verl.study.oracle import oracle_scores
+
+    embedding_rms = float(model.get_input_embeddings().weight.detach().pow(2).mean().sqrt())
+    pad = tokenizer.pad_token_id
+
+    def exact(target, mode="exact"):
+        return lambda batch, segments: perturbation.attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=pad, mode=mode, seed=seed))
+
+    def noisy(target, sigma):
+        return lambda batch, segments: gradient.attribute(model, batch, segments, GradientConfig(target=target, noise_std=sigma, seed=seed))
+
+    def random_scores(batch, segments):
+        return torch.rand(batch.responses.shape, generator=torch.Generator().manual_seed(seed))
+
+    table: dict[str, Callable] = {"oracle": lambda batch, segments: oracle_scores(tokenizer, batch, segments, questions), "random": random_scores}
+    for target in TARGETS:
+        table[f"oar_p exact {target}"] = exact(target)
+        table[f"oar_p taylor {target}"] = exact(target, mode="taylor")
+        table[f"oar_g sigma=1e-3 {target}"] = noisy(target, 1e-3)
+        table[f"oar_g sigma={RELATIVE_SIGMA:g}xRMS ({RELATIVE_SIGMA * embedding_rms:.2g}) {target}"] = noisy(target, RELATIVE_SIGMA * embedding_rms)
+    return table
+
+
+def error_statistics(scores, segments, error_tokens) -> dict:
+    """hit@1 and hit@3 of `scores` [B, R] at each row's error token (ties shared: the
+    expected hit under a random order of equal scores), chance hit@1, and the mean Bi-Level
+    weight on the error token and on the other reasoning tokens."""
+    import torch
+
+    from oar_verl.core.reshape import bilevel_weights
+
+    R = scores.shape[1]
+    reasoning = segments.reasoning_mask(R)
+    rows = torch.arange(scores.shape[0])
+    at_error = scores[rows, error_tokens][:, None]
+    higher = ((scores > at_error) & reasoning).sum(dim=1).float()
+    equal = ((scores == at_error) & reasoning).sum(dim=1).float()
+    weights = bilevel_weights(scores.float().nan_to_num(0.0), reasoning)
+    others = reasoning.clone()
+    others[rows, error_tokens] = False
+
+    def hit(k: int) -> float:
+        return float(((k - higher) / equal).clamp(0.0, 1.0).mean())
+
+    return {
+        "hit@1": round(hit(1), 4), "hit@3": round(hit(3), 4), "chance_hit@1": round(float((1.0 / reasoning.sum(dim=1)).mean()), 4),
+        "weight_on_error": round(float(weights[rows, error_tokens].mean()), 4),
+        "weight_on_others": round(float((weights * others).sum(dim=1).div(others.sum(dim=1).clamp(min=1)).mean()), 4),
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Stage 0's statistics, against their definitions on hand-made scores."""
+
+import torch
+
+from oar_verl.core import Segments
+from oar_verl.study.stage0 import error_statistics
+
+
+def test_hits_count_ties_as_shared_and_weights_follow_the_scores():
+    scores = torch.tensor([
+        [0.9, 0.1, 0.2, 0.3, 0.0, 5.0],  # error token 0 ranks first (the last column is the answer, not reasoning)
+        [0.5, 0.9, 0.1, 0.2, 0.0, 5.0],  # error token 0 ranks second
+        [0.7, 0.7, 0.1, 0.2, 0.0, 5.0],  # error token 1 ties token 0 for first
+        [0.1, 0.2, 0.3, 0.4, 0.9, 5.0],  # error token 0 ranks last of five
+    ])  # fmt: skip
+    segments = Segments(torch.full((4,), 5), torch.full((4,), 5), torch.full((4,), 6), torch.ones(4, dtype=torch.bool))
+    statistics = error_statistics(scores, segments, torch.tensor([0, 0, 1, 0]))
+    assert statistics["hit@1"] == (1 + 0 + 0.5 + 0) / 4
+    assert statistics["hit@3"] == (1 + 1 + 1 + 0) / 4
+    assert statistics["chance_hit@1"] == 0.2
+    assert statistics["weight_on_error"] > 1.0 > statistics["weight_on_others"]
