@@ -6,8 +6,14 @@ response's own answer tokens a_1..a_A:
 - `answer_mean`: P_final = softmax(mean of z over the positions predicting a_1..a_A).
 - `first_answer`: P_final = softmax(z at the position predicting a_1).
 - `answer_logprob`: phi = mean_k log P(a_k | prefix), a scalar.
+- `every_answer`: P_final = the joint distribution of every answer position's next token,
+  prod_k softmax(z at the position predicting a_k), each position teacher-forced on the
+  answer before it. Its KL is the sum of the per-position KLs, so a change that moves any
+  answer token (a sign, a tens digit, a last digit) counts, where `first_answer` sees only
+  the first and `answer_mean` averages logits of positions that predict different tokens.
 
-Distribution targets are returned as log-probabilities [N, V], `answer_logprob` as [N]. V is
+Distribution targets are returned as log-probabilities [N, V] (`every_answer`: [N, A, V],
+positions past a row's answer uniform, so they add nothing to a KL), `answer_logprob` as [N]. V is
 the vocabulary the parts' head gives (a tensor-parallel rank's shard of it on Megatron:
 every reduction over it goes through the parts).
 """
@@ -23,7 +29,7 @@ from oar_verl.core.lm import LMParts
 from oar_verl.core.names import did_you_mean
 from oar_verl.core.spans import Segments
 
-TARGET_MODES = ("answer_mean", "first_answer", "answer_logprob")
+TARGET_MODES = ("answer_mean", "first_answer", "answer_logprob", "every_answer")
 
 
 def check_target(mode: str, setting: str = "target") -> None:
@@ -74,7 +80,8 @@ def answer_positions(batch: ResponseBatch, segments: Segments) -> AnswerPosition
 
 
 def compute_target(parts: LMParts, hidden: torch.Tensor, answer: AnswerPositions, mode: str) -> torch.Tensor:
-    """The target of each row from hidden states [N, L, H]: [N, V] log-probs or [N] phi."""
+    """The target of each row from hidden states [N, L, H]: [N, V] log-probs ([N, A, V]
+    for `every_answer`) or [N] phi."""
     if mode == "first_answer":
         first = hidden.gather(1, answer.positions[:, :1, None].expand(-1, -1, hidden.shape[-1]))  # [N, 1, H]
         return parts.log_softmax(parts.logits(first[:, 0]))  # [N, V]
@@ -87,14 +94,18 @@ def compute_target(parts: LMParts, hidden: torch.Tensor, answer: AnswerPositions
     if mode == "answer_logprob":
         token_logprobs = parts.token_values(parts.log_softmax(logits), answer.tokens)  # [N, A]
         return (token_logprobs * weights).sum(dim=1)  # [N]
+    if mode == "every_answer":
+        return parts.log_softmax(logits.masked_fill(~answer.mask[:, :, None], 0.0))  # [N, A, V]
     check_target(mode)
     raise AssertionError("unreachable")
 
 
 def target_shift(parts: LMParts, clean: torch.Tensor, other: torch.Tensor, mode: str) -> torch.Tensor:
     """[N] how far `other` moved from `clean`: KL(P0 || P) = sum_v p0 (log p0 - log p) for
-    distributions, phi0 - phi (signed) for `answer_logprob`."""
+    distributions (summed over the answer positions for `every_answer`), phi0 - phi (signed)
+    for `answer_logprob`."""
     if mode == "answer_logprob":
         return clean - other
     p0 = clean.exp()
-    return parts.vocab_sum(torch.where(p0 > 0, p0 * (clean - other), 0.0))  # 0 log 0 = 0
+    divergence = parts.vocab_sum(torch.where(p0 > 0, p0 * (clean - other), 0.0))  # 0 log 0 = 0; [N] or [N, A]
+    return divergence.sum(dim=1) if mode == "every_answer" else divergence

@@ -45,7 +45,7 @@ class SettingType:
 @dataclass(frozen=True)
 class OARSettings:
     answer_pattern: str = field(default="auto", metadata={"help": "Where the final answer is: boxed (MATH), gsm8k (####), answer_colon (DAPO), auto (the first of these that matches), or a regular expression with a group 'answer'. Use the format your reward function reads."})
-    target: str | None = field(default=None, metadata={"help": "P_final mode: answer_mean, first_answer or answer_logprob. None: the method's reference default (oar_p: first_answer, oar_g: answer_mean)."})
+    target: str | None = field(default=None, metadata={"help": "P_final mode: answer_mean, first_answer, answer_logprob or every_answer (every answer position: the sum of their KLs; not with perturbation_mode taylor). None: the method's reference default (oar_p: first_answer, oar_g: answer_mean)."})
     quantile: float = field(default=0.25, metadata={"help": "Bi-Level q in (0, 1): per-response quantile of normalised scores below which tokens are damped (authors' lab README: 0.25)."})
     beta: float = field(default=1.0, metadata={"help": "Bi-Level boost >= 0: the top token's weight before mass preservation is 1 + beta (authors' lab README: 1.0)."})
     min_weight: float = field(default=0.1, metadata={"help": "Floor of damped weights, in (0, 1] (reference code: 0.1)."})

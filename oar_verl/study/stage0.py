@@ -6,7 +6,8 @@ settings) it puts on that token against the other reasoning tokens.
     python -m oar_verl.study.stage0 [--workdir outputs/study] [--responses 300] [--out docs/results/stage0.json]
 
 Estimators: exact OAR-P, OAR-P taylor and OAR-G at sigma 1e-3 (absolute) and at 0.1 x the
-embeddings' RMS, each with targets first_answer, answer_logprob and answer_mean; the oracle
+embeddings' RMS, each with targets first_answer, answer_logprob, answer_mean and every_answer
+(not taylor: one distribution a row); the oracle
 itself (hit@1 = 1 by construction) and random scores (chance). Results are saved after each
 estimator, and a rerun computes only the estimators missing from `--out` (on the same
 responses: same model, seed and count).
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-TARGETS = ("first_answer", "answer_logprob", "answer_mean")
+TARGETS = ("first_answer", "answer_logprob", "answer_mean", "every_answer")
 RELATIVE_SIGMA = 0.1  # OAR-G's noise as a share of the embeddings' RMS
 
 
@@ -119,7 +120,8 @@ def estimators(model, tokenizer, questions: list[str], seed: int) -> dict[str, C
     table: dict[str, Callable] = {"oracle": lambda batch, segments: oracle_scores(tokenizer, batch, segments, questions), "random": random_scores}
     for target in TARGETS:
         table[f"oar_p exact {target}"] = exact(target)
-        table[f"oar_p taylor {target}"] = exact(target, mode="taylor")
+        if target != "every_answer":  # taylor's Fisher form takes one distribution a row
+            table[f"oar_p taylor {target}"] = exact(target, mode="taylor")
         table[f"oar_g sigma=1e-3 {target}"] = noisy(target, 1e-3)
         table[f"oar_g sigma={RELATIVE_SIGMA:g}xRMS ({RELATIVE_SIGMA * embedding_rms:.2g}) {target}"] = noisy(target, RELATIVE_SIGMA * embedding_rms)
     return table

@@ -15,10 +15,14 @@ def target_from_logits(logits, prompt_length, response, answer_start, answer_end
     if mode == "answer_logprob":
         values = [torch.log_softmax(logits[p], dim=-1)[response[k]] for p, k in zip(positions, range(answer_start, answer_end))]
         return torch.stack(values).mean()
+    if mode == "every_answer":  # [A, V]: one distribution per answer position
+        return torch.stack([torch.log_softmax(logits[p], dim=-1) for p in positions])
     raise ValueError(mode)
 
 
 def shift(clean, other, mode):
+    """phi0 - phi, or KL(P0 || P): summed over the vocabulary, and over the answer positions
+    for every_answer (the KL of a product of independent distributions)."""
     if mode == "answer_logprob":
         return clean - other
     p = clean.exp()

@@ -137,3 +137,8 @@ def test_guided_approx_scores_exactly_the_top_tokens_and_scales_the_rest(model, 
             torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio), rtol=1e-4, atol=0)
     full = PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id, mode="guided_approx", guided_fraction=1.0)
     torch.testing.assert_close(perturbation.attribute(model, batch, segments, full), exact, atol=1e-6, rtol=0)
+
+
+def test_taylor_refuses_the_every_answer_target():
+    with pytest.raises(ValueError, match="taylor's Fisher form takes one distribution a row; target 'every_answer'"):
+        PerturbationConfig(target="every_answer", mode="taylor")

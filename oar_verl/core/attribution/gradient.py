@@ -42,7 +42,7 @@ NAME = "oar_g"
 
 @dataclass(frozen=True)
 class GradientConfig:
-    target: str = field(default="answer_mean", metadata={"help": "P_final mode: answer_mean (OAR-G reference default), first_answer or answer_logprob."})
+    target: str = field(default="answer_mean", metadata={"help": "P_final mode: answer_mean (OAR-G reference default), first_answer, answer_logprob or every_answer."})
     noise_std: float = field(default=1e-3, metadata={"help": "sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3). 0 is allowed only with answer_logprob, where the KL gradient does not vanish."})
     seed: int = field(default=0, metadata={"help": "Seed of the noise generators (>= 0; each row's generator is seeded from it and the row's index)."})
     max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one forward+backward pass (rows x length): bounds peak memory."})

@@ -40,7 +40,7 @@ MODES = ("exact", "span_approx", "guided_approx", "taylor")
 
 @dataclass(frozen=True)
 class PerturbationConfig:
-    target: str = field(default="first_answer", metadata={"help": "P_final mode: first_answer (OAR-P reference default), answer_mean or answer_logprob."})
+    target: str = field(default="first_answer", metadata={"help": "P_final mode: first_answer (OAR-P reference default), answer_mean, answer_logprob or every_answer (not with mode taylor)."})
     perturbation_id: int | None = field(default=None, metadata={"help": "Token id put in place of the perturbed token; the tokenizer's pad id in the reference. Required."})
     max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one forward pass (sequences x length): bounds peak memory. Must hold one prompt plus response."})
     mode: str = field(default="exact", metadata={"help": "exact (the definition), or span_approx: APPROXIMATE, each run of `span` consecutive reasoning tokens is replaced at once and its tokens share the score (about span x fewer sequences); guided_approx: APPROXIMATE, exact scores for the top tokens by OAR-G, calibrated OAR-G for the rest; taylor: APPROXIMATE, a first-order (answer_logprob) or Fisher (KL targets) expansion of every replacement, one forward and taylor_top + taylor_samples backward passes (one for answer_logprob)."})
@@ -58,6 +58,8 @@ class PerturbationConfig:
         for name in ("taylor_top", "taylor_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0 backward passes, got {getattr(self, name)}")
+        if self.mode == "taylor" and self.target == "every_answer":
+            raise ValueError("mode: taylor's Fisher form takes one distribution a row; target 'every_answer' has one a position: use mode exact, or oar_g")
         if self.taylor_top + self.taylor_samples < 1:
             raise ValueError(f"taylor_top, taylor_samples: at least one direction is needed, got {self.taylor_top} and {self.taylor_samples}")
         if self.span < 1:
