@@ -49,6 +49,11 @@ def rows_without_ground_truth(data, tmp):
     return tmp / "train.parquet"
 
 
+def not_parquet(tmp):
+    (tmp / "train.parquet").write_text("question,answer\n1+1,2\n")  # a CSV file named .parquet
+    return tmp / "train.parquet"
+
+
 def bad_jsonl(tmp):
     path = tmp / "rollouts.jsonl"
     path.write_text('{"prompt": "q", "response": "a\\n#### 1"}\n{"prompt": "q", response: 1}\n')
@@ -90,6 +95,10 @@ MISTAKES = [
     ("verl-batch-check", "dry_run", lambda d, t: recipe(d, "actor_rollout_ref.actor.ppo_mini_batch_size=1000"), "verl's config check:"),
     ("verl-micro-batch", "dry_run", lambda d, t: preset(d, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null"), "verl's config check: [actor] Please set"),
     ("rollout-name-unset", "dry_run", lambda d, t: ["--config-name", "ppo", *preset(d)[2:]], "actor_rollout_ref.rollout.name: no value"),
+    ("data-not-parquet", "dry_run", lambda d, t: recipe(d, f"data.train_files={not_parquet(t)}"), "cannot read rows from it (ArrowInvalid"),
+    ("oar-section-not-mapping", "dry_run", lambda d, t: recipe(d, "+algorithm.oar=3"), "algorithm.oar: expected a mapping of settings"),
+    ("model-path-empty", "dry_run", lambda d, t: recipe(d, "actor_rollout_ref.model.path="), "actor_rollout_ref.model.path: empty"),
+    ("pass-budget-too-small", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.max_tokens_per_pass=512"), "algorithm.oar.max_tokens_per_pass=512: one pass must hold"),
     ("explain-setting-typo", "explain", lambda d, t: [*EXPLAIN, "--prompt", "q", "--response", "a", "--set", "quantil=0.3"], "did you mean quantile?"),
     ("explain-bad-jsonl", "explain", lambda d, t: [*EXPLAIN, "--input", str(bad_jsonl(t))], "rollouts.jsonl:2: not JSON"),
 ]

@@ -91,6 +91,8 @@ class OARSettings:
     @classmethod
     def from_config(cls, section: Mapping | None) -> OARSettings:
         """Settings from `algorithm.oar` (a DictConfig or dict; None gives the defaults)."""
+        if section is not None and not isinstance(section, Mapping):
+            raise ValueError(f"{PREFIX}: expected a mapping of settings (e.g. +{PREFIX}.quantile=0.3), got {section!r}")
         values = dict(section or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)

@@ -38,7 +38,11 @@ def data_errors(config, answer_pattern: str | None) -> list[str]:
             if not os.path.exists(os.path.expanduser(path)):
                 errors.append(f"{name}: no such file (recipes/prepare_data.py writes the recipes' data)")
                 continue
-            rows = sample_rows(os.path.expanduser(path))
+            try:
+                rows = sample_rows(os.path.expanduser(path))
+            except (OSError, ValueError) as error:  # not parquet, not JSON lines, unreadable
+                errors.append(f"{name}: cannot read rows from it ({type(error).__name__}: {str(error).splitlines()[0]}); verl reads parquet files")
+                continue
             errors += ground_truth_errors(name, rows)
             if answer_pattern is not None and key == "train_files":
                 errors += answer_format_errors(name, rows, answer_pattern)

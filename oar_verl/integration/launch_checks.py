@@ -51,6 +51,9 @@ def model_path_errors(config) -> list[str]:
         value = _select(config, key)
         if value is None or "://" in str(value):
             continue
+        if not str(value).strip():
+            errors.append(f"{key}: empty; set a model directory or a hub id (organisation/name)")
+            continue
         path = Path(str(value)).expanduser()
         if not path.exists():
             if not path.is_absolute() and not str(value).startswith((".", "~")) and HUB_ID.fullmatch(str(value)):

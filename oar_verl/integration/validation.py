@@ -35,9 +35,17 @@ def oar_settings_errors(config) -> list[str]:
     elif untested:
         logger.warning("%s", untested)
     try:
-        OARSettings.from_algorithm_config(config.algorithm).method_config(method, pad_token_id=0)
+        settings = OARSettings.from_algorithm_config(config.algorithm)
+        settings.method_config(method, pad_token_id=0)
     except ValueError as error:
+        settings = None
         errors.append(str(error))
+    longest = int(config.data.get("max_prompt_length", 0)) + int(config.data.get("max_response_length", 0))
+    if settings is not None and settings.max_tokens_per_pass < longest:
+        errors.append(
+            f"algorithm.oar.max_tokens_per_pass={settings.max_tokens_per_pass}: one pass must hold a whole sequence, up to "
+            f"data.max_prompt_length + data.max_response_length = {longest} tokens; raise it to at least {longest}"
+        )
     trainer = config.trainer
     if not trainer.get("use_v1", True):
         errors.append(f"trainer.use_v1=False: algorithm.adv_estimator={method} runs on verl's v1 trainer (the legacy trainer is deprecated)")
