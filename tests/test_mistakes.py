@@ -207,3 +207,10 @@ def test_the_dry_run_passes_every_preset_and_leaves_nothing_behind(estimator, da
         dry_run.main(["--config-name", name, *arguments])
         assert capsys.readouterr().out.splitlines()[-1].startswith(f"dry run passed: algorithm.adv_estimator={estimator}"), name
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_an_interpolation_is_not_a_value_of_the_wrong_type():
+    from oar_verl.integration.command_line import VERL_CONFIG_DIR, CommandLine, compose_config
+
+    config = compose_config(CommandLine.parse(["--config-name", "cpu", "trainer.n_gpus_per_node=${trainer.nnodes}"], VERL_CONFIG_DIR, "ppo_trainer"))
+    assert config.trainer.n_gpus_per_node == config.trainer.nnodes

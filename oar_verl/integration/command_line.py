@@ -152,7 +152,7 @@ def _type_errors(base: DictConfig, overrides: list[str]) -> list[str]:
         key, value = override.key_or_group, override.value()
         default = _select_raw(base, key)
         expected = type(default) if type(default) in TYPE_NAMES else None
-        if expected is None or not isinstance(value, str):
+        if expected is None or not isinstance(value, str) or "${" in value:  # an interpolation resolves later
             continue
         errors.append(f"{key}={value}: expected {TYPE_NAMES[expected]} (the default is {default!r}), got the text {value!r}")
     return errors
