@@ -5,8 +5,8 @@ settings) it puts on that token against the other reasoning tokens.
 
     python -m oar_verl.study.stage0 [--workdir outputs/study] [--responses 300] [--out docs/results/stage0.json]
 
-Estimators: exact OAR-P, OAR-P taylor and OAR-G at sigma 1e-3 (absolute) and at 0.1 x the
-embeddings' RMS, each with targets first_answer, answer_logprob, answer_mean and every_answer
+Estimators: exact OAR-P, OAR-P taylor and OAR-G at sigma 1e-3 (absolute) and at 0.1 and 1 x
+the embeddings' RMS, each with targets first_answer, answer_logprob, answer_mean and every_answer
 (not taylor: one distribution a row); the oracle
 itself (hit@1 = 1 by construction) and random scores (chance). Results are saved after each
 estimator, and a rerun computes only the estimators missing from `--out` (on the same
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 TARGETS = ("first_answer", "answer_logprob", "answer_mean", "every_answer")
-RELATIVE_SIGMA = 0.1  # OAR-G's noise as a share of the embeddings' RMS
+RELATIVE_SIGMAS = (0.1, 1.0)  # OAR-G's noise as shares of the embeddings' RMS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +51,7 @@ def run(workdir: Path, responses: int, seed: int, out: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(paths["model"])
     results = json.loads(out.read_text()) if out.exists() else {}
     setup = {"model": str(paths["model"]), "responses": responses, "seed": seed, "max_steps": FULL.max_steps, "max_operand": FULL.max_operand}
-    if results.get("setup") != setup:
+    if {key: results.get("setup", {}).get(key) for key in setup} != setup:
         results = {"setup": setup, "estimators": {}}
     batch, segments, questions, error_tokens, sampled = wrong_responses(model, tokenizer, responses, seed)
     results["setup"]["sampled"] = sampled
@@ -64,7 +64,18 @@ def run(workdir: Path, responses: int, seed: int, out: Path) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name:36s} {results['estimators'][name]}", flush=True)
+    print(markdown_table(results))
     return results
+
+
+def markdown_table(results: dict) -> str:
+    """The results as a markdown table, one estimator a row (as in docs/results.md)."""
+    lines = ["| estimator | hit@1 (SE) | hit@3 | weight on the error token | weight on the others | seconds |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in results["estimators"].items():
+        lines.append(
+            f"| {name} | {row['hit@1']:.3f} ({row['hit@1_se']:.3f}) | {row['hit@3']:.3f} | {row['weight_on_error']:.2f} | {row['weight_on_others']:.2f} | {row['time_s']:g} |"
+        )
+    return "\n".join(lines)
 
 
 def wrong_responses(model, tokenizer, count: int, seed: int, max_new_tokens: int = 48):
@@ -123,14 +134,16 @@ def estimators(model, tokenizer, questions: list[str], seed: int) -> dict[str, C
         if target != "every_answer":  # taylor's Fisher form takes one distribution a row
             table[f"oar_p taylor {target}"] = exact(target, mode="taylor")
         table[f"oar_g sigma=1e-3 {target}"] = noisy(target, 1e-3)
-        table[f"oar_g sigma={RELATIVE_SIGMA:g}xRMS ({RELATIVE_SIGMA * embedding_rms:.2g}) {target}"] = noisy(target, RELATIVE_SIGMA * embedding_rms)
+        for share in RELATIVE_SIGMAS:
+            table[f"oar_g sigma={share:g}xRMS ({share * embedding_rms:.2g}) {target}"] = noisy(target, share * embedding_rms)
     return table
 
 
 def error_statistics(scores, segments, error_tokens) -> dict:
     """hit@1 and hit@3 of `scores` [B, R] at each row's error token (ties shared: the
-    expected hit under a random order of equal scores), chance hit@1, and the mean Bi-Level
-    weight on the error token and on the other reasoning tokens."""
+    expected hit under a random order of equal scores) with hit@1's standard error over the
+    rows, chance hit@1, and the mean Bi-Level weight on the error token and on the other
+    reasoning tokens."""
     import torch
 
     from oar_verl.core.reshape import bilevel_weights
@@ -145,11 +158,13 @@ def error_statistics(scores, segments, error_tokens) -> dict:
     others = reasoning.clone()
     others[rows, error_tokens] = False
 
-    def hit(k: int) -> float:
-        return float(((k - higher) / equal).clamp(0.0, 1.0).mean())
+    def hits(k: int) -> torch.Tensor:
+        return ((k - higher) / equal).clamp(0.0, 1.0)  # [B]
 
+    first = hits(1)
     return {
-        "hit@1": round(hit(1), 4), "hit@3": round(hit(3), 4), "chance_hit@1": round(float((1.0 / reasoning.sum(dim=1)).mean()), 4),
+        "hit@1": round(float(first.mean()), 4), "hit@1_se": round(float(first.std() / len(first) ** 0.5), 4),
+        "hit@3": round(float(hits(3).mean()), 4), "chance_hit@1": round(float((1.0 / reasoning.sum(dim=1)).mean()), 4),
         "weight_on_error": round(float(weights[rows, error_tokens].mean()), 4),
         "weight_on_others": round(float((weights * others).sum(dim=1).div(others.sum(dim=1).clamp(min=1)).mean()), 4),
     }  # fmt: skip

@@ -3,7 +3,7 @@
 import torch
 
 from oar_verl.core import Segments
-from oar_verl.study.stage0 import error_statistics
+from oar_verl.study.stage0 import error_statistics, markdown_table
 
 
 def test_hits_count_ties_as_shared_and_weights_follow_the_scores():
@@ -17,5 +17,12 @@ def test_hits_count_ties_as_shared_and_weights_follow_the_scores():
     statistics = error_statistics(scores, segments, torch.tensor([0, 0, 1, 0]))
     assert statistics["hit@1"] == (1 + 0 + 0.5 + 0) / 4
     assert statistics["hit@3"] == (1 + 1 + 1 + 0) / 4
+    assert abs(statistics["hit@1_se"] - torch.tensor([1.0, 0.0, 0.5, 0.0]).std().item() / 2) < 1e-4
     assert statistics["chance_hit@1"] == 0.2
     assert statistics["weight_on_error"] > 1.0 > statistics["weight_on_others"]
+
+
+def test_the_table_has_a_row_per_estimator():
+    row = {"hit@1": 0.5, "hit@1_se": 0.1, "hit@3": 0.75, "chance_hit@1": 0.2, "weight_on_error": 1.5, "weight_on_others": 0.9, "time_s": 2.0}
+    table = markdown_table({"estimators": {"oracle": row, "random": {**row, "hit@1": 0.25}}}).splitlines()
+    assert len(table) == 4 and table[2].startswith("| oracle | 0.500 (0.100) | 0.750 | 1.50 | 0.90 | 2 |") and "| random | 0.250" in table[3]
