@@ -28,16 +28,12 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
+from oar_verl.integration.errors import SettingsError, exit_on_settings_error
 
 EXPLAIN_KEYWORDS = {"perturbation_mode": "mode"}  # training's name -> `core.explain`'s keyword, where they differ
 TRAINING_NAMES = {keyword: name for name, keyword in EXPLAIN_KEYWORDS.items()}
 OPTION_SETTINGS = {"answer_pattern": "--answer-pattern"}  # training settings that explain takes as an option
 PROG = "oar-verl explain"
-
-
-class CommandError(Exception):
-    """A user error, reported as one line and exit status 2."""
 
 
 class Pair(NamedTuple):
@@ -57,10 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                                   description=paragraphs[2], epilog=paragraphs[3])  # fmt: skip
     add_explain_options(explain)
     args = parser.parse_args(argv)
-    try:
+    with exit_on_settings_error(PROG):
         return run_explain(args)
-    except CommandError as error:
-        parser.exit(2, f"{PROG}: error: {error}\n")
 
 
 def add_explain_options(explain: argparse.ArgumentParser) -> None:
@@ -99,7 +93,7 @@ def run_explain(args: argparse.Namespace) -> int:
     try:
         answer_finder(args.answer_pattern)
     except ValueError as error:
-        raise CommandError(f"--answer-pattern: {str(error).removeprefix('answer_pattern: ')}") from None
+        raise SettingsError(f"--answer-pattern: {str(error).removeprefix('answer_pattern: ')}") from None
     pairs = read_pairs(args)
     model, tokenizer = load_model(args.model, args.tokenizer or args.model, args.device, args.dtype)
     heatmaps = explain_pairs(args, pairs, model, tokenizer, settings)
@@ -132,7 +126,7 @@ def explain_pairs(args: argparse.Namespace, pairs: list[Pair], model, tokenizer,
         try:
             result = explain(model, tokenizer, pair.prompt, pair.response, method=args.method, answer_pattern=pattern, **settings)
         except ValueError as error:
-            raise CommandError(f"{pair.where}: {error}") from None
+            raise SettingsError(f"{pair.where}: {error}") from None
         for message in row_warnings(pair.where, result, tokenizer, pattern, context):
             warn(message)
         heatmaps.append(TokenHeatmap.from_explanation(result, tokenizer, reward=pair.reward, title=f"response {index} · {args.method}"))
@@ -161,10 +155,10 @@ def parse_settings(items: list[str], method: str) -> dict:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise CommandError(f"--set {item!r}: expected KEY=VALUE")
+            raise SettingsError(f"--set {item!r}: expected KEY=VALUE")
         name = aliases.get(key, key)
         if name not in known:
-            raise CommandError(unknown_setting(key, method, sorted([*known, *aliases])))
+            raise SettingsError(unknown_setting(key, method, sorted([*known, *aliases])))
         values[name] = parse_value(key, text, name)
     check_values(values, method)
     return {EXPLAIN_KEYWORDS.get(name, name): value for name, value in values.items() if value is not None}
@@ -216,7 +210,7 @@ def parse_value(key: str, text: str, name: str) -> object:
         value = text.strip()
     expected = OARSettings.expected_type(name)
     if not expected.accepts(value):
-        raise CommandError(f"--set {key}={text.strip()}: expected {expected.description}")
+        raise SettingsError(f"--set {key}={text.strip()}: expected {expected.description}")
     return value
 
 
@@ -227,7 +221,7 @@ def check_values(values: dict, method: str) -> None:
     try:
         OARSettings(**values).method_config(method, pad_token_id=0)
     except ValueError as error:
-        raise CommandError(str(error).replace(f"{PREFIX}.", "--set ")) from None
+        raise SettingsError(str(error).replace(f"{PREFIX}.", "--set ")) from None
 
 
 # ----------------------------------------------------------------------------- input
@@ -237,21 +231,21 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
     """The pairs of --prompt/--response or of --input (its first --max-rows rows)."""
     if args.prompt is not None:
         if args.response is None:
-            raise CommandError("--prompt needs --response")
+            raise SettingsError("--prompt needs --response")
         return [make_pair("row 0", {"prompt": args.prompt, "response": args.response}, "prompt", "response", "reward")]
     if args.max_rows is not None and args.max_rows < 1:
-        raise CommandError(f"--max-rows {args.max_rows}: expected at least 1")
+        raise SettingsError(f"--max-rows {args.max_rows}: expected at least 1")
     pairs = [make_pair(f"{source}: row {index}", row, args.prompt_key, args.response_key, args.reward_key)
              for index, (source, row) in enumerate(read_rows(args.input, args.max_rows))]  # fmt: skip
     if not pairs:
-        raise CommandError(f"{args.input}: no rows")
+        raise SettingsError(f"{args.input}: no rows")
     return pairs
 
 
 def read_rows(path: Path, limit: int | None) -> list[tuple[str, object]]:
     """(where it is: `file:line` or the file, row) of the first `limit` rows of a file."""
     if not path.exists():
-        raise CommandError(f"--input {path}: no such file")
+        raise SettingsError(f"--input {path}: no such file")
     if path.suffix == ".jsonl":
         return read_jsonl(path, limit)
     if path.suffix == ".parquet":
@@ -260,9 +254,9 @@ def read_rows(path: Path, limit: int | None) -> list[tuple[str, object]]:
         try:
             rows = pd.read_parquet(path).to_dict(orient="records")
         except (OSError, ValueError) as error:
-            raise CommandError(f"--input {path}: cannot read parquet: {str(error).splitlines()[0]}") from None
+            raise SettingsError(f"--input {path}: cannot read parquet: {str(error).splitlines()[0]}") from None
         return [(str(path), row) for row in rows[:limit]]
-    raise CommandError(f"--input {path}: expected a .jsonl or .parquet file")
+    raise SettingsError(f"--input {path}: expected a .jsonl or .parquet file")
 
 
 def read_jsonl(path: Path, limit: int | None) -> list[tuple[str, object]]:
@@ -276,31 +270,31 @@ def read_jsonl(path: Path, limit: int | None) -> list[tuple[str, object]]:
                 if line.strip():
                     rows.append((f"{path}:{number}", parse_json_line(path, number, line)))
     except UnicodeDecodeError as error:
-        raise CommandError(f"--input {path}: not UTF-8 text ({error.reason} at byte {error.start} of a line)") from None
+        raise SettingsError(f"--input {path}: not UTF-8 text ({error.reason} at byte {error.start} of a line)") from None
     except OSError as error:
-        raise CommandError(f"--input {path}: cannot read: {error.strerror}") from None
+        raise SettingsError(f"--input {path}: cannot read: {error.strerror}") from None
     return rows
 
 
 def parse_json_line(path: Path, number: int, line: str) -> object:
-    """Line `number` of `path` parsed, or a CommandError naming `file:line`."""
+    """Line `number` of `path` parsed, or a SettingsError naming `file:line`."""
     try:
         return json.loads(line)
     except json.JSONDecodeError as error:
-        raise CommandError(f"{path}:{number}: not JSON: {error.msg} (column {error.colno})") from None
+        raise SettingsError(f"{path}:{number}: not JSON: {error.msg} (column {error.colno})") from None
 
 
 def make_pair(where: str, row, prompt_key: str, response_key: str, reward_key: str) -> Pair:
-    """The pair of one row, or a CommandError naming the row and what is wrong with it."""
+    """The pair of one row, or a SettingsError naming the row and what is wrong with it."""
     if not isinstance(row, dict):
-        raise CommandError(f"{where}: expected an object with {prompt_key!r} and {response_key!r}, got {describe(row)}")
+        raise SettingsError(f"{where}: expected an object with {prompt_key!r} and {response_key!r}, got {describe(row)}")
     for key in (prompt_key, response_key):
         if key not in row or row[key] is None:
-            raise CommandError(f"{where}: no {key!r} (columns: {sorted(row)}); set --prompt-key / --response-key")
+            raise SettingsError(f"{where}: no {key!r} (columns: {sorted(row)}); set --prompt-key / --response-key")
     prompt, response, reward = (plain(row.get(key)) for key in (prompt_key, response_key, reward_key))
     problem = prompt_problem(prompt, prompt_key) or response_problem(response, response_key) or reward_problem(reward, reward_key)
     if problem:
-        raise CommandError(f"{where}: {problem}")
+        raise SettingsError(f"{where}: {problem}")
     return Pair(where, prompt, response, None if reward is None or math.isnan(reward) else float(reward))  # NaN: a missing parquet cell
 
 
@@ -348,10 +342,10 @@ def describe(value) -> str:
 
 
 def check_token_ids(pair: Pair, vocabulary: int) -> None:
-    """A CommandError when the pair's token ids do not fit the model's vocabulary."""
+    """A SettingsError when the pair's token ids do not fit the model's vocabulary."""
     for key, value in (("prompt", pair.prompt), ("response", pair.response)):
         if isinstance(value, list) and value and isinstance(value[0], int) and max(value) >= vocabulary:
-            raise CommandError(f"{pair.where}: {key} token id {max(value)} is outside the model's vocabulary of {vocabulary}")
+            raise SettingsError(f"{pair.where}: {key} token id {max(value)} is outside the model's vocabulary of {vocabulary}")
 
 
 # ----------------------------------------------------------------------------- warnings
@@ -387,23 +381,23 @@ def no_answer_warning(where: str, response_ids: list[int], tokenizer, answer_pat
 
 
 def load_model(model_path: str, tokenizer_path: str, device: str, dtype: str):
-    """(model in eval mode, tokenizer); a path that is not a causal LM is a CommandError."""
+    """(model in eval mode, tokenizer); a path that is not a causal LM is a SettingsError."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError) as error:
-        raise CommandError(f"--model {model_path}: cannot read a model config: {str(error).splitlines()[0]}") from None
+        raise SettingsError(f"--model {model_path}: cannot read a model config: {str(error).splitlines()[0]}") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
     except ValueError as error:
         reason = str(error).splitlines()[0]
-        raise CommandError(f"--model {model_path}: not a causal LM (model_type {config.model_type!r}): {reason}") from None
+        raise SettingsError(f"--model {model_path}: not a causal LM (model_type {config.model_type!r}): {reason}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     except (OSError, ValueError) as error:
-        raise CommandError(f"--tokenizer {tokenizer_path}: cannot load a tokenizer: {str(error).splitlines()[0]}") from None
+        raise SettingsError(f"--tokenizer {tokenizer_path}: cannot load a tokenizer: {str(error).splitlines()[0]}") from None
     return model.to(device).eval(), tokenizer
 
 
