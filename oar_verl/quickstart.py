@@ -31,17 +31,20 @@ TASK = {"max_steps": 1, "max_operand": 9}  # one-step single-digit sums: learnab
 
 
 def prepare(
-    workdir: Path, *, warm_start_steps: int = 300, train_size: int = 512, val_size: int = 64, seed: int = 0, task: dict = TASK, slip_probability: float = 0.0
+    workdir: Path, *, warm_start_steps: int = 300, train_size: int = 512, val_size: int = 64, seed: int = 0, task: dict = TASK,
+    slip_probability: float = 0.0, wrap_slip_probability: float = 0.0, warm_start_learning_rate: float = 3e-3,
 ) -> dict[str, Path]:
     """The model and the data of a run, built under `workdir` (reused when present).
 
-    `task`: `max_steps` / `max_operand` of the arithmetic (`data.arithmetic.make_problem`);
-    `slip_probability`: share of imperfect warm-start traces.
+    `task`: the arithmetic's shape (`max_steps`, `max_operand`, and optionally `min_steps`,
+    `modulus`: `data.arithmetic.make_problem`); `slip_probability`,
+    `wrap_slip_probability`: the warm-start traces' imperfections.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {"model": workdir / "model", "train": workdir / "train.parquet", "val": workdir / "val.parquet"}
     if not (paths["model"] / "config.json").exists():
-        warm_start(paths["model"], steps=warm_start_steps, seed=seed, slip_probability=slip_probability, **task)
+        warm_start(paths["model"], steps=warm_start_steps, seed=seed, learning_rate=warm_start_learning_rate, slip_probability=slip_probability,
+                   wrap_slip_probability=wrap_slip_probability, **task)  # fmt: skip
     if not paths["train"].exists():
         write_split(paths["train"], train_size, seed=seed + 1, split="train", **task)
     if not paths["val"].exists():
@@ -76,13 +79,14 @@ def train_command(
 
 
 def run_training(command: list[str], metrics_file: Path, log_file: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs a training command with verl's file logger writing to `metrics_file`."""
+    """Runs a training command with verl's file logger writing to `metrics_file`, its output
+    appended to `log_file` (or shown)."""
     env = {**os.environ, **(env or {}), "VERL_FILE_LOGGER_PATH": str(metrics_file)}
     if env.get("CUDA_VISIBLE_DEVICES") == "":  # an empty value makes Ray refuse logical GPUs
         del env["CUDA_VISIBLE_DEVICES"]
     if log_file is None:
         return subprocess.run(command, env=env, check=False)
-    with open(log_file, "w") as log:
+    with open(log_file, "a") as log:
         return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
 
 

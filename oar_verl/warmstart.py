@@ -28,11 +28,16 @@ def warm_start(
     max_steps: int = 2,
     max_operand: int = 49,
     slip_probability: float = 0.0,
+    min_steps: int = 1,
+    modulus: int | None = None,
+    wrap_slip_probability: float = 0.0,
     log_every: int = 0,
 ) -> Path:
     """Trains and saves the model and tokenizer to `output_dir` (a Hugging Face model dir).
 
-    `slip_probability`: share of imperfect training traces (`data.arithmetic.make_problem`).
+    The task's shape (`min_steps`, `max_steps`, `max_operand`, `modulus`) and its imperfect
+    training traces (`slip_probability`, `wrap_slip_probability`) are those of
+    `data.arithmetic.make_problem`.
     """
     import torch
 
@@ -47,7 +52,10 @@ def warm_start(
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     model.train()
     for step in range(steps):
-        problems = [make_problem(rng, max_steps, max_operand, slip_probability) for _ in range(batch_size)]
+        problems = [
+            make_problem(rng, max_steps, max_operand, slip_probability, min_steps=min_steps, modulus=modulus, wrap_slip_probability=wrap_slip_probability)
+            for _ in range(batch_size)
+        ]
         prompts = [
             tokenizer.apply_chat_template([{"role": "user", "content": f"{p.question} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False)
             for p in problems

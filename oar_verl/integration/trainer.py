@@ -132,14 +132,36 @@ def request_scores(trainer, request: AttributionRequest, use_registered_computat
         trainer.actor_rollout_wg.compute_oar_scores(meta)
 
 
-def weights_from_scores(trainer, request: AttributionRequest, metrics: dict, row_advantage: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Bi-Level weights [B, R] from the workers' `oar_scores` (1 where nothing is
+def worker_scores(request: AttributionRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, R] the workers' `oar_scores`, [B] the data-parallel rank that scored each row)."""
+    R = request.response_mask.shape[1]
+    outputs = tq.kv_batch_get(keys=request.batch.keys, partition_id=request.batch.partition_id, select_fields=[SCORES_FIELD, RANK_FIELD]).to_padded_tensor()
+    return outputs[SCORES_FIELD].float()[:, :R], outputs[RANK_FIELD].long()
+
+
+def oracle_scores(trainer, request: AttributionRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, R] the study oracle's scores, [B] zeros: computed on the driver), from the
+    arithmetic question in each row's prompt (`algorithm.oar.oracle`, study only)."""
+    from oar_verl.study.oracle import find_question
+    from oar_verl.study.oracle import oracle_scores as task_oracle_scores
+
+    prompts = tq.kv_batch_get(keys=request.batch.keys, partition_id=request.batch.partition_id, select_fields=["prompts"])["prompts"]
+    questions = []
+    for row, prompt in enumerate(prompts.unbind(0)):
+        question = find_question(trainer.tokenizer.decode(prompt.tolist(), skip_special_tokens=True))
+        if question is None and bool(request.attribute[row]):
+            raise ValueError(f"algorithm.oar.oracle: row {row}'s prompt has no generated arithmetic question (the oracle is for the study's task only)")
+        questions.append(question or "0+0")
+    scores = task_oracle_scores(trainer.tokenizer, request.responses, request.response_mask, request.segments, questions)
+    return scores, torch.zeros(len(questions), dtype=torch.long)
+
+
+def weights_from_scores(trainer, request: AttributionRequest, metrics: dict, row_advantage: torch.Tensor, scores: torch.Tensor, dp_rank: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bi-Level weights [B, R] from the rows' scores ([B, R]; 1 where nothing is
     reweighted), the `oar/*` metrics, and the step's record for `dump_dir` / heatmaps."""
     settings = OARSettings.from_algorithm_config(trainer.config.algorithm)
-    batch, segments, attribute, nonzero = request.batch, request.segments, request.attribute, request.nonzero
+    segments, attribute, nonzero = request.segments, request.attribute, request.nonzero
     R = request.response_mask.shape[1]
-    outputs = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[SCORES_FIELD, RANK_FIELD]).to_padded_tensor()
-    scores, dp_rank = outputs[SCORES_FIELD].float()[:, :R], outputs[RANK_FIELD].long()  # [B, R], [B]
     reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
     weights = bilevel_weights(scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass)
     degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
@@ -178,8 +200,10 @@ def attribution_weights(
             (patched verl) instead of the OAR worker subclass's method.
     """
     request = prepare_attribution(trainer, batch, row_advantage, padded)
+    if OARSettings.from_algorithm_config(trainer.config.algorithm).oracle:
+        return weights_from_scores(trainer, request, metrics, row_advantage, *oracle_scores(trainer, request))
     request_scores(trainer, request, use_registered_computation)
-    return weights_from_scores(trainer, request, metrics, row_advantage)
+    return weights_from_scores(trainer, request, metrics, row_advantage, *worker_scores(request))
 
 
 def dump_record(trainer, batch: KVBatchMeta, record: dict[str, torch.Tensor]) -> None:
@@ -309,7 +333,10 @@ class OARStep:
 
     def _fuses_log_probs(self) -> bool:
         estimator = self.config.algorithm.adv_estimator
-        if not uses_oar(self.config) or not OARSettings.from_algorithm_config(self.config.algorithm).fuses_log_probs(estimator):
+        if not uses_oar(self.config):
+            return False
+        settings = OARSettings.from_algorithm_config(self.config.algorithm)
+        if settings.oracle or not settings.fuses_log_probs(estimator):  # the oracle's scores need no pass
             return False
         return not takes_rollout_log_probs(self.config)  # no old-log-prob pass to fuse with
 
@@ -346,7 +373,7 @@ class OARStep:
             row_advantage = advantages[torch.arange(len(advantages)), mask.float().argmax(dim=1)]  # [B]
             fused, self._oar_fused = self._oar_fused, None
             if fused is not None and list(fused.batch.keys) == list(batch.keys):  # scores came with old_log_probs
-                weights, record = weights_from_scores(self, fused, metrics, row_advantage)
+                weights, record = weights_from_scores(self, fused, metrics, row_advantage, *worker_scores(fused))
             else:
                 with self._old_policy_weights():
                     weights, record = attribution_weights(self, batch, metrics, row_advantage, padded, use_registered_computation=False)

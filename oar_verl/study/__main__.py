@@ -1,6 +1,6 @@
-"""GRPO vs OAR-G vs OAR-P vs a permuted-weights control, on CPU through verl.
+"""The controlled studies of OAR against GRPO on CPU, through verl's trainer.
 
-    python -m oar_verl.study [--smoke] [--out DIR] [--workdir DIR] [--report-only]
+    python -m oar_verl.study --plan chains [--out DIR] [--workdir DIR] [--report-only]
 """
 
 from __future__ import annotations
@@ -9,22 +9,26 @@ import argparse
 import json
 from pathlib import Path
 
-from oar_verl.study.plan import FULL, SMOKE
+from oar_verl.study.plan import PLANS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The study's options."""
     parser = argparse.ArgumentParser(prog="python -m oar_verl.study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="a few steps, one seed, small sets, GRPO and the control (minutes): checks the pipeline, "
-                             "proves nothing (default: the full study)")  # fmt: skip
+    parser.add_argument("--plan", choices=sorted(PLANS), default="chains",
+                        help="chains: the powered study (5-6 step chains mod 10, an oracle arm, 6 seeds; hours); first: the "
+                             "first study (1-3 steps, 3 seeds); smoke: a few steps, one seed, GRPO and the control (minutes): "
+                             "checks the pipeline, proves nothing (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help="the same as --plan smoke")
     parser.add_argument("--out", type=Path, default=Path("docs"), metavar="DIR",
-                        help="results.md, results/*.png and results/results.json go here (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--workdir", type=Path, default=Path("outputs/study"), metavar="DIR",
-                        help="models, data, checkpoints, logs (default: %(default)s)")  # fmt: skip
+                        help="the plan's page (results.md for chains, results_PLAN.md for the others), its plots under "
+                             "results/ and its results file results/PLAN.json go here (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                        help="models, data, checkpoints, logs, generations (default: outputs/study/PLAN)")  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
-                        help="rewrite results.md and the plots from results.json, run nothing "
-                             "(default: run what results.json lacks)")  # fmt: skip
+                        help="rewrite the page and the plots from the results file, run nothing (default: run what it lacks)")
+    parser.add_argument("--past-gate", action="store_true",
+                        help="run every method even when the oracle does not beat GRPO (default: stop after the gate's runs)")
     return parser.parse_args(argv)
 
 
@@ -33,14 +37,14 @@ def main(argv: list[str] | None = None) -> None:
     from oar_verl.study.report import write_report
     from oar_verl.study.runner import run_study
 
-    plan = SMOKE if args.smoke else FULL
-    results_file = args.out / "results" / "results.json"
+    plan = PLANS["smoke" if args.smoke else args.plan]
+    results_file = args.out / "results" / f"{plan.name}.json"
     if args.report_only:
         results = json.loads(results_file.read_text())
     else:
-        results = run_study(plan, args.workdir, results_file, log=lambda m: print(m, flush=True))
-    command = "python -m oar_verl.study" + (" --smoke" if args.smoke else "")
-    path = write_report(results, args.out, command=command)
+        workdir = args.workdir or Path("outputs/study") / plan.name
+        results = run_study(plan, workdir, results_file, log=lambda m: print(m, flush=True), past_gate=args.past_gate)
+    path = write_report(results, args.out, command=f"python -m oar_verl.study --plan {plan.name}")
     print(f"wrote {path}")
 
 

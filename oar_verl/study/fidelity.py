@@ -33,17 +33,17 @@ def sample_responses(model, tokenizer, questions: list[str], *, max_new_tokens: 
     return ResponseBatch.from_token_lists(prompts, responses, pad_token_id=tokenizer.pad_token_id)
 
 
-def rank_agreement(model, tokenizer, *, responses: int, targets: tuple[str, ...], max_steps: int, max_operand: int, max_new_tokens: int, seed: int = 0) -> dict:
+def rank_agreement(model, tokenizer, *, responses: int, targets: tuple[str, ...], task: dict, max_new_tokens: int, seed: int = 0) -> dict:
     """Per-response Spearman correlation of OAR-G scores and of OAR-P `taylor` scores
     (default settings; each target) against exact OAR-P (its default target, first_answer)
-    over the reasoning tokens of sampled responses with an answer and at least 3 reasoning
-    tokens.
+    over the reasoning tokens of sampled responses to problems of `task` (the shape settings
+    of `data.arithmetic.make_problem`) with an answer and at least 3 reasoning tokens.
 
     Returns {"responses": n used, "sampled": n sampled, target: OAR-G's {"mean", "median",
     "frac_above_0.5", "values": [...]}, "taylor": {target: the same for taylor}}.
     """
     rng = random.Random(seed)
-    questions = [make_problem(rng, max_steps, max_operand).question for _ in range(responses)]
+    questions = [make_problem(rng, **task).question for _ in range(responses)]
     model.eval()
     batch = sample_responses(model, tokenizer, questions, max_new_tokens=max_new_tokens, seed=seed)
     segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")

@@ -1,10 +1,11 @@
 """The oracle of the study's arithmetic task: where a response first goes wrong.
 
-A response to a question such as `12+30-7` (`oar_verl.data.arithmetic`) writes one line a
-step, `LEFT OP OPERAND=RESULT`, then `#### ANSWER`. Its first error is the first character
+A response to a question such as `12+30-7` or `4+7-9 (mod 10)` (`oar_verl.data.arithmetic`)
+writes one line a step, `LEFT OP OPERAND=RESULT`, then `#### ANSWER`. Its first error is the first character
 that is wrong given what the response wrote before it: a line whose LEFT is not the previous
 line's RESULT (the question's first number on the first line: a copy error), whose OP or
-OPERAND is not the question's, whose RESULT is not LEFT OP OPERAND as written, a missing or
+OPERAND is not the question's, whose RESULT is not LEFT OP OPERAND as written (modulo the
+question's modulus when it has one), a missing or
 extra line, or an ANSWER that is not the last RESULT. Within a number, the first character
 that differs from the right one (`42` for `45`: the `2`).
 
@@ -21,14 +22,26 @@ from dataclasses import dataclass
 
 import torch
 
-from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.offsets import batch_token_offsets
 from oar_verl.core.spans import Segments
 
 STEP_LINE = re.compile(r"(-?\d+)([+-])(\d+)=(-?\d+)")
 ANSWER_LINE = re.compile(r"####\s*(-?\d+)")
-QUESTION = re.compile(r"(\d+)((?:[+-]\d+)+)")
+QUESTION = re.compile(r"(\d+)((?:[+-]\d+)+)(?: \(mod (\d+)\))?")
 ERROR_KINDS = ("copy", "operator", "operand", "result", "missing_step", "extra_step", "format", "answer")
+
+
+@dataclass(frozen=True)
+class Question:
+    """A generated question: its first number, its (operator, operand) steps, its modulus."""
+
+    first: int
+    steps: list[tuple[str, int]]
+    modulus: int | None
+
+    def apply(self, left: int, operator: str, operand: int) -> int:
+        value = left + operand if operator == "+" else left - operand
+        return value % self.modulus if self.modulus else value
 
 
 @dataclass(frozen=True)
@@ -39,18 +52,25 @@ class FirstError:
     kind: str
 
 
-def question_steps(question: str) -> tuple[int, list[tuple[str, int]]]:
-    """(first number, [(operator, operand)]) of a generated question such as `12+30-7`."""
+def parse_question(question: str) -> Question:
+    """A generated question such as `12+30-7` or `4+7-9 (mod 10)`."""
     match = QUESTION.fullmatch(question.strip())
     if match is None:
-        raise ValueError(f"question {question!r}: expected numbers joined by + and -, e.g. 12+30-7")
+        raise ValueError(f"question {question!r}: expected numbers joined by + and -, e.g. 12+30-7 or 4+7-9 (mod 10)")
     steps = [(operator, int(operand)) for operator, operand in re.findall(r"([+-])(\d+)", match.group(2))]
-    return int(match.group(1)), steps
+    return Question(int(match.group(1)), steps, int(match.group(3)) if match.group(3) else None)
+
+
+def find_question(text: str) -> str | None:
+    """The generated question inside a prompt's text, or None."""
+    match = QUESTION.search(text)
+    return match.group(0) if match else None
 
 
 def first_error(question: str, text: str) -> FirstError | None:
     """The first error of response `text` to `question`, or None when it has none."""
-    value, steps = question_steps(question)
+    parsed = parse_question(question)
+    value, steps = parsed.first, parsed.steps
     lines = text.split("\n")
     offset = 0
     for index, (operator, operand) in enumerate(steps):
@@ -65,7 +85,7 @@ def first_error(question: str, text: str) -> FirstError | None:
         for group, kind in ((1, "copy"), (2, "operator"), (3, "operand")):
             if match.group(group) != expected[group]:
                 return FirstError(offset + match.start(group) + _first_difference(match.group(group), expected[group]), kind)
-        true = int(left) + (int(written_operand) if written_operator == "+" else -int(written_operand))
+        true = parsed.apply(int(left), written_operator, int(written_operand))
         if int(result) != true:
             return FirstError(offset + match.start(4) + _first_difference(result, str(true)), "result")
         value = true
@@ -96,15 +116,15 @@ def _parsed_prefix(line: str) -> int:
     return 0
 
 
-def oracle_scores(tokenizer, batch: ResponseBatch, segments: Segments, questions: list[str], epsilon: float = 1e-3) -> torch.Tensor:
-    """[B, R] scores: 1 on the token of each row's first error, `epsilon` on its other
+def oracle_scores(tokenizer, responses: torch.Tensor, response_mask: torch.Tensor, segments: Segments, questions: list[str], epsilon: float = 1e-3) -> torch.Tensor:
+    """[B, R] scores of the responses ([B, R] ids and mask, right-padded) to `questions`: 1 on the token of each row's first error, `epsilon` on its other
     reasoning tokens, 0 elsewhere. A row without an error in its reasoning (correct, or
     wrong only on its answer line) has `epsilon` on every reasoning token: constant scores,
     which the Bi-Level rule leaves at weight 1."""
-    B, R = batch.responses.shape
+    R = responses.shape[1]
     scores = segments.reasoning_mask(R).float() * epsilon
-    lengths = batch.response_mask.bool().sum(dim=1).tolist()
-    rows = [ids[:length] for ids, length in zip(batch.responses.tolist(), lengths)]
+    lengths = response_mask.bool().sum(dim=1).tolist()
+    rows = [ids[:length] for ids, length in zip(responses.tolist(), lengths)]
     for row, (offsets, question) in enumerate(zip(batch_token_offsets(tokenizer, rows), questions)):
         error = first_error(question, offsets.text)
         if error is None:

@@ -1,4 +1,4 @@
-"""What the study runs: task, warm-start, RL budget, methods and seeds."""
+"""What the study runs: task, warm-start, RL budget, methods and seeds; the plans by name."""
 
 from __future__ import annotations
 
@@ -7,28 +7,44 @@ from dataclasses import dataclass, field
 # (verl estimator, extra overrides) per method; everything else is identical across methods.
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "grpo": ("grpo", ()),
+    "oracle": ("oar_g", ("algorithm.oar.oracle=true",)),
     "oar_g": ("oar_g", ()),
     "oar_p": ("oar_p", ()),
+    "oar_p_taylor": ("oar_p", ("algorithm.oar.perturbation_mode=taylor",)),
     "oar_g_permuted": ("oar_g", ("algorithm.oar.permute_weights=true",)),
 }
-METHOD_LABELS = {"grpo": "GRPO", "oar_g": "OAR-G", "oar_p": "OAR-P", "oar_g_permuted": "OAR-G, permuted weights (control)"}
+METHOD_LABELS = {"grpo": "GRPO", "oracle": "oracle (perfect attribution)", "oar_g": "OAR-G", "oar_p": "OAR-P", "oar_p_taylor": "OAR-P taylor",
+                 "oar_g_permuted": "OAR-G, permuted weights (control)"}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """Task: 1 to `max_steps` additions/subtractions of numbers up to `max_operand`, chain
-    of thought, GSM8K's `#### answer` (`oar_verl.data.arithmetic`). Warm-start: supervised,
-    on traces of which `slip_probability` carry a step error. RL: `rl_steps` steps of
-    `train_batch_size` prompts x `rollout_n` samples, learning rate `learning_rate`, greedy
-    held-out accuracy every `test_freq` steps on a fixed test set of `test_size` problems.
+    """Task: `min_steps` to `max_steps` additions/subtractions of numbers up to
+    `max_operand` (modulo `modulus` when set), chain of thought, GSM8K's `#### answer`
+    (`oar_verl.data.arithmetic`). Warm-start: supervised, `warm_start_steps` steps (learning
+rate `warm_start_learning_rate`) on traces
+    of which `slip_probability` carry a step error, and whose wrapping steps slip with
+    `wrap_slip_probability`. RL: `rl_steps` steps of `train_batch_size` prompts x
+    `rollout_n` samples, learning rate `learning_rate`, greedy held-out accuracy every
+    `test_freq` steps on a fixed test set of `test_size` problems.
+
+    `gate_methods` (the oracle and GRPO, or none) run on every seed first; the other
+    methods run only when the oracle beats GRPO beyond its interval (`study.statistics`).
+    `save_freq`: verl checkpoints every N steps, from which a cut-short run resumes.
     """
 
+    name: str = "first"
     methods: tuple[str, ...] = ("grpo", "oar_g", "oar_p", "oar_g_permuted")
+    gate_methods: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
+    min_steps: int = 1
     max_steps: int = 3
     max_operand: int = 9
+    modulus: int | None = None
     slip_probability: float = 0.3
+    wrap_slip_probability: float = 0.0
     warm_start_steps: int = 800
+    warm_start_learning_rate: float = 3e-3
     warm_start_seed: int = 0
     train_size: int = 2048
     test_size: int = 256
@@ -41,10 +57,13 @@ class StudyPlan:
     max_response_length: int = 48
     fidelity_responses: int = 64
     fidelity_targets: tuple[str, ...] = ("answer_mean", "first_answer", "answer_logprob")
+    save_freq: int = 0
     extra_overrides: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.methods) - set(METHODS))
+        if self.gate_methods and set(self.gate_methods) != {"grpo", "oracle"} or not set(self.gate_methods) <= set(self.methods):
+            raise ValueError(f"gate_methods: expected ('grpo', 'oracle') among the methods, or none; got {self.gate_methods}")
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; known: {sorted(METHODS)}")
         if not self.seeds:
@@ -67,13 +86,37 @@ class StudyPlan:
             f"data.max_response_length={self.max_response_length}",
             "trainer.val_before_train=true",
             f"trainer.test_freq={self.test_freq}",
+            *([f"trainer.save_freq={self.save_freq}", "trainer.resume_mode=auto"] if self.save_freq else []),
             *self.extra_overrides,
         ]
 
+    @property
+    def task(self) -> dict:
+        """The task's shape, as `data.arithmetic.make_problem` takes it."""
+        return {"min_steps": self.min_steps, "max_steps": self.max_steps, "max_operand": self.max_operand, "modulus": self.modulus}
 
-FULL = StudyPlan()
+    def run_order(self) -> list[tuple[str, int]]:
+        """(method, seed) in the order they run: the gate's methods on every seed first, then
+        seeds outermost, so that a cut-short study still compares every method."""
+        rest = [method for method in self.methods if method not in self.gate_methods]
+        gate = [(method, seed) for seed in self.seeds for method in self.gate_methods]
+        return gate + [(method, seed) for seed in self.seeds for method in rest]
+
+
+FULL = StudyPlan()  # the first study (docs/results_first.md)
 # The smoke version runs the runs only the study has: GRPO (the baseline every table
-# compares with) and the control; OAR-G (the control without the shuffle) and OAR-P go
-# through the same runner and are trained in the e2e tests.
-SMOKE = StudyPlan(methods=("grpo", "oar_g_permuted"), seeds=(0,), warm_start_steps=300, train_size=64, test_size=16, rl_steps=2,
+# compares with), the oracle and the control; OAR-G (the control without the shuffle) and
+# OAR-P go through the same runner and are trained in the e2e tests.
+SMOKE = StudyPlan(name="smoke", methods=("grpo", "oracle", "oar_g_permuted"), seeds=(0,), warm_start_steps=300, train_size=64, test_size=16, rl_steps=2,
                   test_freq=2, train_batch_size=8, rollout_n=8, fidelity_responses=4)  # fmt: skip
+
+# The powered study (issue 24): chains of 5-6 steps modulo 10 (every value and the answer one
+# byte token), errors concentrated in the steps that wrap around (carries and borrows),
+# an oracle arm bounding what attribution can give, 6 seeds, 512 held-out problems.
+CHAINS = StudyPlan(
+    name="chains", methods=("grpo", "oracle", "oar_g", "oar_p_taylor", "oar_g_permuted"), gate_methods=("grpo", "oracle"),
+    seeds=(0, 1, 2, 3, 4, 5), min_steps=5, max_steps=6, max_operand=9, modulus=10, slip_probability=0.0, wrap_slip_probability=0.3,
+    warm_start_steps=1200, warm_start_learning_rate=1e-3, train_size=4096, test_size=512, rl_steps=60, test_freq=10, train_batch_size=8, rollout_n=8,
+    learning_rate=1e-4, max_prompt_length=96, max_response_length=64, fidelity_responses=64, save_freq=20,
+)  # fmt: skip
+PLANS = {plan.name: plan for plan in (FULL, SMOKE, CHAINS)}

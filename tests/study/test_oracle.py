@@ -7,7 +7,7 @@ import torch
 
 from oar_verl.core import ResponseBatch, segment_responses
 from oar_verl.data.arithmetic import make_problem
-from oar_verl.study.oracle import STEP_LINE, FirstError, first_error, oracle_scores, question_steps
+from oar_verl.study.oracle import STEP_LINE, FirstError, Question, find_question, first_error, oracle_scores, parse_question
 
 
 @pytest.mark.parametrize(
@@ -46,9 +46,47 @@ def test_a_slipped_trace_errs_on_its_slip_and_a_clean_one_does_not():
 
 
 def test_questions_must_be_the_tasks():
-    assert question_steps("3+4-10") == (3, [("+", 4), ("-", 10)])
+    assert parse_question("3+4-10") == Question(3, [("+", 4), ("-", 10)], None)
+    assert parse_question("3+4-9 (mod 10)") == Question(3, [("+", 4), ("-", 9)], 10)
     with pytest.raises(ValueError, match="question 'what is 3\\+4'"):
-        question_steps("what is 3+4")
+        parse_question("what is 3+4")
+
+
+def test_the_question_is_found_in_a_prompt():
+    assert find_question("<|im_start|>user\n4+7-9 (mod 10) Solve, then write the answer after ####.") == "4+7-9 (mod 10)"
+    assert find_question("user\n12+30-7 Solve") == "12+30-7"
+    assert find_question("no arithmetic here") is None
+
+
+@pytest.mark.parametrize(
+    "response, error",
+    [
+        ("4+7=1\n1-9=2\n#### 2", None),  # 4+7 = 11 = 1, 1-9 = -8 = 2 (mod 10)
+        ("4+7=2\n2-9=3\n#### 3", FirstError(4, "result")),  # the carry slipped; the next line follows from it
+        ("4+7=11\n11-9=2\n#### 2", FirstError(5, "result")),  # not reduced: the second 1 is the wrong character
+        ("4+7=1\n1-9=2\n#### 8", FirstError(17, "answer")),
+    ],
+)
+def test_first_error_modulo(response, error):
+    assert first_error("4+7-9 (mod 10)", response) == error
+
+
+def test_a_wrap_slipped_trace_errs_on_a_wrapping_step():
+    """The modular task's imperfect traces slip only where a result wraps around the modulus."""
+    rng = random.Random(0)
+    slipped = 0
+    for _ in range(300):
+        problem = make_problem(rng, max_steps=6, max_operand=9, min_steps=5, modulus=10, wrap_slip_probability=0.5)
+        error = first_error(problem.question, problem.solution)
+        if error is None:
+            assert problem.solution.endswith(f"#### {problem.answer}")
+            continue
+        slipped += 1
+        line = problem.solution[: error.char].split("\n")[-1] + problem.solution[error.char :].split("\n")[0]
+        left, operator, operand, result = STEP_LINE.fullmatch(line).groups()
+        true = int(left) + (int(operand) if operator == "+" else -int(operand))
+        assert error.kind == "result" and not 0 <= true < 10 and (int(result) - true) % 10 in (1, 9), (problem, error)
+    assert 100 < slipped < 300
 
 
 def test_oracle_scores_mark_the_error_token_of_each_row(tokenizer):
@@ -57,7 +95,7 @@ def test_oracle_scores_mark_the_error_token_of_each_row(tokenizer):
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in responses]
     batch = ResponseBatch.from_token_lists([prompt] * 3, ids, pad_token_id=tokenizer.pad_token_id)
     segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
-    scores = oracle_scores(tokenizer, batch, segments, ["12+30-7"] * 3, epsilon=0.01)
+    scores = oracle_scores(tokenizer, batch.responses, batch.response_mask, segments, ["12+30-7"] * 3, epsilon=0.01)
     reasoning = segments.reasoning_mask(batch.responses.shape[1])
     assert scores.shape == batch.responses.shape and bool((scores[~reasoning] == 0).all())
     marked = (scores == 1.0).nonzero().tolist()

@@ -3,8 +3,8 @@
 import pytest
 from PIL import Image
 
-from oar_verl.study.plan import FULL, SMOKE, StudyPlan
-from oar_verl.study.report import verdict, write_report
+from oar_verl.study.plan import CHAINS, FULL, PLANS, SMOKE, StudyPlan
+from oar_verl.study.report import HAND_NOTES, verdict, write_report
 
 
 def synthetic(finals: dict[str, list[float]]) -> dict:
@@ -28,11 +28,51 @@ def test_report_has_the_table_curves_and_verdict(tmp_path):
     results = synthetic({"grpo": [0.50, 0.52], "oar_g": [0.55, 0.57]})
     results["runs"][2]["step_time_s"] = 6.0  # oar_g seed 0: 1.5x GRPO seed 0; seed 1: 1.0x
     path = write_report({**results, "prepare_s": 60.0}, tmp_path, command="python -m oar_verl.study")
+    assert path == tmp_path / "results_first.md"
     text = path.read_text()
     assert "| GRPO | 2 | 0.510 ± 0.014 | 0.510 | 4.00 | 1.00x |" in text and "| OAR-G | 2 | 0.560 ± 0.014 | 0.560 | 5.00 | 1.25x |" in text
     assert "on test machine: 8 minutes of compute" in text and "## Verdict" in text
-    for image in ("accuracy.png", "train_reward.png"):
+    for image in ("first_accuracy.png", "first_train_reward.png"):
         assert Image.open(tmp_path / "results" / image).size[0] > 400
+    path.write_text(path.read_text() + f"\n{HAND_NOTES}\n\n- a note\n")
+    write_report({**results, "prepare_s": 60.0}, tmp_path, command="python -m oar_verl.study")
+    assert path.read_text().endswith(f"{HAND_NOTES}\n\n- a note\n") and path.read_text().count(HAND_NOTES) == 1
+
+
+def powered_results(differences: dict[str, float], seeds: int = 6) -> dict:
+    """Synthetic runs of the chains plan: each method's primary metric is GRPO's plus its
+    difference, with a per-seed wobble that pairing removes."""
+    runs = []
+    for method, difference in differences.items():
+        for seed in range(seeds):
+            level = 0.5 + 0.02 * seed + difference + (0.004 if seed % 2 else -0.004) * (method != "grpo")
+            runs.append({"method": method, "seed": seed, "accuracy": {"0": 0.45, "10": level, "20": level}, "train_score": {"1": 0.3, "20": level},
+                         "entropy_end": 1.0, "step_time_s": 4.0 + (method != "grpo"), "attribution_time_s": None if method == "grpo" else 0.5, "wall_s": 300.0,
+                         "error_lines": {"0": {"correct": 230, "step 2 (wraps)": 200, "answer": 82}, "20": {"correct": 300, "step 2 (wraps)": 212}},
+                         "error_token_share": {"1": 0.03 if method == "grpo" else 0.2, "2": 0.03 if method == "grpo" else 0.25}})  # fmt: skip
+    plan = {**CHAINS.__dict__, "seeds": list(range(seeds))}
+    return {"plan": plan, "machine": "test machine", "runs": runs, "prepare_s": 60.0, "fidelity": None}
+
+
+def test_powered_report_has_the_preregistration_gate_and_contrasts(tmp_path):
+    results = powered_results({"grpo": 0.0, "oracle": 0.05, "oar_g": 0.01, "oar_p_taylor": 0.0, "oar_g_permuted": 0.012})
+    results["gate"] = {"passed": True, "mean": 0.05, "low": 0.04, "high": 0.06, "seeds": list(range(6))}
+    path = write_report(results, tmp_path, command="python -m oar_verl.study --plan chains")
+    text = path.read_text()
+    assert path == tmp_path / "results.md" and "30 of 30 runs so far" in text
+    assert "## Pre-registration (committed on 2026-12-04, before any run of this plan)" in text
+    assert "Oracle - GRPO over seeds [0, 1, 2, 3, 4, 5]: +5.00 points, 95% interval [+4.00, +6.00]: passed" in text
+    oracle_row = next(line for line in text.splitlines() if line.startswith("| oracle (perfect attribution) - GRPO |"))
+    assert "| 6 | +5.00 | [+4." in oracle_row and "| 0.031 | 0.125 |" in oracle_row  # p = 2/64; Holm x4
+    assert "| OAR-G - OAR-G, permuted weights (control) | 6 | -0.20 |" in text
+    for image in ("chains_accuracy.png", "chains_error_token_share.png", "chains_error_lines.png"):
+        assert Image.open(tmp_path / "results" / image).size[0] > 400
+
+
+def test_powered_report_before_the_gate_is_decided(tmp_path):
+    results = powered_results({"grpo": 0.0}, seeds=1)
+    text = write_report(results, tmp_path, command="python -m oar_verl.study --plan chains").read_text()
+    assert "Not decided yet" in text and "No contrast has two seeds of both arms yet." in text
 
 
 def test_plan_checks_and_overrides():
@@ -41,4 +81,13 @@ def test_plan_checks_and_overrides():
     overrides = FULL.verl_overrides("oar_g_permuted", 2)
     assert "algorithm.oar.permute_weights=true" in overrides and "actor_rollout_ref.rollout.seed=2" in overrides and "data.seed=2" in overrides
     assert not any("permute" in o for o in FULL.verl_overrides("oar_g", 2))
-    assert len(FULL.seeds) >= 3 and set(SMOKE.methods) < set(FULL.methods) and {"grpo", "oar_g_permuted"} <= set(SMOKE.methods)
+    assert {"grpo", "oracle", "oar_g_permuted"} == set(SMOKE.methods) and set(PLANS) == {"first", "smoke", "chains"}
+    with pytest.raises(ValueError, match="gate_methods"):
+        StudyPlan(methods=("grpo", "oar_g"), gate_methods=("grpo", "oracle"))
+    assert "algorithm.oar.oracle=true" in CHAINS.verl_overrides("oracle", 0) and "trainer.resume_mode=auto" in CHAINS.verl_overrides("grpo", 0)
+
+
+def test_the_gate_runs_first():
+    order = CHAINS.run_order()
+    assert order[: 2 * len(CHAINS.seeds)] == [(m, s) for s in CHAINS.seeds for m in ("grpo", "oracle")]
+    assert len(order) == len(set(order)) == len(CHAINS.methods) * len(CHAINS.seeds) >= 5 * 6

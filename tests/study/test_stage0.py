@@ -26,3 +26,11 @@ def test_the_table_has_a_row_per_estimator():
     row = {"hit@1": 0.5, "hit@1_se": 0.1, "hit@3": 0.75, "chance_hit@1": 0.2, "weight_on_error": 1.5, "weight_on_others": 0.9, "time_s": 2.0}
     table = markdown_table({"estimators": {"oracle": row, "random": {**row, "hit@1": 0.25}}}).splitlines()
     assert len(table) == 4 and table[2].startswith("| oracle | 0.500 (0.100) | 0.750 | 1.50 | 0.90 | 2 |") and "| random | 0.250" in table[3]
+
+
+def test_hits_by_group_and_per_row():
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.9, 0.1, 0.0]])
+    segments = Segments(torch.full((3,), 2), torch.full((3,), 2), torch.full((3,), 3), torch.ones(3, dtype=torch.bool))
+    statistics = error_statistics(scores, segments, torch.tensor([0, 0, 1]), groups=[0, 2, 2])
+    assert statistics["hits@1"] == [1.0, 0.0, 0.0]
+    assert statistics["by_lines_after_error"] == {"0": {"rows": 1, "hit@1": 1.0, "chance_hit@1": 0.5}, "2": {"rows": 2, "hit@1": 0.0, "chance_hit@1": 0.5}}

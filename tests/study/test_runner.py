@@ -1,0 +1,50 @@
+"""The study runner's order, gate and resumption, with the training runs replaced by stubs
+(the smoke test trains through verl)."""
+
+import dataclasses
+
+import pytest
+
+from oar_verl.study import runner
+from oar_verl.study.plan import CHAINS
+
+
+def fake_run(gain: dict[str, float]):
+    calls = []
+
+    def run_one(plan, paths, method, seed, workdir):
+        calls.append((method, seed))
+        level = 0.5 + 0.01 * seed + gain.get(method, 0.0) + (0.003 if seed % 2 else 0.0) * (method == "oracle")
+        return {"method": method, "seed": seed, "accuracy": {"0": 0.4, "10": level}, "step_time_s": 1.0, "wall_s": 1.0}
+
+    return run_one, calls
+
+
+@pytest.fixture
+def stubbed(monkeypatch, tmp_path):
+    monkeypatch.setattr(runner, "prepare", lambda plan, workdir: {"model": tmp_path})
+    monkeypatch.setattr(runner, "fidelity", lambda plan, model: {"responses": 0})
+    return tmp_path
+
+
+@pytest.mark.parametrize("oracle_gain, passed", [(0.05, True), (0.0, False)])
+def test_other_methods_run_only_past_the_gate(monkeypatch, stubbed, oracle_gain, passed):
+    plan = dataclasses.replace(CHAINS, seeds=(0, 1, 2))
+    run_one, calls = fake_run({"oracle": oracle_gain})
+    monkeypatch.setattr(runner, "run_one", run_one)
+    results = runner.run_study(plan, stubbed / "work", stubbed / "results.json", log=lambda m: None)
+    gate_runs = [(m, s) for s in plan.seeds for m in ("grpo", "oracle")]
+    assert calls[: len(gate_runs)] == gate_runs and results["gate"]["passed"] is passed
+    assert len(calls) == (len(plan.methods) * len(plan.seeds) if passed else len(gate_runs))
+    assert results["gate"]["mean"] == pytest.approx(oracle_gain + 0.001)
+
+
+def test_a_rerun_resumes_and_past_gate_runs_the_rest(monkeypatch, stubbed):
+    plan = dataclasses.replace(CHAINS, seeds=(0, 1))
+    run_one, calls = fake_run({})
+    monkeypatch.setattr(runner, "run_one", run_one)
+    runner.run_study(plan, stubbed / "work", stubbed / "results.json", log=lambda m: None)
+    assert len(calls) == 4  # the gate's runs; the gate not passed
+    calls.clear()
+    results = runner.run_study(plan, stubbed / "work", stubbed / "results.json", log=lambda m: None, past_gate=True)
+    assert len(calls) == 6 and ("grpo", 0) not in calls and len(results["runs"]) == 10
