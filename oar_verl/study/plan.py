@@ -116,7 +116,7 @@ SMOKE = StudyPlan(name="smoke", methods=("grpo", "oracle", "oar_g_permuted"), se
 CHAINS = StudyPlan(
     name="chains", methods=("grpo", "oracle", "oar_g", "oar_p_taylor", "oar_g_permuted"), gate_methods=("grpo", "oracle"),
     seeds=(0, 1, 2, 3, 4, 5), min_steps=5, max_steps=6, max_operand=9, modulus=10, slip_probability=0.0, wrap_slip_probability=0.3,
-    warm_start_steps=1200, warm_start_learning_rate=1e-3, train_size=4096, test_size=512, rl_steps=60, test_freq=10, train_batch_size=8, rollout_n=8,
+    warm_start_steps=750, warm_start_learning_rate=2e-3, train_size=4096, test_size=512, rl_steps=60, test_freq=10, train_batch_size=8, rollout_n=8,
     learning_rate=1e-4, max_prompt_length=96, max_response_length=64, fidelity_responses=64, save_freq=20,
 )  # fmt: skip
 PLANS = {plan.name: plan for plan in (FULL, SMOKE, CHAINS)}

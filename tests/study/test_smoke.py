@@ -34,7 +34,7 @@ def test_every_method_ran_and_was_measured(smoke):
         assert 0.0 <= run["accuracy"]["0"] <= 1.0 and run["step_time_s"] > 0 and run["entropy_end"] > 0
         assert (run["attribution_time_s"] is None) == (run["method"] == "grpo")
         assert set(run["error_lines"]) == {"0", str(SMOKE.rl_steps)} and sum(run["error_lines"]["0"].values()) == SMOKE.test_size
-        assert run["error_lines"]["0"].get("correct", 0) == round(run["accuracy"]["0"] * SMOKE.test_size)
+        assert run["error_lines"]["0"].get("correct", 0) <= round(run["accuracy"]["0"] * SMOKE.test_size)  # right answers may hide wrong steps
         assert set(run["error_token_share"]) <= {str(step) for step in range(1, SMOKE.rl_steps + 1)}
         assert all(0.0 < share <= 1.0 for share in run["error_token_share"].values())
     fidelity = results["fidelity"]
