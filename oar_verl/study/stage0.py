@@ -25,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 TARGETS = ("first_answer", "answer_logprob", "answer_mean", "every_answer")
+# The chains task's answers are one token: answer_mean and every_answer equal first_answer there.
+PLAN_TARGETS = {"first": TARGETS, "chains": ("first_answer", "answer_logprob")}
+SIGNAL_BINS = (0.01, 0.1, 1.0)  # a row's largest reasoning score over the median row's: bin edges
 RELATIVE_SIGMAS = (0.1, 1.0)  # OAR-G's noise as shares of the embeddings' RMS
 
 
@@ -60,7 +63,7 @@ def run(workdir: Path, responses: int, seed: int, out: Path, plan_name: str = "f
     batch, segments, questions, error_tokens, sampled = wrong_responses(model, tokenizer, responses, seed, plan.task, plan.max_response_length)
     groups = lines_after_error(tokenizer, batch, questions)
     results["setup"]["sampled"] = sampled
-    for name, scores_of in estimators(model, tokenizer, questions, seed).items():
+    for name, scores_of in estimators(model, tokenizer, questions, seed, PLAN_TARGETS[plan_name]).items():
         if name in results["estimators"]:
             continue
         started = time.perf_counter()
@@ -111,7 +114,7 @@ def wrong_responses(model, tokenizer, count: int, seed: int, task: dict, max_new
     return batch, segments, questions, marked.float().argmax(dim=1), sampled
 
 
-def estimators(model, tokenizer, questions: list[str], seed: int) -> dict[str, Callable]:
+def estimators(model, tokenizer, questions: list[str], seed: int, targets: tuple[str, ...] = TARGETS) -> dict[str, Callable]:
     """{name: (batch, segments) -> [B, R] scores} of every estimator stage 0 compares."""
     import torch
 
@@ -132,7 +135,7 @@ def estimators(model, tokenizer, questions: list[str], seed: int) -> dict[str, C
         return torch.rand(batch.responses.shape, generator=torch.Generator().manual_seed(seed))
 
     table: dict[str, Callable] = {"oracle": lambda batch, segments: oracle_scores(tokenizer, batch.responses, batch.response_mask, segments, questions), "random": random_scores}
-    for target in TARGETS:
+    for target in targets:
         table[f"oar_p exact {target}"] = exact(target)
         if target != "every_answer":  # taylor's Fisher form takes one distribution a row
             table[f"oar_p taylor {target}"] = exact(target, mode="taylor")
@@ -162,8 +165,10 @@ def error_statistics(scores, segments, error_tokens, groups: list[int] | None = 
     """hit@1 and hit@3 of `scores` [B, R] at each row's error token (ties shared: the
     expected hit under a random order of equal scores) with hit@1's standard error over the
     rows, chance hit@1, the mean Bi-Level weight on the error token and on the other
-    reasoning tokens, each row's hit@1 (`hits@1`, for paired comparisons) and, with
-    `groups` (a label per row), hit@1 and chance per label."""
+    reasoning tokens, each row's hit@1 (`hits@1`, for paired comparisons), hit@1 by the
+    row's signal (its largest reasoning score over the median row's, binned at
+    `SIGNAL_BINS`: does a row whose scores are far below the others' still point at its
+    error?) and, with `groups` (a label per row), hit@1 and chance per label."""
     import torch
 
     from oar_verl.core.reshape import bilevel_weights
@@ -187,12 +192,20 @@ def error_statistics(scores, segments, error_tokens, groups: list[int] | None = 
     for label in sorted(set(groups or [])):
         rows_in = torch.tensor([g == label for g in groups])
         by_group[str(label)] = {"rows": int(rows_in.sum()), "hit@1": round(float(first[rows_in].mean()), 4), "chance_hit@1": round(float(chance[rows_in].mean()), 4)}
+    row_max = torch.where(reasoning, scores.float().nan_to_num(0.0), 0.0).amax(dim=1)
+    relative = row_max / row_max.median().clamp(min=torch.finfo(torch.float32).tiny)
+    edges = (0.0, *SIGNAL_BINS, float("inf"))
+    by_signal = {}
+    for low, high in zip(edges[:-1], edges[1:]):
+        rows_in = (relative >= low) & (relative < high)
+        if bool(rows_in.any()):
+            by_signal[f"[{low:g}, {high:g})"] = {"rows": int(rows_in.sum()), "hit@1": round(float(first[rows_in].mean()), 4), "chance_hit@1": round(float(chance[rows_in].mean()), 4)}
     return {
         "hit@1": round(float(first.mean()), 4), "hit@1_se": round(float(first.std() / len(first) ** 0.5), 4),
         "hit@3": round(float(hits(3).mean()), 4), "chance_hit@1": round(float((1.0 / reasoning.sum(dim=1)).mean()), 4),
         "weight_on_error": round(float(weights[rows, error_tokens].mean()), 4),
         "weight_on_others": round(float((weights * others).sum(dim=1).div(others.sum(dim=1).clamp(min=1)).mean()), 4),
-        "hits@1": [round(float(h), 4) for h in first], **({"by_lines_after_error": by_group} if groups is not None else {}),
+        "hits@1": [round(float(h), 4) for h in first], "by_relative_signal": by_signal, **({"by_lines_after_error": by_group} if groups is not None else {}),
     }  # fmt: skip
 
 

@@ -20,6 +20,8 @@ def test_hits_count_ties_as_shared_and_weights_follow_the_scores():
     assert abs(statistics["hit@1_se"] - torch.tensor([1.0, 0.0, 0.5, 0.0]).std().item() / 2) < 1e-4
     assert statistics["chance_hit@1"] == 0.2
     assert statistics["weight_on_error"] > 1.0 > statistics["weight_on_others"]
+    # row maxima 0.9, 0.9, 0.7, 0.9 over the median row's 0.9: row 2 in [0.1, 1), the others in [1, inf)
+    assert statistics["by_relative_signal"] == {"[0.1, 1)": {"rows": 1, "hit@1": 0.5, "chance_hit@1": 0.2}, "[1, inf)": {"rows": 3, "hit@1": 0.3333, "chance_hit@1": 0.2}}
 
 
 def test_the_table_has_a_row_per_estimator():
