@@ -10,7 +10,7 @@ from oar_verl.core.answers import BUILTIN_PATTERNS, AnswerSpan, answer_finder
 from oar_verl.core.attribution import METHODS, GradientConfig, PerturbationConfig, get_method
 from oar_verl.core.explain import Explanation, explain
 from oar_verl.core.layout import ResponseBatch
-from oar_verl.core.reshape import bilevel_weights, degenerate_rows, permute_within_rows
+from oar_verl.core.reshape import bilevel_weights, degenerate_rows, low_signal_rows, permute_within_rows
 from oar_verl.core.spans import Segments, segment_responses
 from oar_verl.core.targets import TARGET_MODES
 
@@ -27,6 +27,7 @@ __all__ = [
     "answer_finder",
     "bilevel_weights",
     "degenerate_rows",
+    "low_signal_rows",
     "explain",
     "get_method",
     "permute_within_rows",

@@ -33,6 +33,30 @@ def degenerate_rows(scores: torch.Tensor, reasoning_mask: torch.Tensor) -> torch
     return ~mask.any(dim=1) | ~finite.all(dim=1) | ~(spread >= torch.finfo(level.dtype).tiny)
 
 
+def low_signal_rows(scores: torch.Tensor, reasoning_mask: torch.Tensor, min_signal: float) -> torch.Tensor:
+    """[B] bool: rows whose largest reasoning score is below `min_signal` times the median,
+    over the rows with reasoning tokens, of each row's largest score. Bi-Level normalises each
+    row on its own, so a row whose strongest token moves the answer a hundred times less
+    than a typical row's would still get weights from `min_weight` to 1 + beta from score
+    differences at noise level; such rows keep GRPO's weights instead. 0 turns it off.
+
+    Args:
+        scores: [B, T] raw scores (>= 0 on the mask; non-finite ones count as 0 here).
+        reasoning_mask: [B, T] bool.
+        min_signal: in [0, 1).
+    """
+    _check_inputs(scores, reasoning_mask)
+    if not 0.0 <= min_signal < 1.0:
+        raise ValueError(f"min_signal: expected a value in [0, 1), got {min_signal}")
+    has_reasoning = reasoning_mask.any(dim=1)  # [B]
+    if min_signal == 0.0 or not bool(has_reasoning.any()):
+        return torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    clean = torch.where(reasoning_mask & torch.isfinite(scores), scores.float(), 0.0)
+    strongest = clean.amax(dim=1)  # [B]
+    typical = strongest[has_reasoning].median()
+    return has_reasoning & (strongest < min_signal * typical)
+
+
 def bilevel_weights(
     scores: torch.Tensor,
     reasoning_mask: torch.Tensor,

@@ -19,7 +19,9 @@ from oar_verl.core.targets import check_target
 from oar_verl.core.names import did_you_mean
 
 PREFIX = "algorithm.oar"
-METHOD_DEFAULT_TARGETS = {"oar_p": "first_answer", "oar_g": "answer_mean"}
+# This project's defaults (docs/OAR_SPEC.md section 11): the reference code's OAR-P target,
+# first_answer, found the error token less often than answer_mean in stage 0 (docs/stage0.md).
+METHOD_DEFAULT_TARGETS = {"oar_p": "answer_mean", "oar_g": "answer_mean"}
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,11 @@ class SettingType:
 @dataclass(frozen=True)
 class OARSettings:
     answer_pattern: str = field(default="auto", metadata={"help": "Where the final answer is: boxed (MATH), gsm8k (####), answer_colon (DAPO), auto (the first of these that matches), or a regular expression with a group 'answer'. Use the format your reward function reads."})
-    target: str | None = field(default=None, metadata={"help": "P_final mode: answer_mean, first_answer, answer_logprob or every_answer (every answer position: the sum of their KLs; not with perturbation_mode taylor). None: the method's reference default (oar_p: first_answer, oar_g: answer_mean)."})
+    target: str | None = field(default=None, metadata={"help": "P_final mode: answer_mean, first_answer, answer_logprob or every_answer (every answer position: the sum of their KLs; not with perturbation_mode taylor). None: the method's default, answer_mean for both (the reference code's OAR-P default is first_answer: docs/OAR_SPEC.md section 11)."})
     quantile: float = field(default=0.25, metadata={"help": "Bi-Level q in (0, 1): per-response quantile of normalised scores below which tokens are damped (authors' lab README: 0.25)."})
     beta: float = field(default=1.0, metadata={"help": "Bi-Level boost >= 0: the top token's weight before mass preservation is 1 + beta (authors' lab README: 1.0)."})
     min_weight: float = field(default=0.1, metadata={"help": "Floor of damped weights, in (0, 1] (reference code: 0.1)."})
+    min_signal: float = field(default=0.01, metadata={"help": "Rows whose largest reasoning score is below min_signal x the step's median row's keep GRPO's weights (counted in oar/rows/low_signal): Bi-Level normalises each row alone and would spread weights over differences at noise level. In [0, 1); 0: off (the reference)."})
     preserve_mass: bool = field(default=True, metadata={"help": "Rescale each response's reasoning weights to mean 1, keeping its total advantage (paper abstract)."})
     noise_std: float = field(default=1e-3, metadata={"help": "oar_g: sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3); 0 only with target answer_logprob."})
     seed: int = field(default=0, metadata={"help": "oar_g: noise seed (oar_p: the guided_approx and taylor draws); each step and data-parallel rank offsets it so draws differ."})
@@ -74,13 +77,14 @@ class OARSettings:
             "quantile": 0.0 < self.quantile < 1.0,
             "beta": 0.0 <= self.beta < float("inf"),
             "min_weight": 0.0 < self.min_weight <= 1.0,
+            "min_signal": 0.0 <= self.min_signal < 1.0,
             "noise_std": 0.0 <= self.noise_std < float("inf"),
             "max_tokens_per_pass": self.max_tokens_per_pass >= 1,
             "heatmap_freq": self.heatmap_freq >= 0,
             "heatmap_responses": self.heatmap_responses >= 1,
             "perturbation_id": self.perturbation_id is None or self.perturbation_id >= 0,
         }
-        ranges = {"quantile": "in (0, 1)", "beta": ">= 0", "min_weight": "in (0, 1]", "noise_std": ">= 0", "max_tokens_per_pass": ">= 1", "heatmap_freq": ">= 0 (0: off)", "heatmap_responses": ">= 1", "perturbation_id": ">= 0 or null"}
+        ranges = {"quantile": "in (0, 1)", "beta": ">= 0", "min_weight": "in (0, 1]", "min_signal": "in [0, 1)", "noise_std": ">= 0", "max_tokens_per_pass": ">= 1", "heatmap_freq": ">= 0 (0: off)", "heatmap_responses": ">= 1", "perturbation_id": ">= 0 or null"}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{PREFIX}.{name}: expected a value {ranges[name]}, got {getattr(self, name)!r}")

@@ -8,6 +8,8 @@
     oar/rows/zero_advantage         responses skipped: their group's rewards were all equal
     oar/rows/degenerate             responses with nonzero advantage left at GRPO weights:
                                     no answer, empty reasoning, constant or non-finite scores
+    oar/rows/low_signal             responses left at GRPO weights because their largest score
+                                    is below `min_signal` x the step's median row's
     oar/ranks/without_attributed_rows  data-parallel ranks that attributed no response (they
                                     ran one-token dummy steps while the others attributed)
 """
@@ -25,11 +27,12 @@ def oar_metrics(
     answer_found: torch.Tensor,
     nonzero: torch.Tensor,
     degenerate: torch.Tensor,
+    low_signal: torch.Tensor,
     attributed: torch.Tensor,
     dp_rank: torch.Tensor,
 ) -> dict[str, float]:
     """weights [B, R]; reasoning [B, R] bool (reweighted tokens); real, answer_found,
-    nonzero, degenerate, attributed: [B] bool (padding rows have `real` False); dp_rank
+    nonzero, degenerate, low_signal, attributed: [B] bool (padding rows have `real` False); dp_rank
     [B] int64, the data-parallel rank that held each row."""
     values = weights[reasoning].float()
     metrics = {
@@ -37,6 +40,7 @@ def oar_metrics(
         "oar/rows/attributed": float(attributed.sum()),
         "oar/rows/zero_advantage": float((real & ~nonzero).sum()),
         "oar/rows/degenerate": float(degenerate.sum()),
+        "oar/rows/low_signal": float(low_signal.sum()),
         "oar/ranks/without_attributed_rows": float(len(dp_rank.unique()) - len(dp_rank[attributed].unique())),
     }
     if values.numel():

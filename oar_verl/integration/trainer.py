@@ -46,7 +46,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
 
-from oar_verl.core.reshape import bilevel_weights, degenerate_rows, permute_within_rows
+from oar_verl.core.reshape import bilevel_weights, degenerate_rows, low_signal_rows, permute_within_rows
 from oar_verl.core.spans import Segments, segment_responses
 from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 from oar_verl.integration.config import OARSettings
@@ -165,11 +165,14 @@ def weights_from_scores(trainer, request: AttributionRequest, metrics: dict, row
     reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
     weights = bilevel_weights(scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass)
     degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
+    low_signal = attribute & ~degenerate & low_signal_rows(scores, reasoning & ~degenerate[:, None], settings.min_signal)  # [B]
+    weights = torch.where(low_signal[:, None], 1.0, weights)
+    degenerate = degenerate | low_signal  # left at GRPO weights from here on
     if settings.permute_weights:  # the study's control: same weights, shuffled within each response
         generator = torch.Generator().manual_seed(settings.seed + int(trainer.global_steps))
         weights = permute_within_rows(weights, reasoning & ~degenerate[:, None], generator)
     record = {"responses": request.responses, "response_mask": request.response_mask, "segments": request.segment_field, "found": segments.found,
-              "scores": scores, "weights": weights, "row_advantage": row_advantage, "degenerate": degenerate, "dp_rank": dp_rank}  # fmt: skip
+              "scores": scores, "weights": weights, "row_advantage": row_advantage, "degenerate": degenerate, "low_signal": low_signal, "dp_rank": dp_rank}  # fmt: skip
     metrics.update(
         oar_metrics(
             weights=weights,
@@ -177,7 +180,8 @@ def weights_from_scores(trainer, request: AttributionRequest, metrics: dict, row
             real=request.real,
             answer_found=segments.found,
             nonzero=nonzero,
-            degenerate=degenerate,
+            degenerate=degenerate & ~low_signal,
+            low_signal=low_signal,
             attributed=attribute & ~degenerate,
             dp_rank=dp_rank,
         )

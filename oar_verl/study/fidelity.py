@@ -35,7 +35,7 @@ def sample_responses(model, tokenizer, questions: list[str], *, max_new_tokens: 
 
 def rank_agreement(model, tokenizer, *, responses: int, targets: tuple[str, ...], task: dict, max_new_tokens: int, seed: int = 0) -> dict:
     """Per-response Spearman correlation of OAR-G scores and of OAR-P `taylor` scores
-    (default settings; each target) against exact OAR-P (its default target, first_answer)
+    (default settings; each target) against exact OAR-P (the reference's default target, first_answer)
     over the reasoning tokens of sampled responses to problems of `task` (the shape settings
     of `data.arithmetic.make_problem`) with an answer and at least 3 reasoning tokens.
 

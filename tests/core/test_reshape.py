@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oar_verl.core import bilevel_weights, degenerate_rows, permute_within_rows
+from oar_verl.core import bilevel_weights, degenerate_rows, low_signal_rows, permute_within_rows
 
 # Subnormal scores are left out of the formula check: torch's vectorised log1p flushes
 # them to zero on some CPUs (see test_a_spread_below_float_resolution_is_degenerate).
@@ -200,3 +200,18 @@ def test_permuted_control_keeps_each_rows_weights_and_moves_them():
     assert not torch.equal(permuted[mask], weights[mask])  # 5 rows of ~28 entries: some move
     again = permute_within_rows(weights, mask, torch.Generator().manual_seed(0))
     assert torch.equal(permuted, again)
+
+
+def test_low_signal_rows_by_the_definition():
+    """Row 2's largest score is 0.5% of the median row's largest (1.0): below min_signal 0.01.
+    Row 3 has no reasoning (never low-signal, not in the median); row 4's non-finite score
+    counts as 0."""
+    scores = torch.tensor([[1.0, 0.2, 9.0], [0.5, 1.0, 9.0], [0.005, 0.001, 9.0], [7.0, 7.0, 7.0], [float("nan"), 0.004, 9.0], [3.0, 2.0, 9.0]])
+    mask = torch.tensor([[True, True, False]] * 3 + [[False] * 3] + [[True, True, False]] * 2)
+    # row maxima on the mask: 1.0, 1.0, 0.005, -, 0.004, 3.0; median of the five: 1.0
+    assert low_signal_rows(scores, mask, 0.01).tolist() == [False, False, True, False, True, False]
+    assert low_signal_rows(scores, mask, 0.004).tolist() == [False, False, False, False, False, False]  # 0.004 is not below 0.004
+    assert not bool(low_signal_rows(scores, mask, 0.0).any())
+    assert not bool(low_signal_rows(scores, torch.zeros_like(mask), 0.5).any())
+    with pytest.raises(ValueError, match=r"min_signal: expected a value in \[0, 1\), got 1.0"):
+        low_signal_rows(scores, mask, 1.0)

@@ -24,7 +24,7 @@ def test_every_field_is_documented():
 def test_method_configs_follow_the_spec_defaults():
     settings = OARSettings()
     assert settings.method_config("oar_g", pad_token_id=7) == GradientConfig(target="answer_mean", noise_std=1e-3, seed=0)
-    assert settings.method_config("oar_p", pad_token_id=7) == PerturbationConfig(target="first_answer", perturbation_id=7)
+    assert settings.method_config("oar_p", pad_token_id=7) == PerturbationConfig(target="answer_mean", perturbation_id=7)  # this project's default (OAR_SPEC section 11)
     assert OARSettings(target="answer_logprob", perturbation_id=3).method_config("oar_p", 7).perturbation_id == 3
 
 
@@ -35,6 +35,7 @@ def test_method_configs_follow_the_spec_defaults():
         ({"quantile": 0}, "algorithm.oar.quantile"),
         ({"beta": -1}, "algorithm.oar.beta"),
         ({"min_weight": 0}, "algorithm.oar.min_weight"),
+        ({"min_signal": 1.0}, "algorithm.oar.min_signal"),
         ({"noise_std": -0.1}, "algorithm.oar.noise_std"),
         ({"max_tokens_per_pass": 0}, "algorithm.oar.max_tokens_per_pass"),
         ({"heatmap_freq": -1}, "algorithm.oar.heatmap_freq"),

@@ -70,7 +70,7 @@ def test_megatron_defaults_pass():
         (["actor_rollout_ref.actor.megatron.context_parallel_size=2"], "megatron.context_parallel_size=2"),
         (["actor_rollout_ref.actor.megatron.dtype=float16"], "megatron.dtype=float16"),
         (["actor_rollout_ref.actor.megatron.router_replay.mode=R2"], "megatron.router_replay.mode=R2"),
-        (["algorithm.adv_estimator=oar_p", "algorithm.oar.perturbation_mode=taylor", "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"], "perturbation_mode=taylor with algorithm.oar.target=first_answer"),
+        (["algorithm.adv_estimator=oar_p", "algorithm.oar.perturbation_mode=taylor", "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"], "perturbation_mode=taylor with algorithm.oar.target=answer_mean"),
     ],
 )
 def test_megatron_refusals_name_the_setting(overrides, named):

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oar_verl import rewards
-from oar_verl.core import bilevel_weights
+from oar_verl.core import bilevel_weights, degenerate_rows, low_signal_rows
 from oar_verl.integration.config import OARSettings
 from oar_verl.data.arithmetic import make_problem, verl_row
 from oar_verl.quickstart import TASK, read_metrics, run_training, train_command
@@ -279,8 +279,12 @@ def check_oar_dump(dump, quantile: float) -> int:
     torch.testing.assert_close(row_advantage, dump["row_advantage"])
     attributed = (dump["segments"][:, 3] > 0) & ~dump["degenerate"]
     reasoning = (torch.arange(mask.shape[1])[None, :] < dump["segments"][:, :1]) & (dump["segments"][:, 3:] > 0)
-    # the weights are Bi-Level's, from the scores the workers computed
-    torch.testing.assert_close(weights, bilevel_weights(dump["scores"], reasoning, quantile=quantile))
+    # the weights are Bi-Level's, from the scores the workers computed, except on rows whose
+    # largest score is below min_signal (default 0.01) x the step's median row's
+    flat = degenerate_rows(dump["scores"], reasoning)
+    low_signal = (dump["segments"][:, 3] > 0) & ~flat & low_signal_rows(dump["scores"], reasoning & ~flat[:, None], 0.01)
+    assert torch.equal(dump["low_signal"], low_signal)
+    torch.testing.assert_close(weights, torch.where(low_signal[:, None], 1.0, bilevel_weights(dump["scores"], reasoning, quantile=quantile)))
     torch.testing.assert_close(final, grpo * weights * mask)
     assert torch.all(weights[~attributed] == 1.0), "rows not reweighted keep GRPO's advantage"
     assert torch.all(dump["scores"][~reasoning] == 0)
