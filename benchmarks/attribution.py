@@ -163,7 +163,9 @@ def ratio_text(ratios: tuple[float, float, float], bound: float | None = None) -
     text = f"{median:5.2f}x log-prob pass [quartiles {lower:.2f}, {upper:.2f}]"
     if bound is not None:
         beyond = median - 1.0
-        text += f", {beyond:5.2f}x beyond it (target <= {bound}x)" if beyond >= 0 else ", FLAG: below the pass it contains (timing noise), no cost figure"
+        text += (
+            f", {beyond:5.2f}x beyond it (target <= {bound}x)" if beyond >= 0 else ", FLAG: below the pass it contains (timing noise), no cost figure"
+        )
     return text
 
 
@@ -273,15 +275,35 @@ def compare_backends(setup: Setup, device: str, meter: Meter) -> None:
         print(f"  {'log-prob pass (no grad, full logits)':<43} {passes[0]:8.3f} {passes[1]:10.3f} {passes[1] / passes[0]:11.2f}x")
         methods = [
             ("OAR-G answer_mean", lambda m, c=GradientConfig(max_tokens_per_pass=setup.token_budget): gradient.attribute(m, batch, segments, c)),
-            ("OAR-G answer_mean fused", lambda m, c=GradientConfig(max_tokens_per_pass=setup.token_budget): gradient.attribute_with_log_probs(m, batch, segments, c).scores),
-            ("OAR-G answer_logprob", lambda m, c=GradientConfig(target="answer_logprob", max_tokens_per_pass=setup.token_budget): gradient.attribute(m, batch, segments, c)),
-            ("OAR-P taylor answer_mean", lambda m, c=PerturbationConfig(target="answer_mean", perturbation_id=0, mode="taylor", max_tokens_per_pass=setup.token_budget): perturbation.attribute(m, batch, segments, c)),
-            ("OAR-P exact first_answer", lambda m, c=PerturbationConfig(perturbation_id=0, max_tokens_per_pass=setup.token_budget): perturbation.attribute(m, batch, segments, c)),
+            (
+                "OAR-G answer_mean fused",
+                lambda m, c=GradientConfig(max_tokens_per_pass=setup.token_budget): gradient.attribute_with_log_probs(m, batch, segments, c).scores,
+            ),
+            (
+                "OAR-G answer_logprob",
+                lambda m, c=GradientConfig(target="answer_logprob", max_tokens_per_pass=setup.token_budget): gradient.attribute(
+                    m, batch, segments, c
+                ),
+            ),
+            (
+                "OAR-P taylor answer_mean",
+                lambda m, c=PerturbationConfig(target="answer_mean", perturbation_id=0, mode="taylor", max_tokens_per_pass=setup.token_budget): (
+                    perturbation.attribute(m, batch, segments, c)
+                ),
+            ),
+            (
+                "OAR-P exact first_answer",
+                lambda m, c=PerturbationConfig(perturbation_id=0, max_tokens_per_pass=setup.token_budget): perturbation.attribute(
+                    m, batch, segments, c
+                ),
+            ),
         ]
         for label, method in methods:
             (hf_scores, hf_time, _), (m_scores, m_time, _) = meter(lambda: method(hf)), meter(lambda: method(megatron))
             difference = float((hf_scores - m_scores).abs().max())
-            print(f"  {label:<43} {hf_time:8.3f} {m_time:10.3f} {m_time / hf_time:11.2f}x   {hf_time / passes[0]:8.2f}x, {m_time / passes[1]:6.2f}x{'':<16} {difference:.1e}")
+            print(
+                f"  {label:<43} {hf_time:8.3f} {m_time:10.3f} {m_time / hf_time:11.2f}x   {hf_time / passes[0]:8.2f}x, {m_time / passes[1]:6.2f}x{'':<16} {difference:.1e}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -309,13 +331,16 @@ def main(argv: list[str] | None = None) -> None:
     meter = Meter(device, repeats=args.repeats)
     gradient_meter = Meter(device, repeats=args.gradient_repeats)
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; model: hidden {setup.hidden}, {setup.layers} layers, vocab {setup.vocab}, {setup.dtype}; {setup.rows} rows, prompt ~{setup.prompt}")
+    print(
+        f"device: {name}; model: hidden {setup.hidden}, {setup.layers} layers, vocab {setup.vocab}, {setup.dtype}; {setup.rows} rows, prompt ~{setup.prompt}"
+    )
     exact_peaks: dict[int, int | None] = {}
     for length in setup.responses:
         batch, segments = make_batch(setup, length, device)
         print(f"\nresponse length {length} (reasoning {length - setup.answer - 2} tokens per row)")
         log_probs, base_time, base_peak = gradient_meter(lambda: log_prob_pass(model, batch))
         print(f"  log-prob pass (no grad, full logits)      {base_time:8.3f} s   {memory(base_peak)}")
+
         def base():
             return log_prob_pass(model, batch)
 
@@ -416,7 +441,14 @@ def arithmetic_model_and_batch():
     from oar_verl.study.plan import FULL
     from oar_verl.warmstart import warm_start
 
-    path = warm_start(tempfile.mkdtemp(), steps=FULL.warm_start_steps, seed=0, max_steps=FULL.max_steps, max_operand=FULL.max_operand, slip_probability=FULL.slip_probability)
+    path = warm_start(
+        tempfile.mkdtemp(),
+        steps=FULL.warm_start_steps,
+        seed=0,
+        max_steps=FULL.max_steps,
+        max_operand=FULL.max_operand,
+        slip_probability=FULL.slip_probability,
+    )
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     rng = random.Random(7)
     questions = [make_problem(rng, FULL.max_steps, FULL.max_operand).question for _ in range(32)]

@@ -36,8 +36,8 @@ import argparse
 from dataclasses import dataclass
 
 import torch
-
 from attribution import build, cpu_peak_memory
+
 from oar_verl.core import GradientConfig, ResponseBatch, Segments
 from oar_verl.core.attribution import chunks, gradient
 
@@ -125,9 +125,14 @@ def main(argv: list[str] | None = None) -> None:
 
     budget = GradientConfig().max_tokens_per_pass
     print(f"\nrecipes, bf16 (b = 2), GPU attention kernels (no probabilities kept); default budget {budget} tokens;")
-    print(f"largest budget in {USABLE:.0%} of a GPU's memory beside the sharded actor state (fp32 parameters, gradients, Adam: 16 B per parameter / GPUs), the gathered")
+    print(
+        f"largest budget in {USABLE:.0%} of a GPU's memory beside the sharded actor state (fp32 parameters, gradients, Adam: 16 B per parameter / GPUs), the gathered"
+    )
     print("embeddings and head, and the log-prob logits (vLLM asleep during the old-log-prob step, as verl's colocated rollout is):")
-    print(f"  {'recipe':<28} {'checkpointing':<14} {'MiB/token':>9} {'GiB at default':>15}  " + "  ".join(f"{memory:>4} GiB" for memory in GPU_MEMORY_GIB))
+    print(
+        f"  {'recipe':<28} {'checkpointing':<14} {'MiB/token':>9} {'GiB at default':>15}  "
+        + "  ".join(f"{memory:>4} GiB" for memory in GPU_MEMORY_GIB)
+    )
     for recipe, shape, gpus in RECIPES:
         fixed = 2 * shape.vocab * shape.hidden * 2 + 20 * chunks.LOGIT_TOKENS * shape.vocab
         state = 16 * PARAMETERS[shape.name] / gpus

@@ -53,8 +53,13 @@ def main(argv: list[str] | None = None) -> None:
         for name, attribute, config in methods:
             full = attribute(model, batch, segments, config, rows=usable)
             low = attribute(half, batch, segments, config, rows=usable)
-            reseeded = agreement(attribute(model, batch, segments, dataclasses.replace(config, seed=12), rows=usable), full) if name == "OAR-G" else "-"
-            print(f"  {name:<12} {target:<15} {agreement(low, full):>15} {reseeded:>17} {agreement(full, exact):>15} {agreement(low, exact):>15}", flush=True)
+            reseeded = (
+                agreement(attribute(model, batch, segments, dataclasses.replace(config, seed=12), rows=usable), full) if name == "OAR-G" else "-"
+            )
+            print(
+                f"  {name:<12} {target:<15} {agreement(low, full):>15} {reseeded:>17} {agreement(full, exact):>15} {agreement(low, exact):>15}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -103,10 +103,15 @@ def numerics(device: str, small: bool) -> dict:
             entry[f"oar_g_{target}_fused_vs_unfused_scores"] = largest_relative(fused.scores, gradient.attribute(model, batch, segments, config))
             entry[f"oar_g_{target}_fused_vs_forward_log_probs"] = float((fused.log_probs - plain_log_probs(model, batch)).abs().max())
         config = PerturbationConfig(mode="taylor", target="answer_logprob", perturbation_id=0, max_tokens_per_pass=budget)
-        entry["taylor_fused_vs_unfused_scores"] = largest_relative(taylor.attribute_with_log_probs(model, batch, segments, config).scores, taylor.attribute(model, batch, segments, config))
-        exact = perturbation.attribute(model, batch, segments, PerturbationConfig(target="answer_mean", perturbation_id=0, max_tokens_per_pass=budget))
+        entry["taylor_fused_vs_unfused_scores"] = largest_relative(
+            taylor.attribute_with_log_probs(model, batch, segments, config).scores, taylor.attribute(model, batch, segments, config)
+        )
+        exact = perturbation.attribute(
+            model, batch, segments, PerturbationConfig(target="answer_mean", perturbation_id=0, max_tokens_per_pass=budget)
+        )
         entry["oar_p_exact_vs_definition"] = max(
-            largest_relative(exact[row, : int(segments.reasoning_end[row])], oar_p_definition(model, batch, segments, row, 0)) for row in range(len(lengths))
+            largest_relative(exact[row, : int(segments.reasoning_end[row])], oar_p_definition(model, batch, segments, row, 0))
+            for row in range(len(lengths))
         )
         report[str(dtype).replace("torch.", "")] = entry
     return report
@@ -145,7 +150,14 @@ def memory(device: str, small: bool) -> dict:
         peaks[tokens] = peak_bytes(lambda: gradient.attribute(model, batch, segments, settings), device)
     slope = (peaks[16384] - peaks[8192]) / 8192
     predicted = shape.bytes_per_token(2, checkpointing=True)
-    return {"shape": shape.name, "sequence": sequence, "peak_bytes": peaks, "bytes_per_token": slope, "model_bytes_per_token": predicted, "ratio": slope / predicted}
+    return {
+        "shape": shape.name,
+        "sequence": sequence,
+        "peak_bytes": peaks,
+        "bytes_per_token": slope,
+        "model_bytes_per_token": predicted,
+        "ratio": slope / predicted,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         real = int((prompts + responses).sum())
         padded = padded_tokens(prompts, responses)
         aware, chunks = length_aware_tokens(prompts, responses, BUDGET)
-        print(f"| {name} | {rows} | {float(responses.float().mean()):.0f} | {real:,} | {padded:,} ({padded / real:.2f}x) | {aware:,} ({aware / real:.3f}x, {chunks}) |")
+        print(
+            f"| {name} | {rows} | {float(responses.float().mean()):.0f} | {real:,} | {padded:,} ({padded / real:.2f}x) | {aware:,} ({aware / real:.3f}x, {chunks}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,32 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 STEP_RESPONSES = 4096
-WORDS = "so then we add multiply divide the total each more less half of is are apples cost dollars café naïve — ✓ 中文 step".split()
+WORDS = [
+    "so",
+    "then",
+    "we",
+    "add",
+    "multiply",
+    "divide",
+    "the",
+    "total",
+    "each",
+    "more",
+    "less",
+    "half",
+    "of",
+    "is",
+    "are",
+    "apples",
+    "cost",
+    "dollars",
+    "café",
+    "naïve",
+    "—",
+    "✓",
+    "中文",
+    "step",
+]
 
 
 def responses(tokenizer, count: int, tokens: int, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,7 +58,14 @@ def long_arithmetic_model_and_batch(chain_steps: int = 12, responses: int = 24):
     from oar_verl.study.plan import FULL
     from oar_verl.warmstart import warm_start
 
-    path = warm_start(tempfile.mkdtemp(), steps=FULL.warm_start_steps, seed=0, max_steps=chain_steps, max_operand=FULL.max_operand, slip_probability=FULL.slip_probability)
+    path = warm_start(
+        tempfile.mkdtemp(),
+        steps=FULL.warm_start_steps,
+        seed=0,
+        max_steps=chain_steps,
+        max_operand=FULL.max_operand,
+        slip_probability=FULL.slip_probability,
+    )
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     rng = random.Random(7)
     questions = [make_problem(rng, chain_steps, FULL.max_operand).question for _ in range(responses)]

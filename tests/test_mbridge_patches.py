@@ -11,6 +11,8 @@ import pytest
 
 from tests.torchrun import run_ranks
 
+pytestmark = pytest.mark.slow
+
 mbridge = pytest.importorskip("mbridge", reason="the megatron extra: pip install 'oar_verl[megatron]'")
 PATCHES = sorted((Path(__file__).parents[1] / "patches" / "mbridge-0.15.1").glob("*.patch"))
 
@@ -53,7 +55,9 @@ def test_patched_mbridge_needs_no_shim(tmp_path):
     shutil.copytree(Path(mbridge.__file__).parent, source / "mbridge", ignore=shutil.ignore_patterns("__pycache__"))
     for patch in PATCHES:
         result = subprocess.run(["git", "apply", "--directory=site", str(patch)], cwd=tmp_path, capture_output=True, text=True)
-        assert result.returncode == 0, f"{patch.name} does not apply to mbridge {mbridge.__version__ if hasattr(mbridge, '__version__') else ''}: {result.stderr}"
+        assert result.returncode == 0, (
+            f"{patch.name} does not apply to mbridge {mbridge.__version__ if hasattr(mbridge, '__version__') else ''}: {result.stderr}"
+        )
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     root = Path(__file__).parents[1]

@@ -65,41 +65,111 @@ EXPLAIN = ["explain", "--model", str(QUICKSTART_MODEL), "--out", "page.html"]
 # (row id: the same in docs/mistakes.md, entry point, its arguments given the prepared data and a
 # temporary folder, what the message must say)
 MISTAKES = [
-    ("estimator-dash", "dry_run", lambda d, t: recipe(d, estimator="oar-g"), "algorithm.adv_estimator=oar-g: no such advantage estimator (did you mean 'oar_g'?)"),
+    (
+        "estimator-dash",
+        "dry_run",
+        lambda d, t: recipe(d, estimator="oar-g"),
+        "algorithm.adv_estimator=oar-g: no such advantage estimator (did you mean 'oar_g'?)",
+    ),
     ("estimator-case", "dry_run", lambda d, t: recipe(d, estimator="OAR_G"), "no such advantage estimator (did you mean 'oar_g'?)"),
-    ("estimator-quickstart", "quickstart", lambda d, t: ["--estimator", "oar-p"], "--estimator oar-p: no such advantage estimator (did you mean 'oar_p'?)"),
+    (
+        "estimator-quickstart",
+        "quickstart",
+        lambda d, t: ["--estimator", "oar-p"],
+        "--estimator oar-p: no such advantage estimator (did you mean 'oar_p'?)",
+    ),
     ("model-missing", "dry_run", lambda d, t: recipe(d, f"actor_rollout_ref.model.path={t / 'qwen'}"), "actor_rollout_ref.model.path="),
     ("model-not-hf", "dry_run", lambda d, t: recipe(d, f"actor_rollout_ref.model.path={no_model_dir(t)}"), "no config.json in this directory"),
     ("tokenizer-missing", "dry_run", lambda d, t: recipe(d, f"+actor_rollout_ref.model.tokenizer_path={t}"), "no tokenizer files"),
-    ("oar-key-without-plus", "dry_run", lambda d, t: recipe(d, "algorithm.oar.quantile=0.3"), "write +algorithm.oar.quantile=0.3 with verl's entry point"),
+    (
+        "oar-key-without-plus",
+        "dry_run",
+        lambda d, t: recipe(d, "algorithm.oar.quantile=0.3"),
+        "write +algorithm.oar.quantile=0.3 with verl's entry point",
+    ),
     ("oar-key-typo", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.quantil=0.3"), "unknown setting(s) 'quantil' (did you mean 'quantile'?)"),
     ("oar-key-typo-preset", "dry_run", lambda d, t: preset(d, "algorithm.oar.quantil=0.3"), "algorithm.oar.quantil (did you mean 'quantile'?)"),
     ("oar-value-range", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.quantile=2"), "algorithm.oar.quantile: expected a value in (0, 1), got 2"),
-    ("oar-value-type", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.quantile=abc"), "algorithm.oar.quantile: expected a number, got 'abc' (str)"),
-    ("oar-value-type-preset", "dry_run", lambda d, t: preset(d, "algorithm.oar.seed=first"), "algorithm.oar.seed=first: expected an integer (the default is 0)"),
-    ("verl-key-typo", "dry_run", lambda d, t: recipe(d, "actor_rollout_ref.actor.ppo_mini_batch=16"), "(did you mean 'ppo_mini_batch_size'?) under actor_rollout_ref.actor"),
+    (
+        "oar-value-type",
+        "dry_run",
+        lambda d, t: recipe(d, "+algorithm.oar.quantile=abc"),
+        "algorithm.oar.quantile: expected a number, got 'abc' (str)",
+    ),
+    (
+        "oar-value-type-preset",
+        "dry_run",
+        lambda d, t: preset(d, "algorithm.oar.seed=first"),
+        "algorithm.oar.seed=first: expected an integer (the default is 0)",
+    ),
+    (
+        "verl-key-typo",
+        "dry_run",
+        lambda d, t: recipe(d, "actor_rollout_ref.actor.ppo_mini_batch=16"),
+        "(did you mean 'ppo_mini_batch_size'?) under actor_rollout_ref.actor",
+    ),
     ("verl-value-type", "dry_run", lambda d, t: recipe(d, "trainer.nnodes=one"), "trainer.nnodes=one: expected an integer (the default is 1)"),
     ("hydra-quoting", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.answer_pattern=#### (?P<answer>[0-9]+)"), "cannot parse an override"),
-    ("target-typo", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.target=answer-mean"), "unknown target 'answer-mean' (did you mean 'answer_mean'?)"),
-    ("mode-typo", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.perturbation_mode=taylr", estimator="oar_p"), "unknown OAR-P mode 'taylr' (did you mean 'taylor'?)"),
+    (
+        "target-typo",
+        "dry_run",
+        lambda d, t: recipe(d, "+algorithm.oar.target=answer-mean"),
+        "unknown target 'answer-mean' (did you mean 'answer_mean'?)",
+    ),
+    (
+        "mode-typo",
+        "dry_run",
+        lambda d, t: recipe(d, "+algorithm.oar.perturbation_mode=taylr", estimator="oar_p"),
+        "unknown OAR-P mode 'taylr' (did you mean 'taylor'?)",
+    ),
     ("pattern-name-typo", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.answer_pattern=gsm"), "(did you mean 'gsm8k'?)"),
     ("pattern-misses-data", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.answer_pattern=boxed"), "set algorithm.oar.answer_pattern=gsm8k"),
     ("data-not-prepared", "dry_run", lambda d, t: recipe(t), "no such file (recipes/prepare_data.py writes the recipes' data)"),
-    ("data-no-ground-truth", "dry_run", lambda d, t: preset(d, f"data.train_files={rows_without_ground_truth(d, t)}"), "row 0: no reward_model.ground_truth"),
-    ("one-sample-a-prompt", "dry_run", lambda d, t: recipe(d, "actor_rollout_ref.rollout.n=1"), "actor_rollout_ref.rollout.n=1: oar_g keeps GRPO's group baseline"),
+    (
+        "data-no-ground-truth",
+        "dry_run",
+        lambda d, t: preset(d, f"data.train_files={rows_without_ground_truth(d, t)}"),
+        "row 0: no reward_model.ground_truth",
+    ),
+    (
+        "one-sample-a-prompt",
+        "dry_run",
+        lambda d, t: recipe(d, "actor_rollout_ref.rollout.n=1"),
+        "actor_rollout_ref.rollout.n=1: oar_g keeps GRPO's group baseline",
+    ),
     ("gpu-setting-on-cpu", "dry_run", lambda d, t: preset(d, "actor_rollout_ref.rollout.name=vllm"), "actor_rollout_ref.rollout.name=vllm"),
     ("config-name-typo", "dry_run", lambda d, t: ["--config-name", "cpu-megatron", *preset(d)[2:]], "--config-name cpu-megatron: no such config"),
     ("legacy-trainer", "dry_run", lambda d, t: recipe(d, "trainer.use_v1=false"), "trainer.use_v1=False"),
-    ("fp16-attribution", "dry_run", lambda d, t: recipe(d, "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp16"), "fp16 gradients of the attribution objective underflow"),
+    (
+        "fp16-attribution",
+        "dry_run",
+        lambda d, t: recipe(d, "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp16"),
+        "fp16 gradients of the attribution objective underflow",
+    ),
     ("fused-kernels", "dry_run", lambda d, t: recipe(d, "actor_rollout_ref.model.use_fused_kernels=true"), "use_fused_kernels=True"),
     ("verl-batch-check", "dry_run", lambda d, t: recipe(d, "actor_rollout_ref.actor.ppo_mini_batch_size=1000"), "verl's config check:"),
-    ("verl-micro-batch", "dry_run", lambda d, t: preset(d, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null"), "verl's config check: [actor] Please set"),
+    (
+        "verl-micro-batch",
+        "dry_run",
+        lambda d, t: preset(d, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null"),
+        "verl's config check: [actor] Please set",
+    ),
     ("rollout-name-unset", "dry_run", lambda d, t: ["--config-name", "ppo", *preset(d)[2:]], "actor_rollout_ref.rollout.name: no value"),
     ("data-not-parquet", "dry_run", lambda d, t: recipe(d, f"data.train_files={not_parquet(t)}"), "cannot read rows from it (ArrowInvalid"),
     ("oar-section-not-mapping", "dry_run", lambda d, t: recipe(d, "+algorithm.oar=3"), "algorithm.oar: expected a mapping of settings"),
     ("model-path-empty", "dry_run", lambda d, t: recipe(d, "actor_rollout_ref.model.path="), "actor_rollout_ref.model.path: empty"),
-    ("pass-budget-too-small", "dry_run", lambda d, t: recipe(d, "+algorithm.oar.max_tokens_per_pass=512"), "algorithm.oar.max_tokens_per_pass=512: one pass must hold"),
-    ("explain-setting-typo", "explain", lambda d, t: [*EXPLAIN, "--prompt", "q", "--response", "a", "--set", "quantil=0.3"], "did you mean quantile?"),
+    (
+        "pass-budget-too-small",
+        "dry_run",
+        lambda d, t: recipe(d, "+algorithm.oar.max_tokens_per_pass=512"),
+        "algorithm.oar.max_tokens_per_pass=512: one pass must hold",
+    ),
+    (
+        "explain-setting-typo",
+        "explain",
+        lambda d, t: [*EXPLAIN, "--prompt", "q", "--response", "a", "--set", "quantil=0.3"],
+        "did you mean quantile?",
+    ),
     ("explain-bad-jsonl", "explain", lambda d, t: [*EXPLAIN, "--input", str(bad_jsonl(t))], "rollouts.jsonl:2: not JSON"),
 ]
 
@@ -128,6 +198,7 @@ def test_the_documented_table_lists_every_tested_mistake():
     assert documented == [row[0] for row in MISTAKES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
     [
@@ -143,7 +214,9 @@ def test_the_entry_points_stop_without_a_traceback(command, tmp_path):
     result = subprocess.run([sys.executable, "-m", *command], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr and re.search(r"^python -m oar_verl\.\w+: error: ", result.stderr, flags=re.MULTILINE), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and re.search(r"^python -m oar_verl\.\w+: error: ", result.stderr, flags=re.MULTILINE), result.stderr[
+        -3000:
+    ]
     assert "Error executing job with overrides" not in result.stderr
 
 
@@ -183,6 +256,7 @@ def hydra_value(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(VALID_SETTINGS))
 def test_every_valid_setting_passes_the_dry_run(key, data_dir, tmp_path, monkeypatch):  # noqa: F811
     """Through the stock recipe (verl's config: `+algorithm.oar.KEY`) and `oar_verl.main_ppo`'s
@@ -196,13 +270,18 @@ def test_every_valid_setting_passes_the_dry_run(key, data_dir, tmp_path, monkeyp
     assert list(Path(tmp_path).iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["grpo", "oar_g", "oar_p"])
 def test_the_dry_run_passes_every_preset_and_leaves_nothing_behind(estimator, data_dir, tmp_path, monkeypatch, capsys):  # noqa: F811
     monkeypatch.chdir(tmp_path)
     for name in ("ppo", "cpu", "cpu_megatron", "ppo_megatron"):
         arguments = [*preset(data_dir, estimator=estimator)[2:], "actor_rollout_ref.rollout.n=4"]
         if name.startswith("ppo"):  # the GPU presets leave micro-batches and the rollout engine to the user, as verl's config does
-            micro_batches = ["actor.ppo_micro_batch_size_per_gpu", "rollout.log_prob_micro_batch_size_per_gpu", "ref.log_prob_micro_batch_size_per_gpu"]
+            micro_batches = [
+                "actor.ppo_micro_batch_size_per_gpu",
+                "rollout.log_prob_micro_batch_size_per_gpu",
+                "ref.log_prob_micro_batch_size_per_gpu",
+            ]
             arguments += [f"actor_rollout_ref.{key}=4" for key in micro_batches] + ["actor_rollout_ref.rollout.name=vllm"]
         if name == "ppo":
             arguments.append("actor_rollout_ref.actor.strategy=fsdp2")

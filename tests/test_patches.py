@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.patched_verl import PATCHES, SERIES
+
+pytestmark = pytest.mark.e2e
 
 MAIN_PATCHES = sorted((SERIES / "verl-main").glob("*.patch"))  # checked against verl's main by hand (patches/README.md)
 
@@ -80,7 +84,7 @@ def test_patches_are_git_format_with_messages():
 
 
 def test_plugin_uses_the_patched_verl(patched_verl):
-    code = (
+    code = (  # noqa: UP031 (the code string takes verl's path as a repr)
         "import os; os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29534', RANK='0', WORLD_SIZE='1');"
         "import verl, torch.distributed as d; assert verl.__file__.startswith(%r), verl.__file__;"
         "import verl.utils.distributed as dist, verl.workers.engine_workers as w, verl.workers.engine.fsdp.transformer_impl as t;"

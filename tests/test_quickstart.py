@@ -7,6 +7,8 @@ import pytest
 
 from oar_verl import quickstart
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.mark.parametrize("strategy, preset", [("fsdp2", "cpu"), ("megatron", "cpu_megatron")])
 def test_strategy_selects_its_preset(tmp_path, monkeypatch, strategy, preset):

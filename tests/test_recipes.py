@@ -11,13 +11,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from oar_verl.data.math_sets import DatasetError, SOURCES, prepare, to_verl_rows
+from oar_verl.data.math_sets import SOURCES, DatasetError, prepare, to_verl_rows
 from oar_verl.dry_run import dry_run, summary
 from oar_verl.rewards import compute_score
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "hub"
-LOCAL = {"gsm8k_train": "gsm8k", "gsm8k_test": "gsm8k", "math_train": "math_lighteval", "math500": "math500", "aime2024": "aime_2024", "amc2023": "amc23"}
+LOCAL = {
+    "gsm8k_train": "gsm8k",
+    "gsm8k_test": "gsm8k",
+    "math_train": "math_lighteval",
+    "math500": "math500",
+    "aime2024": "aime_2024",
+    "amc2023": "amc23",
+}
 RECIPES = sorted((ROOT / "recipes").glob("*.sh"))
 
 
@@ -52,7 +61,9 @@ def test_prepared_rows_follow_verls_layout(data_dir):
 
 
 def test_bad_datasets_are_named(tmp_path):
-    with pytest.raises(DatasetError, match=r"gsm8k_train \(openai/gsm8k, train\) row 1: no ground-truth answer: expected a solution ending in '#### <number>'"):
+    with pytest.raises(
+        DatasetError, match=r"gsm8k_train \(openai/gsm8k, train\) row 1: no ground-truth answer: expected a solution ending in '#### <number>'"
+    ):
         to_verl_rows("gsm8k_train", [{"question": "q", "answer": "1\n#### 1"}, {"question": "q", "answer": "no marker"}], "train")
     with pytest.raises(DatasetError, match=r"math500 .* row 0: no problem in column 'problem'"):
         to_verl_rows("math500", [{"question": "q", "answer": "1"}], "test")
@@ -77,12 +88,16 @@ def test_reward_routing_scores_every_recipe_source():
 # one key and have no estimator-specific branch, so the other pairs repeat these checks.
 # The Megatron recipe runs another configuration (ppo_megatron_trainer): every estimator.
 MEGATRON_RECIPE = ROOT / "recipes" / "math_gsm8k_qwen2.5-math-7b_megatron.sh"
-DRY_RUNS = [(recipe, "oar_g") for recipe in RECIPES] + [(recipe, estimator) for recipe in (ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh", MEGATRON_RECIPE) for estimator in ("grpo", "oar_p")]
+DRY_RUNS = [(recipe, "oar_g") for recipe in RECIPES] + [
+    (recipe, estimator) for recipe in (ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh", MEGATRON_RECIPE) for estimator in ("grpo", "oar_p")
+]
 
 
 def recipe_overrides(recipe: Path, *extra: str, **env: str) -> list[str]:
     """The arguments the recipe passes to verl's entry point (`VERL_MAIN`), as a list."""
-    result = subprocess.run(["bash", str(recipe), *extra], env=environment(**env, VERL_MAIN="printf %s\\0"), capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["bash", str(recipe), *extra], env=environment(**env, VERL_MAIN="printf %s\\0"), capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.split("\0")[:-1]
 
@@ -110,20 +125,27 @@ def test_gpu_recipes_run_oar_p_in_taylor_mode(recipe, data_dir):
     """At 3k-token responses exact OAR-P is ~1,000x the step's log-prob pass: the GPU recipes
     run taylor unless OAR_P_MODE says otherwise; other estimators get no OAR-P setting."""
     assert dry_run(recipe_overrides(recipe, ESTIMATOR="oar_p", DATA_DIR=str(data_dir))).algorithm.oar.perturbation_mode == "taylor"
-    assert dry_run(recipe_overrides(recipe, ESTIMATOR="oar_p", OAR_P_MODE="guided_approx", DATA_DIR=str(data_dir))).algorithm.oar.perturbation_mode == "guided_approx"
+    assert (
+        dry_run(recipe_overrides(recipe, ESTIMATOR="oar_p", OAR_P_MODE="guided_approx", DATA_DIR=str(data_dir))).algorithm.oar.perturbation_mode
+        == "guided_approx"
+    )
     assert "perturbation_mode" not in " ".join(recipe_overrides(recipe, ESTIMATOR="oar_g", DATA_DIR=str(data_dir)))
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "oar_g"])
 def test_the_dry_run_accepts_oar_settings(estimator, data_dir):
-    config = dry_run(recipe_overrides(ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh", "+algorithm.oar.quantile=0.3", ESTIMATOR=estimator, DATA_DIR=str(data_dir)))
+    config = dry_run(
+        recipe_overrides(ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh", "+algorithm.oar.quantile=0.3", ESTIMATOR=estimator, DATA_DIR=str(data_dir))
+    )
     assert config.algorithm.oar.quantile == 0.3
 
 
 def test_a_recipe_runs_through_the_dry_run_entry_point(data_dir):
     """The recipe's own command line, with `python -m oar_verl.dry_run` as verl's entry point."""
     recipe = ROOT / "recipes" / "gsm8k_qwen2.5-0.5b.sh"
-    result = subprocess.run(["bash", str(recipe)], env=environment(ESTIMATOR="oar_g", DATA_DIR=str(data_dir)), capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["bash", str(recipe)], env=environment(ESTIMATOR="oar_g", DATA_DIR=str(data_dir)), capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "dry run passed: algorithm.adv_estimator=oar_g" in result.stdout
 

@@ -98,7 +98,9 @@ BUILTIN_PATTERNS: dict[str, AnswerFinder] = {
 def patterns_finding_answers(texts: list[str], share: float = 0.0) -> list[str]:
     """The named built-in patterns (gsm8k, boxed, answer_colon, in that order) that find an
     answer in more than `share` of `texts`: what to suggest when the chosen pattern fails."""
-    return [name for name in ("gsm8k", "boxed", "answer_colon") if sum(BUILTIN_PATTERNS[name](text) is not None for text in texts) > share * len(texts)]
+    return [
+        name for name in ("gsm8k", "boxed", "answer_colon") if sum(BUILTIN_PATTERNS[name](text) is not None for text in texts) > share * len(texts)
+    ]
 
 
 def answer_finder(pattern: str | re.Pattern) -> AnswerFinder:

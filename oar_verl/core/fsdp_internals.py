@@ -39,7 +39,9 @@ def lazy_init_root(root: nn.Module) -> None:
     state with the sub-modules."""
     state = _state(root)
     if not callable(getattr(state, "_lazy_init", None)):
-        raise UnsupportedFSDPInternals(f"torch {torch.__version__}: FSDPState has no `_lazy_init()`; oar_verl reads FSDP2's state on torch 2.11 to 2.14")
+        raise UnsupportedFSDPInternals(
+            f"torch {torch.__version__}: FSDPState has no `_lazy_init()`; oar_verl reads FSDP2's state on torch 2.11 to 2.14"
+        )
     state._lazy_init()
 
 

@@ -46,9 +46,7 @@ class ResponseBatch:
         if pos.dtype.is_floating_point:
             raise ValueError(f"position_ids: expected an integer dtype, got {pos.dtype}")
         if not 0 < self.response_length < ids.shape[1]:
-            raise ValueError(
-                f"response_length: expected 0 < response_length < L = {ids.shape[1]}, got {self.response_length}"
-            )
+            raise ValueError(f"response_length: expected 0 < response_length < L = {ids.shape[1]}, got {self.response_length}")
 
     @property
     def prompt_length(self) -> int:
@@ -67,9 +65,7 @@ class ResponseBatch:
 
     def select(self, rows: torch.Tensor) -> ResponseBatch:
         """The sub-batch of `rows` ([B'] indices or [B] bool)."""
-        return ResponseBatch(
-            self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows], self.response_length
-        )
+        return ResponseBatch(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows], self.response_length)
 
     @classmethod
     def from_token_lists(

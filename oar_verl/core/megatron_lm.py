@@ -260,4 +260,3 @@ class MegatronParts:
         return reduce_from_tensor_model_parallel_region(picked, group=self.tp_group)
 
     log_probs_and_entropy = LMParts.log_probs_and_entropy  # the same reductions, over this rank's shard [N, S, V / tp]
-

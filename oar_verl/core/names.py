@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """" (did you mean 'x'?)" for the closest of `choices` (case, '-' and '_' ignored
+    """ " (did you mean 'x'?)" for the closest of `choices` (case, '-' and '_' ignored
     first), or "" when none is close."""
     choices = list(choices)
     normalised = {choice.lower().replace("-", "_"): choice for choice in choices}

@@ -17,6 +17,7 @@ bytes are not UTF-8 (a cut character), use the streaming decode.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import weakref
 from collections.abc import Sequence
@@ -115,10 +116,8 @@ def _byte_table(tokenizer) -> ByteTable | None:
     table = None
     if backend is not None and isinstance(backend.decoder, decoders.ByteLevel) and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
         table = _checked_table(backend, _token_pieces(backend))
-    try:
+    with contextlib.suppress(TypeError):  # not weak-referenceable: no cache
         _BYTE_TABLES[tokenizer] = table
-    except TypeError:  # not weak-referenceable: no cache
-        pass
     return table
 
 

@@ -88,9 +88,7 @@ def segment_responses(
         Segments of the B rows; rows without an answer have `found` False.
     """
     if responses.shape != response_mask.shape or responses.dim() != 2:
-        raise ValueError(
-            f"responses and response_mask: expected equal shapes [B, R], got {tuple(responses.shape)} and {tuple(response_mask.shape)}"
-        )
+        raise ValueError(f"responses and response_mask: expected equal shapes [B, R], got {tuple(responses.shape)} and {tuple(response_mask.shape)}")
     find = answer_finder(answer_pattern)
     lengths = response_mask.bool().sum(dim=1).tolist()
     rows = responses.tolist()

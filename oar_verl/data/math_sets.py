@@ -136,7 +136,9 @@ def to_verl_rows(name: str, records: Iterable[dict], split: str) -> list[dict]:
     for index, record in enumerate(records):
         question = record.get(source.question_key)
         if not isinstance(question, str) or not question.strip():
-            raise DatasetError(f"{name} ({source.hub_path}, {source.split}) row {index}: no problem in column {source.question_key!r} (columns: {sorted(record)})")
+            raise DatasetError(
+                f"{name} ({source.hub_path}, {source.split}) row {index}: no problem in column {source.question_key!r} (columns: {sorted(record)})"
+            )
         ground_truth = source.extract(record.get(source.answer_key))
         if ground_truth is None:
             raise DatasetError(

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from oar_verl.core.answers import answer_finder
 from oar_verl.core.attribution import GradientConfig, PerturbationConfig, fused_attribution
-from oar_verl.core.targets import check_target
 from oar_verl.core.names import did_you_mean
+from oar_verl.core.targets import check_target
 
 PREFIX = "algorithm.oar"
 # This project's defaults (docs/OAR_SPEC.md section 11): the reference code's OAR-P target,
@@ -46,29 +46,117 @@ class SettingType:
 
 @dataclass(frozen=True)
 class OARSettings:
-    answer_pattern: str = field(default="auto", metadata={"help": "Where the final answer is: boxed (MATH), gsm8k (####), answer_colon (DAPO), auto (the first of these that matches), or a regular expression with a group 'answer'. Use the format your reward function reads."})
-    target: str | None = field(default=None, metadata={"help": "P_final mode: answer_mean, first_answer, answer_logprob or every_answer (every answer position: the sum of their KLs; not with perturbation_mode taylor). None: the method's default, answer_mean for both (the reference code's OAR-P default is first_answer: docs/OAR_SPEC.md section 11)."})
-    quantile: float = field(default=0.25, metadata={"help": "Bi-Level q in (0, 1): per-response quantile of normalised scores below which tokens are damped (authors' lab README: 0.25)."})
-    beta: float = field(default=1.0, metadata={"help": "Bi-Level boost >= 0: the top token's weight before mass preservation is 1 + beta (authors' lab README: 1.0)."})
+    answer_pattern: str = field(
+        default="auto",
+        metadata={
+            "help": "Where the final answer is: boxed (MATH), gsm8k (####), answer_colon (DAPO), auto (the first of these that matches), or a regular expression with a group 'answer'. Use the format your reward function reads."
+        },
+    )
+    target: str | None = field(
+        default=None,
+        metadata={
+            "help": "P_final mode: answer_mean, first_answer, answer_logprob or every_answer (every answer position: the sum of their KLs; not with perturbation_mode taylor). None: the method's default, answer_mean for both (the reference code's OAR-P default is first_answer: docs/OAR_SPEC.md section 11)."
+        },
+    )
+    quantile: float = field(
+        default=0.25,
+        metadata={
+            "help": "Bi-Level q in (0, 1): per-response quantile of normalised scores below which tokens are damped (authors' lab README: 0.25)."
+        },
+    )
+    beta: float = field(
+        default=1.0, metadata={"help": "Bi-Level boost >= 0: the top token's weight before mass preservation is 1 + beta (authors' lab README: 1.0)."}
+    )
     min_weight: float = field(default=0.1, metadata={"help": "Floor of damped weights, in (0, 1] (reference code: 0.1)."})
-    min_signal: float = field(default=0.01, metadata={"help": "Rows whose largest reasoning score is below min_signal x the step's median row's keep GRPO's weights (counted in oar/rows/low_signal): Bi-Level normalises each row alone and would spread weights over differences at noise level. In [0, 1); 0: off (the reference)."})
-    preserve_mass: bool = field(default=True, metadata={"help": "Rescale each response's reasoning weights to mean 1, keeping its total advantage (paper abstract)."})
-    noise_std: float = field(default=1e-3, metadata={"help": "oar_g: sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3); 0 only with target answer_logprob."})
-    seed: int = field(default=0, metadata={"help": "oar_g: noise seed (oar_p: the guided_approx and taylor draws); each step and data-parallel rank offsets it so draws differ."})
-    fuse_log_probs: bool = field(default=True, metadata={"help": "oar_g, and oar_p with perturbation_mode taylor: answer verl's old-log-prob pass with the method's clean forward (old_log_probs, entropy and the clean target from one forward; answer_logprob's and taylor's gradients from it too), computed as verl computes them (its autocast, temperature rule, log-prob and entropy functions, micro-batch layout: equal to verl's own pass in fp32 and bf16 on the CPU backend). False: verl's log-prob pass, then attribution on its own. oar_p's other modes never fuse. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."})
-    perturbation_id: int | None = field(default=None, metadata={"help": "oar_p: token id put in place of a perturbed token. None: the tokenizer's pad id (reference code)."})
-    perturbation_mode: str = field(default="exact", metadata={"help": "oar_p: exact (the definition); span_approx (APPROXIMATE: runs of `span` tokens replaced together, sharing a score); guided_approx (APPROXIMATE: exact on the top `guided_fraction` by OAR-G plus a random `calibration_fraction` of the rest, the others OAR-G scaled to fit); taylor (APPROXIMATE: each replacement's effect expanded around the clean pass, first order for answer_logprob, the Fisher form for KL targets; one forward and taylor_top + taylor_samples backward passes, one for answer_logprob)."})
-    taylor_top: int = field(default=4, metadata={"help": "oar_p with taylor, KL targets: the most probable answer tokens whose Fisher terms are taken exactly, one backward pass each (>= 0)."})
-    taylor_samples: int = field(default=0, metadata={"help": "oar_p with taylor, KL targets: Gaussian projections estimating the other tokens' Fisher terms without bias, one backward pass each (>= 0; 0 drops them; taylor_top + taylor_samples >= 1)."})
+    min_signal: float = field(
+        default=0.01,
+        metadata={
+            "help": "Rows whose largest reasoning score is below min_signal x the step's median row's keep GRPO's weights (counted in oar/rows/low_signal): Bi-Level normalises each row alone and would spread weights over differences at noise level. In [0, 1); 0: off (the reference)."
+        },
+    )
+    preserve_mass: bool = field(
+        default=True, metadata={"help": "Rescale each response's reasoning weights to mean 1, keeping its total advantage (paper abstract)."}
+    )
+    noise_std: float = field(
+        default=1e-3,
+        metadata={"help": "oar_g: sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3); 0 only with target answer_logprob."},
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "oar_g: noise seed (oar_p: the guided_approx and taylor draws); each step and data-parallel rank offsets it so draws differ."
+        },
+    )
+    fuse_log_probs: bool = field(
+        default=True,
+        metadata={
+            "help": "oar_g, and oar_p with perturbation_mode taylor: answer verl's old-log-prob pass with the method's clean forward (old_log_probs, entropy and the clean target from one forward; answer_logprob's and taylor's gradients from it too), computed as verl computes them (its autocast, temperature rule, log-prob and entropy functions, micro-batch layout: equal to verl's own pass in fp32 and bf16 on the CPU backend). False: verl's log-prob pass, then attribution on its own. oar_p's other modes never fuse. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."
+        },
+    )
+    perturbation_id: int | None = field(
+        default=None, metadata={"help": "oar_p: token id put in place of a perturbed token. None: the tokenizer's pad id (reference code)."}
+    )
+    perturbation_mode: str = field(
+        default="exact",
+        metadata={
+            "help": "oar_p: exact (the definition); span_approx (APPROXIMATE: runs of `span` tokens replaced together, sharing a score); guided_approx (APPROXIMATE: exact on the top `guided_fraction` by OAR-G plus a random `calibration_fraction` of the rest, the others OAR-G scaled to fit); taylor (APPROXIMATE: each replacement's effect expanded around the clean pass, first order for answer_logprob, the Fisher form for KL targets; one forward and taylor_top + taylor_samples backward passes, one for answer_logprob)."
+        },
+    )
+    taylor_top: int = field(
+        default=4,
+        metadata={
+            "help": "oar_p with taylor, KL targets: the most probable answer tokens whose Fisher terms are taken exactly, one backward pass each (>= 0)."
+        },
+    )
+    taylor_samples: int = field(
+        default=0,
+        metadata={
+            "help": "oar_p with taylor, KL targets: Gaussian projections estimating the other tokens' Fisher terms without bias, one backward pass each (>= 0; 0 drops them; taylor_top + taylor_samples >= 1)."
+        },
+    )
     span: int = field(default=4, metadata={"help": "oar_p with perturbation_mode span_approx: tokens replaced together (>= 1)."})
-    guided_fraction: float = field(default=0.25, metadata={"help": "oar_p with guided_approx: share of reasoning tokens, the top ones by OAR-G, scored exactly (in (0, 1])."})
-    calibration_fraction: float = field(default=0.1, metadata={"help": "oar_p with guided_approx: share of the other tokens drawn at random and scored exactly to fit the OAR-G scale (in (0, 1])."})
-    max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one attribution pass on a worker (sequences x length): bounds its memory whatever the batch (docs/benchmarks.md: about 0.46 MiB per token for a 7B model in bf16 with the actor's gradient checkpointing, 6.3 MiB without; recipes/README.md gives the budget per GPU size). It must hold one prompt plus response; scores do not depend on it."})
-    permute_weights: bool = field(default=False, metadata={"help": "CONTROL for studies, not for training: each response's reasoning weights randomly permuted (same weights, no outcome grounding), seeded by `seed` and the step."})
-    oracle: bool = field(default=False, metadata={"help": "STUDY ONLY, not for training: scores from the study task's oracle (oar_verl.study.oracle: 1 on the token where a response first goes wrong, 1e-3 on its other reasoning tokens) in place of the model's attribution, which is then not run: OAR with perfect attribution, the bound on what any estimator can give on the task. Needs the study's generated arithmetic prompts."})
-    heatmap_freq: int = field(default=0, metadata={"help": "Every N steps, token heatmaps of a few responses (HTML page + PNGs) under trainer.default_local_dir/oar_heatmaps/, logged to wandb (HTML) and tensorboard (images) when verl has them on. 0: off."})
-    heatmap_responses: int = field(default=2, metadata={"help": "Responses per heatmap step (>= 1): a correct and an incorrect one first when the batch has both."})
-    dump_dir: str | None = field(default=None, metadata={"help": "If set, each step writes DIR/step_N.pt (DIR/step_N_k.pt per update k when a step has several, as in separate_async): responses, segments, raw scores, weights, GRPO and OAR advantages ([B, R] tensors) for inspection."})
+    guided_fraction: float = field(
+        default=0.25, metadata={"help": "oar_p with guided_approx: share of reasoning tokens, the top ones by OAR-G, scored exactly (in (0, 1])."}
+    )
+    calibration_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "oar_p with guided_approx: share of the other tokens drawn at random and scored exactly to fit the OAR-G scale (in (0, 1])."
+        },
+    )
+    max_tokens_per_pass: int = field(
+        default=16384,
+        metadata={
+            "help": "Token budget of one attribution pass on a worker (sequences x length): bounds its memory whatever the batch (docs/benchmarks.md: about 0.46 MiB per token for a 7B model in bf16 with the actor's gradient checkpointing, 6.3 MiB without; recipes/README.md gives the budget per GPU size). It must hold one prompt plus response; scores do not depend on it."
+        },
+    )
+    permute_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "CONTROL for studies, not for training: each response's reasoning weights randomly permuted (same weights, no outcome grounding), seeded by `seed` and the step."
+        },
+    )
+    oracle: bool = field(
+        default=False,
+        metadata={
+            "help": "STUDY ONLY, not for training: scores from the study task's oracle (oar_verl.study.oracle: 1 on the token where a response first goes wrong, 1e-3 on its other reasoning tokens) in place of the model's attribution, which is then not run: OAR with perfect attribution, the bound on what any estimator can give on the task. Needs the study's generated arithmetic prompts."
+        },
+    )
+    heatmap_freq: int = field(
+        default=0,
+        metadata={
+            "help": "Every N steps, token heatmaps of a few responses (HTML page + PNGs) under trainer.default_local_dir/oar_heatmaps/, logged to wandb (HTML) and tensorboard (images) when verl has them on. 0: off."
+        },
+    )
+    heatmap_responses: int = field(
+        default=2, metadata={"help": "Responses per heatmap step (>= 1): a correct and an incorrect one first when the batch has both."}
+    )
+    dump_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "If set, each step writes DIR/step_N.pt (DIR/step_N_k.pt per update k when a step has several, as in separate_async): responses, segments, raw scores, weights, GRPO and OAR advantages ([B, R] tensors) for inspection."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.target is not None:
@@ -84,7 +172,17 @@ class OARSettings:
             "heatmap_responses": self.heatmap_responses >= 1,
             "perturbation_id": self.perturbation_id is None or self.perturbation_id >= 0,
         }
-        ranges = {"quantile": "in (0, 1)", "beta": ">= 0", "min_weight": "in (0, 1]", "min_signal": "in [0, 1)", "noise_std": ">= 0", "max_tokens_per_pass": ">= 1", "heatmap_freq": ">= 0 (0: off)", "heatmap_responses": ">= 1", "perturbation_id": ">= 0 or null"}
+        ranges = {
+            "quantile": "in (0, 1)",
+            "beta": ">= 0",
+            "min_weight": "in (0, 1]",
+            "min_signal": "in [0, 1)",
+            "noise_std": ">= 0",
+            "max_tokens_per_pass": ">= 1",
+            "heatmap_freq": ">= 0 (0: off)",
+            "heatmap_responses": ">= 1",
+            "perturbation_id": ">= 0 or null",
+        }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{PREFIX}.{name}: expected a value {ranges[name]}, got {getattr(self, name)!r}")

@@ -86,7 +86,11 @@ def answer_format_errors(name: str, rows: Sequence[dict], answer_pattern: str) -
     if missed * 2 <= len(texts):
         return []
     suggestions = patterns_finding_answers(texts, share=0.5)
-    hint = f"set algorithm.oar.answer_pattern={suggestions[0]}" if suggestions else "set algorithm.oar.answer_pattern to a regex with a group 'answer' that matches them"
+    hint = (
+        f"set algorithm.oar.answer_pattern={suggestions[0]}"
+        if suggestions
+        else "set algorithm.oar.answer_pattern to a regex with a group 'answer' that matches them"
+    )
     return [f"{name}: algorithm.oar.answer_pattern={answer_pattern!r} finds no answer in {missed} of {len(texts)} sampled rows; {hint}"]
 
 

@@ -56,7 +56,9 @@ def pick_rows(record: dict[str, torch.Tensor], count: int, seed: int) -> list[in
     return chosen[:count]
 
 
-def build_heatmaps(tokenizer, record: dict[str, torch.Tensor], rows: list[int], prompts: list[list[int]], rewards: list[float], *, method: str, step: int) -> list[TokenHeatmap]:
+def build_heatmaps(
+    tokenizer, record: dict[str, torch.Tensor], rows: list[int], prompts: list[list[int]], rewards: list[float], *, method: str, step: int
+) -> list[TokenHeatmap]:
     """Heatmaps of `rows` of a step record (`trainer.attribution_weights`)."""
     segment_field = record["segments"]  # [B, 4]: reasoning_end, answer_start, answer_end, attributed
     segments = Segments(segment_field[:, 0], segment_field[:, 1], segment_field[:, 2], record["found"])
@@ -68,10 +70,15 @@ def build_heatmaps(tokenizer, record: dict[str, torch.Tensor], rows: list[int], 
                  "reweighted" if attributed else "not reweighted (GRPO weights)")  # fmt: skip
         heatmaps.append(
             TokenHeatmap.build(
-                tokenizer, record["responses"][row, :length].tolist(), segments.labels(row, length),
-                record["scores"][row, :length].tolist(), record["weights"][row, :length].tolist(),
-                prompt=tokenizer.decode(prompt_ids, skip_special_tokens=False), reward=reward,
-                title=f"step {step} · row {row} · {method}", notes=notes,
+                tokenizer,
+                record["responses"][row, :length].tolist(),
+                segments.labels(row, length),
+                record["scores"][row, :length].tolist(),
+                record["weights"][row, :length].tolist(),
+                prompt=tokenizer.decode(prompt_ids, skip_special_tokens=False),
+                reward=reward,
+                title=f"step {step} · row {row} · {method}",
+                notes=notes,
             )
         )
     return heatmaps

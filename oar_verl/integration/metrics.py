@@ -1,17 +1,17 @@
 """`oar/*` metrics of one training step, for verl's trackers.
 
-    oar/weight/{mean,std,min,max}   over the reasoning tokens that were reweighted
-    oar/weight/frac_suppressed      share of those tokens with weight < 1 (damped)
-    oar/weight/frac_boosted         share with weight > 1 (boosted)
-    oar/answer_found_rate           share of the batch's responses whose answer was found
-    oar/rows/attributed             responses reweighted
-    oar/rows/zero_advantage         responses skipped: their group's rewards were all equal
-    oar/rows/degenerate             responses with nonzero advantage left at GRPO weights:
-                                    no answer, empty reasoning, constant or non-finite scores
-    oar/rows/low_signal             responses left at GRPO weights because their largest score
-                                    is below `min_signal` x the step's median row's
-    oar/ranks/without_attributed_rows  data-parallel ranks that attributed no response (they
-                                    ran one-token dummy steps while the others attributed)
+oar/weight/{mean,std,min,max}   over the reasoning tokens that were reweighted
+oar/weight/frac_suppressed      share of those tokens with weight < 1 (damped)
+oar/weight/frac_boosted         share with weight > 1 (boosted)
+oar/answer_found_rate           share of the batch's responses whose answer was found
+oar/rows/attributed             responses reweighted
+oar/rows/zero_advantage         responses skipped: their group's rewards were all equal
+oar/rows/degenerate             responses with nonzero advantage left at GRPO weights:
+                                no answer, empty reasoning, constant or non-finite scores
+oar/rows/low_signal             responses left at GRPO weights because their largest score
+                                is below `min_signal` x the step's median row's
+oar/ranks/without_attributed_rows  data-parallel ranks that attributed no response (they
+                                ran one-token dummy steps while the others attributed)
 """
 
 from __future__ import annotations

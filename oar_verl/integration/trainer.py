@@ -52,7 +52,15 @@ from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 from oar_verl.integration.config import OARSettings
 from oar_verl.integration.heatmaps import publish_heatmaps
 from oar_verl.integration.metrics import oar_metrics
-from oar_verl.integration.worker import COMPUTATION, FUSED_KEY, RANK_FIELD, SCORES_FIELD, SEGMENTS_FIELD, OARActorRolloutRefWorker, OARDetachActorWorker
+from oar_verl.integration.worker import (
+    COMPUTATION,
+    FUSED_KEY,
+    RANK_FIELD,
+    SCORES_FIELD,
+    SEGMENTS_FIELD,
+    OARActorRolloutRefWorker,
+    OARDetachActorWorker,
+)
 
 ACTOR_ROLES = (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor)
 
@@ -101,7 +109,9 @@ def grpo_row_advantage(trainer, padded: TensorDict) -> tuple[torch.Tensor, torch
     mask = padded["response_mask"].float()
     uid = padded["uid"]  # group ids: a non-tensor stack or list, as verl stores them
     uid = np.array(uid.tolist() if hasattr(uid, "tolist") else list(uid), dtype=object)
-    grpo, _ = compute_grpo_outcome_advantage(padded["rm_scores"].float(), mask, uid, norm_adv_by_std_in_grpo=trainer.config.algorithm.get("norm_adv_by_std_in_grpo", True))
+    grpo, _ = compute_grpo_outcome_advantage(
+        padded["rm_scores"].float(), mask, uid, norm_adv_by_std_in_grpo=trainer.config.algorithm.get("norm_adv_by_std_in_grpo", True)
+    )
     return grpo[torch.arange(len(grpo)), mask.argmax(dim=1)], grpo * mask
 
 
@@ -115,7 +125,11 @@ def prepare_attribution(trainer, batch: KVBatchMeta, row_advantage: torch.Tensor
     nonzero = real & (row_advantage != 0)
     with marked_timer("oar_segment", trainer.timing_raw):  # on the driver: timing_s/oar_segment
         segments = segment_responses(trainer.tokenizer, responses, response_mask, settings.answer_pattern)
-    extra_info = {"oar_method": trainer.config.algorithm.adv_estimator, "oar_settings": dataclasses.asdict(settings), "oar_step": int(trainer.global_steps)}
+    extra_info = {
+        "oar_method": trainer.config.algorithm.adv_estimator,
+        "oar_settings": dataclasses.asdict(settings),
+        "oar_step": int(trainer.global_steps),
+    }
     request = AttributionRequest(batch, extra_info, responses, response_mask, segments, real, nonzero, nonzero & segments.usable)
     fields = TensorDict({SEGMENTS_FIELD: request.segment_field}, batch_size=len(responses))
     return dataclasses.replace(request, batch=tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields))
@@ -135,7 +149,9 @@ def request_scores(trainer, request: AttributionRequest, use_registered_computat
 def worker_scores(request: AttributionRequest) -> tuple[torch.Tensor, torch.Tensor]:
     """([B, R] the workers' `oar_scores`, [B] the data-parallel rank that scored each row)."""
     R = request.response_mask.shape[1]
-    outputs = tq.kv_batch_get(keys=request.batch.keys, partition_id=request.batch.partition_id, select_fields=[SCORES_FIELD, RANK_FIELD]).to_padded_tensor()
+    outputs = tq.kv_batch_get(
+        keys=request.batch.keys, partition_id=request.batch.partition_id, select_fields=[SCORES_FIELD, RANK_FIELD]
+    ).to_padded_tensor()
     return outputs[SCORES_FIELD].float()[:, :R], outputs[RANK_FIELD].long()
 
 
@@ -150,20 +166,26 @@ def oracle_scores(trainer, request: AttributionRequest) -> tuple[torch.Tensor, t
     for row, prompt in enumerate(prompts.unbind(0)):
         question = find_question(trainer.tokenizer.decode(prompt.tolist(), skip_special_tokens=True))
         if question is None and bool(request.attribute[row]):
-            raise ValueError(f"algorithm.oar.oracle: row {row}'s prompt has no generated arithmetic question (the oracle is for the study's task only)")
+            raise ValueError(
+                f"algorithm.oar.oracle: row {row}'s prompt has no generated arithmetic question (the oracle is for the study's task only)"
+            )
         questions.append(question or "0+0")
     scores = task_oracle_scores(trainer.tokenizer, request.responses, request.response_mask, request.segments, questions)
     return scores, torch.zeros(len(questions), dtype=torch.long)
 
 
-def weights_from_scores(trainer, request: AttributionRequest, metrics: dict, row_advantage: torch.Tensor, scores: torch.Tensor, dp_rank: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def weights_from_scores(
+    trainer, request: AttributionRequest, metrics: dict, row_advantage: torch.Tensor, scores: torch.Tensor, dp_rank: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Bi-Level weights [B, R] from the rows' scores ([B, R]; 1 where nothing is
     reweighted), the `oar/*` metrics, and the step's record for `dump_dir` / heatmaps."""
     settings = OARSettings.from_algorithm_config(trainer.config.algorithm)
     segments, attribute, nonzero = request.segments, request.attribute, request.nonzero
     R = request.response_mask.shape[1]
     reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
-    weights = bilevel_weights(scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass)
+    weights = bilevel_weights(
+        scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass
+    )
     degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
     low_signal = attribute & ~degenerate & low_signal_rows(scores, reasoning & ~degenerate[:, None], settings.min_signal)  # [B]
     weights = torch.where(low_signal[:, None], 1.0, weights)
@@ -236,7 +258,9 @@ def pre_advantage_step(trainer, batch: KVBatchMeta, metrics: dict) -> KVBatchMet
         padded = data.to_padded_tensor()
         row_advantage, grpo = grpo_row_advantage(trainer, padded)
         weights, record = attribution_weights(trainer, batch, metrics, row_advantage, padded, use_registered_computation=True)
-        dump_record(trainer, batch, {**record, "grpo_advantages": grpo, "advantages": grpo * weights, "path": torch.tensor(1), "fused": torch.tensor(False)})
+        dump_record(
+            trainer, batch, {**record, "grpo_advantages": grpo, "advantages": grpo * weights, "path": torch.tensor(1), "fused": torch.tensor(False)}
+        )
         metrics["oar/fused"] = 0.0  # verl's pre-advantage step comes after its own log-prob pass
         publish_heatmaps(trainer, batch, record)
         fields = TensorDict({WEIGHTS_FIELD: response_to_nested(weights, nested_mask)}, batch_size=len(weights))
@@ -381,7 +405,17 @@ class OARStep:
             else:
                 with self._old_policy_weights():
                     weights, record = attribution_weights(self, batch, metrics, row_advantage, padded, use_registered_computation=False)
-            dump_record(self, batch, {**record, "grpo_advantages": advantages, "advantages": advantages * weights * mask, "path": torch.tensor(0), "fused": torch.tensor(fused is not None)})
+            dump_record(
+                self,
+                batch,
+                {
+                    **record,
+                    "grpo_advantages": advantages,
+                    "advantages": advantages * weights * mask,
+                    "path": torch.tensor(0),
+                    "fused": torch.tensor(fused is not None),
+                },
+            )
             metrics["oar/fused"] = float(fused is not None)
             self._oar_steps_done += 1
             publish_heatmaps(self, batch, record)

@@ -53,7 +53,9 @@ def oar_settings_errors(config) -> list[str]:
     if actor.strategy == "megatron":
         errors += megatron_errors(config, method)
     elif actor.strategy != "fsdp2":
-        errors.append(f"actor_rollout_ref.actor.strategy={actor.strategy}: {method} attributes on FSDP2-sharded or Megatron actors; set it to fsdp2 or megatron")
+        errors.append(
+            f"actor_rollout_ref.actor.strategy={actor.strategy}: {method} attributes on FSDP2-sharded or Megatron actors; set it to fsdp2 or megatron"
+        )
     else:
         precision = (actor.get("fsdp_config", {}).get("mixed_precision") or {}).get("param_dtype", "bf16")
         if str(precision) in HALF_PRECISIONS:
@@ -62,13 +64,19 @@ def oar_settings_errors(config) -> list[str]:
                 "scaling, and fp16 gradients of the attribution objective underflow; use bf16 (verl's default) or fp32"
             )
     if actor.get("ulysses_sequence_parallel_size", 1) > 1:
-        errors.append(f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={actor.ulysses_sequence_parallel_size}: {method} needs whole sequences on each rank; set it to 1")
+        errors.append(
+            f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={actor.ulysses_sequence_parallel_size}: {method} needs whole sequences on each rank; set it to 1"
+        )
     samples = config.actor_rollout_ref.rollout.get("n", 1)
     if samples < 2:
-        errors.append(f"actor_rollout_ref.rollout.n={samples}: {method} keeps GRPO's group baseline, which needs >= 2 responses a prompt (with 1 every advantage is 0)")
+        errors.append(
+            f"actor_rollout_ref.rollout.n={samples}: {method} keeps GRPO's group baseline, which needs >= 2 responses a prompt (with 1 every advantage is 0)"
+        )
     model = config.actor_rollout_ref.model
     if model.get("use_fused_kernels", False):
-        errors.append(f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False")
+        errors.append(
+            f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False"
+        )
     if not errors:
         errors += data_errors(config, OARSettings.from_algorithm_config(config.algorithm).answer_pattern)
     return errors
@@ -86,7 +94,11 @@ def perturbation_cost_warning(config) -> str | None:
     if config.algorithm.adv_estimator != "oar_p":
         return None
     settings = OARSettings.from_algorithm_config(config.algorithm)
-    unit_share = {"exact": 1.0, "span_approx": 1.0 / settings.span, "guided_approx": settings.guided_fraction + settings.calibration_fraction * (1 - settings.guided_fraction)}
+    unit_share = {
+        "exact": 1.0,
+        "span_approx": 1.0 / settings.span,
+        "guided_approx": settings.guided_fraction + settings.calibration_fraction * (1 - settings.guided_fraction),
+    }
     if settings.perturbation_mode not in unit_share:
         return None
     data, trainer = config.data, config.trainer
@@ -114,19 +126,34 @@ def megatron_errors(config, method: str) -> list[str]:
         return [f"{prefix}: missing; compose a Megatron config (verl's ppo_megatron_trainer, oar_verl's ppo_megatron or cpu_megatron)"]
     errors = []
     if megatron.get("pipeline_model_parallel_size", 1) > 1:
-        errors.append(f"{prefix}.pipeline_model_parallel_size={megatron.pipeline_model_parallel_size}: {method} needs the embedding and the head on each rank; set it to 1 (use tensor parallelism)")
+        errors.append(
+            f"{prefix}.pipeline_model_parallel_size={megatron.pipeline_model_parallel_size}: {method} needs the embedding and the head on each rank; set it to 1 (use tensor parallelism)"
+        )
     if (megatron.get("virtual_pipeline_model_parallel_size") or 1) > 1:
-        errors.append(f"{prefix}.virtual_pipeline_model_parallel_size={megatron.virtual_pipeline_model_parallel_size}: {method} needs the whole model in one chunk; set it to null")
+        errors.append(
+            f"{prefix}.virtual_pipeline_model_parallel_size={megatron.virtual_pipeline_model_parallel_size}: {method} needs the whole model in one chunk; set it to null"
+        )
     if megatron.get("context_parallel_size", 1) > 1 or megatron.get("dynamic_context_parallel", False):
-        errors.append(f"{prefix}.context_parallel_size={megatron.get('context_parallel_size', 1)} (dynamic_context_parallel={megatron.get('dynamic_context_parallel', False)}): {method} needs whole sequences on each rank; set them to 1 and False")
+        errors.append(
+            f"{prefix}.context_parallel_size={megatron.get('context_parallel_size', 1)} (dynamic_context_parallel={megatron.get('dynamic_context_parallel', False)}): {method} needs whole sequences on each rank; set them to 1 and False"
+        )
     replay = (megatron.get("router_replay") or {}).get("mode", "disabled")
     if replay != "disabled":
-        errors.append(f"{prefix}.router_replay.mode={replay}: {method}'s passes do not replay the rollout's MoE routing (verl's log-prob pass does); set it to disabled")
+        errors.append(
+            f"{prefix}.router_replay.mode={replay}: {method}'s passes do not replay the rollout's MoE routing (verl's log-prob pass does); set it to disabled"
+        )
     if str(megatron.get("dtype", "bfloat16")) in (*HALF_PRECISIONS, "float16"):
-        errors.append(f"{prefix}.dtype={megatron.dtype}: {method}'s gradient passes have no loss scaling, and fp16 gradients of the attribution objective underflow; use bfloat16")
+        errors.append(
+            f"{prefix}.dtype={megatron.dtype}: {method}'s gradient passes have no loss scaling, and fp16 gradients of the attribution objective underflow; use bfloat16"
+        )
     settings = OARSettings.from_algorithm_config(config.algorithm)
     target = settings.target or METHOD_DEFAULT_TARGETS[method]
-    if method == "oar_p" and settings.perturbation_mode == "taylor" and target != "answer_logprob" and megatron.get("tensor_model_parallel_size", 1) > 1:
+    if (
+        method == "oar_p"
+        and settings.perturbation_mode == "taylor"
+        and target != "answer_logprob"
+        and megatron.get("tensor_model_parallel_size", 1) > 1
+    ):
         errors.append(
             f"algorithm.oar.perturbation_mode=taylor with algorithm.oar.target={target} and {prefix}.tensor_model_parallel_size={megatron.tensor_model_parallel_size}: "
             "taylor's Fisher directions need the target's whole vocabulary, which tensor parallelism splits; use target answer_logprob, mode exact, or oar_g"

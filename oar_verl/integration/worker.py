@@ -35,11 +35,11 @@ import sys
 import torch
 import torch.distributed as dist
 from tensordict import TensorDict
+from verl.experimental.separation.engine_workers import DetachActorWorker
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
-from verl.utils.profiler import DistProfiler
 from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id
-from verl.experimental.separation.engine_workers import DetachActorWorker
+from verl.utils.profiler import DistProfiler
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from oar_verl.core.attribution import fused_attribution, get_method
@@ -90,12 +90,24 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
             if attribute_with_log_probs is None:
                 raise ValueError(f"{method} with {config}: no fused log-prob pass; the trainer must not request one")
             temperature = float(tu.get(data, key="temperature", default=1.0))
-            result = attribute_with_log_probs(adapter.model, batch, spans, config, rows=attribute_rows, temperature=temperature, log_prob_fn=adapter.log_prob_fn, sync_passes=max_over_ranks)
+            result = attribute_with_log_probs(
+                adapter.model,
+                batch,
+                spans,
+                config,
+                rows=attribute_rows,
+                temperature=temperature,
+                log_prob_fn=adapter.log_prob_fn,
+                sync_passes=max_over_ranks,
+            )
             scores = result.scores
         else:
             scores = get_method(method).attribute(adapter.model, batch, spans, config, rows=attribute_rows, sync_passes=max_over_ranks)
     lengths = [len(r) for r in responses]
-    fields = {SCORES_FIELD: _nested_responses(scores, lengths), RANK_FIELD: torch.full((len(lengths),), engine.get_data_parallel_rank())}  # [b, R_i], [b]
+    fields = {
+        SCORES_FIELD: _nested_responses(scores, lengths),
+        RANK_FIELD: torch.full((len(lengths),), engine.get_data_parallel_rank()),
+    }  # [b, R_i], [b]
     if fused:  # verl's model-output layout: [P_i + R_i] per row, position j holding token j + 1's value
         prompt_lengths = [len(p) for p in prompts]
         fields["log_probs"] = _nested_sequences(result.log_probs, prompt_lengths, lengths)

@@ -1,6 +1,6 @@
 """The controlled studies of OAR against GRPO on CPU, through verl's trainer.
 
-    python -m oar_verl.study --plan chains [--out DIR] [--workdir DIR] [--report-only]
+python -m oar_verl.study --plan chains [--out DIR] [--workdir DIR] [--report-only]
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="chains: the powered study (5-6 step chains mod 10, an oracle arm, 6 seeds; hours); first: the "
                              "first study (1-3 steps, 3 seeds); smoke: a few steps, one seed, GRPO and the control (minutes): "
                              "checks the pipeline, proves nothing (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--smoke", action="store_true", help="the same as --plan smoke")
+    parser.add_argument("--smoke", action="store_true", help="the same as --plan smoke (default: off)")
     parser.add_argument("--out", type=Path, default=Path("docs"), metavar="DIR",
                         help="the plan's page (results.md for chains, results_PLAN.md for the others), its plots under "
                              "results/ and its results file results/PLAN.json go here (default: %(default)s)")  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help="models, data, checkpoints, logs, generations (default: outputs/study/PLAN)")  # fmt: skip
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite the page and the plots from the results file, run nothing (default: run what it lacks)")
-    parser.add_argument("--past-gate", action="store_true",
-                        help="run every method even when the oracle does not beat GRPO (default: stop after the gate's runs)")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the page and the plots from the results file, run nothing (default: run what it lacks)"
+    )
+    parser.add_argument(
+        "--past-gate", action="store_true", help="run every method even when the oracle does not beat GRPO (default: stop after the gate's runs)"
+    )
     return parser.parse_args(argv)
 
 

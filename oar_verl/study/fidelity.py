@@ -19,7 +19,9 @@ from oar_verl.data.arithmetic import INSTRUCTION, make_problem
 def sample_responses(model, tokenizer, questions: list[str], *, max_new_tokens: int, seed: int) -> ResponseBatch:
     """One sampled response (temperature 1) per question, in verl's layout [B, P + R]."""
     prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": f"{q} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False)
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{q} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         for q in questions
     ]
     stop_ids = list(model.generation_config.eos_token_id or [tokenizer.eos_token_id])
@@ -58,7 +60,12 @@ def rank_agreement(model, tokenizer, *, responses: int, targets: tuple[str, ...]
             rho = spearmanr(exact[row, :n].numpy(), scores[row, :n].numpy()).statistic
             values.append(0.0 if math.isnan(rho) else float(rho))  # a constant ranking agrees with nothing
         tensor = torch.tensor(values or [float("nan")])
-        return {"mean": float(tensor.mean()), "median": float(tensor.median()), "frac_above_0.5": float((tensor > 0.5).float().mean()), "values": values}
+        return {
+            "mean": float(tensor.mean()),
+            "median": float(tensor.median()),
+            "frac_above_0.5": float((tensor > 0.5).float().mean()),
+            "values": values,
+        }
 
     result: dict = {"responses": int(usable.sum()), "sampled": responses, "taylor": {}}
     for target in targets:

@@ -116,7 +116,9 @@ def _parsed_prefix(line: str) -> int:
     return 0
 
 
-def oracle_scores(tokenizer, responses: torch.Tensor, response_mask: torch.Tensor, segments: Segments, questions: list[str], epsilon: float = 1e-3) -> torch.Tensor:
+def oracle_scores(
+    tokenizer, responses: torch.Tensor, response_mask: torch.Tensor, segments: Segments, questions: list[str], epsilon: float = 1e-3
+) -> torch.Tensor:
     """[B, R] scores of the responses ([B, R] ids and mask, right-padded) to `questions`: 1 on the token of each row's first error, `epsilon` on its other
     reasoning tokens, 0 elsewhere. A row without an error in its reasoning (correct, or
     wrong only on its answer line) has `epsilon` on every reasoning token: constant scores,

@@ -20,17 +20,17 @@ METHOD_LABELS = {"grpo": "GRPO", "oracle": "oracle (perfect attribution)", "oar_
 @dataclass(frozen=True)
 class StudyPlan:
     """Task: `min_steps` to `max_steps` additions/subtractions of numbers up to
-    `max_operand` (modulo `modulus` when set), chain of thought, GSM8K's `#### answer`
-    (`oar_verl.data.arithmetic`). Warm-start: supervised, `warm_start_steps` steps (learning
-rate `warm_start_learning_rate`) on traces
-    of which `slip_probability` carry a step error, and whose wrapping steps slip with
-    `wrap_slip_probability`. RL: `rl_steps` steps of `train_batch_size` prompts x
-    `rollout_n` samples, learning rate `learning_rate`, greedy held-out accuracy every
-    `test_freq` steps on a fixed test set of `test_size` problems.
+        `max_operand` (modulo `modulus` when set), chain of thought, GSM8K's `#### answer`
+        (`oar_verl.data.arithmetic`). Warm-start: supervised, `warm_start_steps` steps (learning
+    rate `warm_start_learning_rate`) on traces
+        of which `slip_probability` carry a step error, and whose wrapping steps slip with
+        `wrap_slip_probability`. RL: `rl_steps` steps of `train_batch_size` prompts x
+        `rollout_n` samples, learning rate `learning_rate`, greedy held-out accuracy every
+        `test_freq` steps on a fixed test set of `test_size` problems.
 
-    `gate_methods` (the oracle and GRPO, or none) run on every seed first; the other
-    methods run only when the oracle beats GRPO beyond its interval (`study.statistics`).
-    `save_freq`: verl checkpoints every N steps, from which a cut-short run resumes.
+        `gate_methods` (the oracle and GRPO, or none) run on every seed first; the other
+        methods run only when the oracle beats GRPO beyond its interval (`study.statistics`).
+        `save_freq`: verl checkpoints every N steps, from which a cut-short run resumes.
     """
 
     name: str = "first"

@@ -82,13 +82,23 @@ def write_powered_report(results: dict, out_dir: Path, *, command: str) -> Path:
         lines += [f"![held-out accuracy, mean and min-max over seeds](results/{name}_accuracy.png)", "",
                   f"![training reward, mean and min-max over seeds](results/{name}_train_reward.png)", ""]  # fmt: skip
     if any(run.get("error_token_share") for run in runs):
-        plot_curves(results, "error_token_share", "share of a wrong response's negative advantage on its error token", images / f"{name}_error_token_share.png")
+        plot_curves(
+            results,
+            "error_token_share",
+            "share of a wrong response's negative advantage on its error token",
+            images / f"{name}_error_token_share.png",
+        )
         lines += ["Where the negative advantage lands (mean over the rows with a negative advantage and a first error in "
                   "their reasoning; GRPO's is 1 / the response's tokens):", "",
                   f"![share on the error token](results/{name}_error_token_share.png)", ""]  # fmt: skip
     if any(run.get("error_lines") for run in runs):
         plot_error_lines(grouped, images / f"{name}_error_lines.png")
-        lines += ["Where held-out responses first go wrong, before and after training (all seeds):", "", f"![first error line](results/{name}_error_lines.png)", ""]
+        lines += [
+            "Where held-out responses first go wrong, before and after training (all seeds):",
+            "",
+            f"![first error line](results/{name}_error_lines.png)",
+            "",
+        ]
     return write_page(out_dir / "results.md", lines)
 
 
@@ -110,7 +120,9 @@ def _contrast_section(runs: list[dict]) -> list[str]:
     lines += ["| contrast | seeds | mean difference (points) | 95% t interval | sign-flip p | Holm p |", "| --- | --- | --- | --- | --- | --- |"]
     for c in computed:
         label = f"{METHOD_LABELS[c.minuend]} - {METHOD_LABELS[c.subtrahend]}"
-        lines.append(f"| {label} | {len(c.seeds)} | {100 * c.mean:+.2f} | [{100 * c.low:+.2f}, {100 * c.high:+.2f}] | {c.p_sign_flip:.3f} | {c.p_holm:.3f} |")
+        lines.append(
+            f"| {label} | {len(c.seeds)} | {100 * c.mean:+.2f} | [{100 * c.low:+.2f}, {100 * c.high:+.2f}] | {c.p_sign_flip:.3f} | {c.p_holm:.3f} |"
+        )
     return [*lines, "", "Per seed (points): " + "; ".join(f"{c.name}: " + ", ".join(f"{100 * d:+.1f}" for d in c.differences) for c in computed), ""]
 
 
@@ -137,7 +149,7 @@ def plot_error_lines(grouped: dict[str, list[dict]], path: Path) -> Path:
     FigureCanvasAgg(figure)
     for index, (method, runs) in enumerate(grouped.items()):
         axes = figure.add_subplot(1, len(grouped), index + 1)
-        for position, (label, pick) in enumerate((("before RL", min), ("end", max))):
+        for label, pick in (("before RL", min), ("end", max)):
             counts: dict[str, int] = {}
             for run in runs:
                 table = run.get("error_lines") or {}

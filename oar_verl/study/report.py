@@ -37,7 +37,14 @@ def plot_curves(results: dict, key: str, ylabel: str, path: Path) -> Path:
         rows = [[run[key][str(s)] for run in runs if str(s) in (run.get(key) or {})] for s in steps]
         if not steps:
             continue
-        axes.plot(steps, [statistics.fmean(r) for r in rows], color=COLOURS.get(method), label=f"{METHOD_LABELS[method]} (n={len(runs)})", marker="o" if key == "accuracy" else None, markersize=3)
+        axes.plot(
+            steps,
+            [statistics.fmean(r) for r in rows],
+            color=COLOURS.get(method),
+            label=f"{METHOD_LABELS[method]} (n={len(runs)})",
+            marker="o" if key == "accuracy" else None,
+            markersize=3,
+        )
         axes.fill_between(steps, [min(r) for r in rows], [max(r) for r in rows], color=COLOURS.get(method), alpha=0.15, linewidth=0)
     axes.set_xlabel("RL step")
     axes.set_ylabel(ylabel)

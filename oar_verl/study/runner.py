@@ -57,7 +57,10 @@ def run_one(plan: StudyPlan, paths: dict[str, Path], method: str, seed: int, wor
         earlier = []
     estimator = METHODS[method][0]
     overrides = plan.verl_overrides(method, seed)
-    overrides += [f"trainer.rollout_data_dir={workdir / 'generations' / name / 'train'}", f"trainer.validation_data_dir={workdir / 'generations' / name / 'val'}"]
+    overrides += [
+        f"trainer.rollout_data_dir={workdir / 'generations' / name / 'train'}",
+        f"trainer.validation_data_dir={workdir / 'generations' / name / 'val'}",
+    ]
     if estimator != "grpo":
         overrides.append(f"algorithm.oar.dump_dir={workdir / 'dumps' / name}")
     command = train_command(paths, checkpoints, estimator=estimator, steps=plan.rl_steps, overrides=overrides)
@@ -92,7 +95,9 @@ def run_one(plan: StudyPlan, paths: dict[str, Path], method: str, seed: int, wor
         "degenerate_rows": mean("oar/rows/degenerate"),
         "wall_s": wall,
         "error_lines": error_lines_by_step(generations / "val"),
-        "error_token_share": uniform_error_token_shares(generations / "train", tokenizer) if estimator == "grpo" else error_token_shares(workdir / "dumps" / name, tokenizer),
+        "error_token_share": uniform_error_token_shares(generations / "train", tokenizer)
+        if estimator == "grpo"
+        else error_token_shares(workdir / "dumps" / name, tokenizer),
     }
 
 
@@ -100,7 +105,9 @@ def fidelity(plan: StudyPlan, model_path: Path) -> dict:
     """OAR-G vs OAR-P rank agreement on the warm-started model's sampled responses."""
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    return rank_agreement(model, tokenizer, responses=plan.fidelity_responses, targets=plan.fidelity_targets, task=plan.task, max_new_tokens=plan.max_response_length)
+    return rank_agreement(
+        model, tokenizer, responses=plan.fidelity_responses, targets=plan.fidelity_targets, task=plan.task, max_new_tokens=plan.max_response_length
+    )
 
 
 def run_study(plan: StudyPlan, workdir: Path, results_file: Path, log=print, past_gate: bool = False) -> dict:

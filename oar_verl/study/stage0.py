@@ -34,7 +34,9 @@ RELATIVE_SIGMAS = (0.1, 1.0)  # OAR-G's noise as shares of the embeddings' RMS
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m oar_verl.study.stage0", description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", choices=("first", "chains"), default="first", help="whose task and warm-started model (default: %(default)s)")
-    parser.add_argument("--workdir", type=Path, default=Path("outputs/study"), help="the study's model and data, built when absent (default: %(default)s)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("outputs/study"), help="the study's model and data, built when absent (default: %(default)s)"
+    )
     parser.add_argument("--responses", type=int, default=300, help="wrong responses with an error in their reasoning (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="problems, sampling and noise (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/stage0.json"), help="results, read back to resume (default: %(default)s)")
@@ -78,7 +80,10 @@ def run(workdir: Path, responses: int, seed: int, out: Path, plan_name: str = "f
 
 def markdown_table(results: dict) -> str:
     """The results as a markdown table, one estimator a row (as in docs/results.md)."""
-    lines = ["| estimator | hit@1 (SE) | hit@3 | weight on the error token | weight on the others | seconds |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| estimator | hit@1 (SE) | hit@3 | weight on the error token | weight on the others | seconds |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, row in results["estimators"].items():
         lines.append(
             f"| {name} | {row['hit@1']:.3f} ({row['hit@1_se']:.3f}) | {row['hit@3']:.3f} | {row['weight_on_error']:.2f} | {row['weight_on_others']:.2f} | {row['time_s']:g} |"
@@ -93,6 +98,7 @@ def wrong_responses(model, tokenizer, count: int, seed: int, task: dict, max_new
     from oar_verl.data.arithmetic import make_problem
     from oar_verl.study.fidelity import sample_responses
     from oar_verl.study.oracle import oracle_scores
+
     rng = random.Random(seed)
     kept_prompts, kept_responses, questions, sampled = [], [], [], 0
     while len(questions) < count:
@@ -126,7 +132,9 @@ def estimators(model, tokenizer, questions: list[str], seed: int, targets: tuple
     pad = tokenizer.pad_token_id
 
     def exact(target, mode="exact"):
-        return lambda batch, segments: perturbation.attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=pad, mode=mode, seed=seed))
+        return lambda batch, segments: perturbation.attribute(
+            model, batch, segments, PerturbationConfig(target=target, perturbation_id=pad, mode=mode, seed=seed)
+        )
 
     def noisy(target, sigma):
         return lambda batch, segments: gradient.attribute(model, batch, segments, GradientConfig(target=target, noise_std=sigma, seed=seed))
@@ -134,7 +142,10 @@ def estimators(model, tokenizer, questions: list[str], seed: int, targets: tuple
     def random_scores(batch, segments):
         return torch.rand(batch.responses.shape, generator=torch.Generator().manual_seed(seed))
 
-    table: dict[str, Callable] = {"oracle": lambda batch, segments: oracle_scores(tokenizer, batch.responses, batch.response_mask, segments, questions), "random": random_scores}
+    table: dict[str, Callable] = {
+        "oracle": lambda batch, segments: oracle_scores(tokenizer, batch.responses, batch.response_mask, segments, questions),
+        "random": random_scores,
+    }
     for target in targets:
         table[f"oar_p exact {target}"] = exact(target)
         if target != "every_answer":  # taylor's Fisher form takes one distribution a row
@@ -191,7 +202,11 @@ def error_statistics(scores, segments, error_tokens, groups: list[int] | None = 
     by_group = {}
     for label in sorted(set(groups or [])):
         rows_in = torch.tensor([g == label for g in groups])
-        by_group[str(label)] = {"rows": int(rows_in.sum()), "hit@1": round(float(first[rows_in].mean()), 4), "chance_hit@1": round(float(chance[rows_in].mean()), 4)}
+        by_group[str(label)] = {
+            "rows": int(rows_in.sum()),
+            "hit@1": round(float(first[rows_in].mean()), 4),
+            "chance_hit@1": round(float(chance[rows_in].mean()), 4),
+        }
     row_max = torch.where(reasoning, scores.float().nan_to_num(0.0), 0.0).amax(dim=1)
     relative = row_max / row_max.median().clamp(min=torch.finfo(torch.float32).tiny)
     edges = (0.0, *SIGNAL_BINS, float("inf"))
@@ -199,7 +214,11 @@ def error_statistics(scores, segments, error_tokens, groups: list[int] | None = 
     for low, high in zip(edges[:-1], edges[1:]):
         rows_in = (relative >= low) & (relative < high)
         if bool(rows_in.any()):
-            by_signal[f"[{low:g}, {high:g})"] = {"rows": int(rows_in.sum()), "hit@1": round(float(first[rows_in].mean()), 4), "chance_hit@1": round(float(chance[rows_in].mean()), 4)}
+            by_signal[f"[{low:g}, {high:g})"] = {
+                "rows": int(rows_in.sum()),
+                "hit@1": round(float(first[rows_in].mean()), 4),
+                "chance_hit@1": round(float(chance[rows_in].mean()), 4),
+            }
     return {
         "hit@1": round(float(first.mean()), 4), "hit@1_se": round(float(first.std() / len(first) ** 0.5), 4),
         "hit@3": round(float(hits(3).mean()), 4), "chance_hit@1": round(float((1.0 / reasoning.sum(dim=1)).mean()), 4),

@@ -69,7 +69,11 @@ class GlooCheckpointEngine(CheckpointEngine):
         if "port" not in master:
             raise RuntimeError(f"checkpoint engine {BACKEND}: actor rank 0 returned no store address ({master})")
         world_size = 1 + rollout_world_size
-        actor = {"rank": [0] + [-1] * (actor_wg_world_size - 1), "world_size": [world_size] * actor_wg_world_size, "master": [master] * actor_wg_world_size}
+        actor = {
+            "rank": [0] + [-1] * (actor_wg_world_size - 1),
+            "world_size": [world_size] * actor_wg_world_size,
+            "master": [master] * actor_wg_world_size,
+        }
         rollout = {"rank": list(range(1, world_size)), "world_size": [world_size] * rollout_world_size, "master": [master] * rollout_world_size}
         return actor, rollout
 

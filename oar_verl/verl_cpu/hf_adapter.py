@@ -29,9 +29,7 @@ class HFServerAdapter(BaseRollout):
     def __init__(self, config, model_config, device_mesh, replica_rank: int = -1) -> None:
         super().__init__(config, model_config, device_mesh)
         rank = int(os.environ.get("RANK", 0))
-        replica_size = (
-            self.config.tensor_model_parallel_size * self.config.data_parallel_size * self.config.pipeline_model_parallel_size
-        )
+        replica_size = self.config.tensor_model_parallel_size * self.config.data_parallel_size * self.config.pipeline_model_parallel_size
         self.replica_rank = rank // replica_size if replica_rank == -1 else replica_rank
         self.rollout_rank = rank % replica_size
         engine_kwargs = (self.config.engine_kwargs or {}).get("hf") or {}

@@ -46,9 +46,7 @@ class HFRolloutServer:
         self.config = config
         self.replica_rank = replica_rank
         torch.manual_seed(int(config.seed) + replica_rank)  # sampling seeded by rollout.seed, as vLLM is
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_config.local_path, dtype=torch.float32, attn_implementation="sdpa"
-        ).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_config.local_path, dtype=torch.float32, attn_implementation="sdpa").eval()
         tokenizer = model_config.tokenizer
         eos = getattr(model_config.generation_config, "eos_token_id", None)
         eos = tokenizer.eos_token_id if eos is None else eos

@@ -41,11 +41,15 @@ def cpu_settings_errors(config: DictConfig) -> list[str]:
     for role in ("actor", "ref"):
         strategy = config.actor_rollout_ref[role].strategy
         if strategy == "megatron" and config.actor_rollout_ref[role].get("megatron") is None:
-            errors.append(f"actor_rollout_ref.{role}.strategy=megatron without actor_rollout_ref.{role}.megatron settings: use the Megatron preset (--config-name cpu_megatron)")
+            errors.append(
+                f"actor_rollout_ref.{role}.strategy=megatron without actor_rollout_ref.{role}.megatron settings: use the Megatron preset (--config-name cpu_megatron)"
+            )
         elif strategy == "megatron":
             errors += megatron_errors(config.actor_rollout_ref[role].megatron, f"actor_rollout_ref.{role}.megatron")
         elif strategy not in ("fsdp", "fsdp2"):
-            errors.append(f"actor_rollout_ref.{role}.strategy={strategy}: the CPU backend runs verl's FSDP engines (fsdp2 recommended) and its Megatron engine")
+            errors.append(
+                f"actor_rollout_ref.{role}.strategy={strategy}: the CPU backend runs verl's FSDP engines (fsdp2 recommended) and its Megatron engine"
+            )
     if rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size != 1:
         errors.append("actor_rollout_ref.rollout.tensor_model_parallel_size (and data/pipeline sizes) must be 1 for the hf rollout")
     if config.algorithm.adv_estimator == "gae" or config.critic.get("enable"):
@@ -80,7 +84,9 @@ def megatron_errors(megatron: DictConfig, prefix: str) -> list[str]:
         return [f"{prefix}: verl's Megatron engine needs megatron-core and mbridge, which are not installed: {INSTALL_HINT}"]
     errors = []
     if not megatron.get("vanilla_mbridge", False):
-        errors.append(f"{prefix}.vanilla_mbridge=False selects Megatron-Bridge, which needs Python >= 3.12 and is not installable here; set it to True (mbridge builds the same GPTModel)")
+        errors.append(
+            f"{prefix}.vanilla_mbridge=False selects Megatron-Bridge, which needs Python >= 3.12 and is not installable here; set it to True (mbridge builds the same GPTModel)"
+        )
     sequence_parallel = (megatron.get("override_transformer_config") or {}).get("sequence_parallel", True)  # mbridge's default: on at TP > 1
     if sequence_parallel and megatron.get("tensor_model_parallel_size", 1) > 1:
         errors.append(

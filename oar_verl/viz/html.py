@@ -34,9 +34,9 @@ def render_html(heatmaps: Sequence[TokenHeatmap], *, title: str = "OAR token cre
     """One page with a section per heatmap."""
     sections = "\n".join(_section(index, heatmap) for index, heatmap in enumerate(heatmaps))
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
-        f"<body><h1>{html.escape(title)}</h1>\n<p class=\"guide\">{html.escape(READING_GUIDE)}</p>\n{sections}\n</body></html>\n"
+        f'<body><h1>{html.escape(title)}</h1>\n<p class="guide">{html.escape(READING_GUIDE)}</p>\n{sections}\n</body></html>\n'
     )
 
 
@@ -44,12 +44,12 @@ def _section(index: int, heatmap: TokenHeatmap) -> str:
     low, high = heatmap.weight_range()
     notes = " · ".join(html.escape(note) for note in heatmap.summary())
     tokens = "".join(_token(k, heatmap, low, high) for k in range(len(heatmap.token_ids)))
-    fallback = f"<p class=\"fallback\">not reweighted, all weights 1: {html.escape(heatmap.fallback)}</p>" if heatmap.fallback else ""
+    fallback = f'<p class="fallback">not reweighted, all weights 1: {html.escape(heatmap.fallback)}</p>' if heatmap.fallback else ""
     return (
-        f"<section class=\"heatmap\" id=\"response-{index}\">"
-        f"<h2>{html.escape(heatmap.title or f'response {index}')}</h2><p class=\"notes\">{notes}</p>{fallback}"
-        f"<details><summary>prompt</summary><pre class=\"prompt\">{html.escape(heatmap.prompt)}</pre></details>"
-        f"{_legend(low, high)}<div class=\"response\">{tokens}</div></section>"
+        f'<section class="heatmap" id="response-{index}">'
+        f'<h2>{html.escape(heatmap.title or f"response {index}")}</h2><p class="notes">{notes}</p>{fallback}'
+        f'<details><summary>prompt</summary><pre class="prompt">{html.escape(heatmap.prompt)}</pre></details>'
+        f'{_legend(low, high)}<div class="response">{tokens}</div></section>'
     )
 
 
@@ -59,12 +59,12 @@ def _token(k: int, heatmap: TokenHeatmap, low: float, high: float) -> str:
     hover = f"token {k} · id {heatmap.token_ids[k]} · {segment}\nscore {score:.4g}\nweight {weight:.4f}"
     text = heatmap.pieces[k].replace("\n", "\u21b5\n")
     return (
-        f"<span class=\"tok seg-{html.escape(segment)}\" style=\"background-color: rgb({red}, {green}, {blue})\" "
-        f"data-weight=\"{weight:.6g}\" data-score=\"{score:.6g}\" title=\"{html.escape(hover)}\">{html.escape(text)}</span>"
+        f'<span class="tok seg-{html.escape(segment)}" style="background-color: rgb({red}, {green}, {blue})" '
+        f'data-weight="{weight:.6g}" data-score="{score:.6g}" title="{html.escape(hover)}">{html.escape(text)}</span>'
     )
 
 
 def _legend(low: float, high: float) -> str:
-    swatches = "".join(f"<span style=\"background-color: rgb{weight_colour(w, low, high)}\">{w:.2f}</span>" for w in scale_stops(low, high))
-    segments = "".join(f"<span class=\"key seg-{name}\">{name}</span>" for name in SEGMENT_COLOURS)
-    return f"<div class=\"legend\">weight {swatches} &nbsp; segment {segments}</div>"
+    swatches = "".join(f'<span style="background-color: rgb{weight_colour(w, low, high)}">{w:.2f}</span>' for w in scale_stops(low, high))
+    segments = "".join(f'<span class="key seg-{name}">{name}</span>' for name in SEGMENT_COLOURS)
+    return f'<div class="legend">weight {swatches} &nbsp; segment {segments}</div>'

@@ -101,7 +101,11 @@ def test_seeded_scores_do_not_depend_on_the_budget(model64, mixed_batch, method)
 def test_fused_log_probs_equal_each_row_alone(model64, mixed_batch, method):
     _, _, batch, segments = mixed_batch
     fused = gradient.attribute_with_log_probs if method == "oar_g" else taylor.attribute_with_log_probs
-    config = GradientConfig(target="answer_logprob", noise_std=0.0, max_tokens_per_pass=60) if method == "oar_g" else PerturbationConfig(mode="taylor", taylor_samples=0, perturbation_id=0, max_tokens_per_pass=60)
+    config = (
+        GradientConfig(target="answer_logprob", noise_std=0.0, max_tokens_per_pass=60)
+        if method == "oar_g"
+        else PerturbationConfig(mode="taylor", taylor_samples=0, perturbation_id=0, max_tokens_per_pass=60)
+    )
     attributed = torch.tensor([True, False, True, True, False, False, True])  # the others: log-probs only
     result = fused(model64, batch, segments, config, attributed, temperature=0.7)
     for row in range(ROWS):

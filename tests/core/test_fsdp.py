@@ -7,6 +7,8 @@ import pytest
 
 from tests.torchrun import run_ranks
 
+pytestmark = pytest.mark.distributed
+
 SCRIPT = textwrap.dedent(
     """
     import os, torch, torch.distributed as dist

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from oar_verl.core import GradientConfig, TARGET_MODES
+from oar_verl.core import TARGET_MODES, GradientConfig
 from oar_verl.core.attribution import gradient
 
 from . import reference
@@ -99,7 +99,13 @@ def test_attribution_runs_in_eval_mode(tokenizer, batch_and_segments):
 
 @pytest.mark.parametrize(
     "settings, name",
-    [({"target": "last"}, "target"), ({"noise_std": -1.0}, "noise_std"), ({"noise_std": 0.0}, "noise_std"), ({"seed": -1}, "seed"), ({"max_tokens_per_pass": 0}, "max_tokens_per_pass")],
+    [
+        ({"target": "last"}, "target"),
+        ({"noise_std": -1.0}, "noise_std"),
+        ({"noise_std": 0.0}, "noise_std"),
+        ({"seed": -1}, "seed"),
+        ({"max_tokens_per_pass": 0}, "max_tokens_per_pass"),
+    ],
 )
 def test_bad_config_names_the_setting(settings, name):
     with pytest.raises(ValueError, match=name):

@@ -9,6 +9,8 @@ import pytest
 
 from tests.torchrun import run_ranks
 
+pytestmark = pytest.mark.distributed
+
 pytest.importorskip("megatron.core", reason="the megatron extra: pip install 'oar_verl[megatron]'")
 
 SCRIPT = textwrap.dedent(

@@ -109,7 +109,10 @@ def test_a_batch_equals_each_row_alone(tokenizer, texts, unknown):
     """Rows gathered blockwise (3 a block here) give each row's own offsets: cut characters,
     special tokens, empty rows and an id outside the vocabulary among them."""
     rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _, _ in texts]
-    rows = [ids[: max(0, len(ids) - cut)] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")] if special else []) for ids, (_, cut, special) in zip(rows, texts)]
+    rows = [
+        ids[: max(0, len(ids) - cut)] + ([tokenizer.convert_tokens_to_ids("<|im_end|>")] if special else [])
+        for ids, (_, cut, special) in zip(rows, texts)
+    ]
     if unknown and rows:
         rows[-1] = rows[-1] + [len(tokenizer) + 5]
     with pytest.MonkeyPatch.context() as patch:

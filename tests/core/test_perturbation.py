@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from oar_verl.core import PerturbationConfig, TARGET_MODES
+from oar_verl.core import TARGET_MODES, PerturbationConfig
 from oar_verl.core.attribution import perturbation
 
 from . import reference
@@ -105,9 +105,13 @@ def test_span_occlusion_equals_its_definition(model, tokenizer, batch_and_segmen
             for first in range(0, end, span):
                 perturbed = sequence.clone()
                 perturbed[0, len(prompts[row]) + first : len(prompts[row]) + min(first + span, end)] = tokenizer.pad_token_id
-                other = reference.target_from_logits(model(input_ids=perturbed).logits[0], len(prompts[row]), responses[row], start, stop, "answer_mean")
+                other = reference.target_from_logits(
+                    model(input_ids=perturbed).logits[0], len(prompts[row]), responses[row], start, stop, "answer_mean"
+                )
                 expected = reference.shift(clean, other, "answer_mean").abs().float()
-                torch.testing.assert_close(scores[row, first : min(first + span, end)], expected.expand(min(first + span, end) - first), atol=1e-5, rtol=0)
+                torch.testing.assert_close(
+                    scores[row, first : min(first + span, end)], expected.expand(min(first + span, end) - first), atol=1e-5, rtol=0
+                )
         assert torch.all(scores[row, end:] == 0)
     exact = perturbation.attribute(model, batch, segments, PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id))
     if span == 1:
@@ -122,7 +126,9 @@ def test_guided_approx_scores_exactly_the_top_tokens_and_scales_the_rest(model, 
     _, _, batch, segments = batch_and_segments
     base = PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id)
     exact = perturbation.attribute(model, batch, segments, base)
-    config = PerturbationConfig(target="answer_mean", perturbation_id=tokenizer.pad_token_id, mode="guided_approx", guided_fraction=0.34, calibration_fraction=0.5)
+    config = PerturbationConfig(
+        target="answer_mean", perturbation_id=tokenizer.pad_token_id, mode="guided_approx", guided_fraction=0.34, calibration_fraction=0.5
+    )
     approx = perturbation.attribute(model, batch, segments, config)
     guide = gradient.attribute(model, batch, segments, gradient.GradientConfig(target="answer_mean", seed=0))
     for row in range(3):

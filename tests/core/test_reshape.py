@@ -51,7 +51,9 @@ def test_matches_the_formula_row_by_row(data, q, beta, min_weight, preserve_mass
     for row in range(scores.shape[0]):
         expected = torch.ones(scores.shape[1], dtype=torch.float64)
         if mask[row].any():
-            expected[mask[row]] = torch.tensor(reference_row(scores[row][mask[row]].tolist(), q, beta, min_weight, preserve_mass), dtype=torch.float64)
+            expected[mask[row]] = torch.tensor(
+                reference_row(scores[row][mask[row]].tolist(), q, beta, min_weight, preserve_mass), dtype=torch.float64
+            )
         torch.testing.assert_close(weights[row].double(), expected, rtol=1e-5, atol=1e-6)
 
 

@@ -99,7 +99,9 @@ def test_directions_span_the_fisher_matrix():
 def test_scores_do_not_depend_on_the_rows_a_pass_holds(model64, batch_and_segments):
     _, _, batch, segments = batch_and_segments
     together = perturbation.attribute(model64, batch, segments, taylor_config("answer_mean", taylor_top=2, taylor_samples=3, seed=9))
-    alone = perturbation.attribute(model64, batch, segments, taylor_config("answer_mean", taylor_top=2, taylor_samples=3, seed=9, max_tokens_per_pass=20))
+    alone = perturbation.attribute(
+        model64, batch, segments, taylor_config("answer_mean", taylor_top=2, taylor_samples=3, seed=9, max_tokens_per_pass=20)
+    )
     torch.testing.assert_close(alone, together, rtol=1e-9, atol=1e-12)
 
 
@@ -117,7 +119,11 @@ def test_rows_honoured_no_parameter_gradient_and_modes_restored(model, batch_and
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"taylor_top": -1}, "taylor_top"), ({"taylor_samples": -2}, "taylor_samples"), ({"taylor_top": 0, "taylor_samples": 0}, "taylor_top, taylor_samples")],
+    [
+        ({"taylor_top": -1}, "taylor_top"),
+        ({"taylor_samples": -2}, "taylor_samples"),
+        ({"taylor_top": 0, "taylor_samples": 0}, "taylor_top, taylor_samples"),
+    ],
 )
 def test_bad_settings_name_the_setting(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -134,7 +140,9 @@ def test_activation_checkpointing_gives_the_same_scores(tokenizer, batch_and_seg
     checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     checkpointed.eval()
     config = taylor_config("answer_mean", taylor_top=3, taylor_samples=2)
-    torch.testing.assert_close(perturbation.attribute(checkpointed, batch, segments, config), perturbation.attribute(plain, batch, segments, config), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        perturbation.attribute(checkpointed, batch, segments, config), perturbation.attribute(plain, batch, segments, config), rtol=1e-9, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("mode", ["answer_logprob", "first_answer", "answer_mean"])

@@ -24,7 +24,9 @@ def test_every_field_is_documented():
 def test_method_configs_follow_the_spec_defaults():
     settings = OARSettings()
     assert settings.method_config("oar_g", pad_token_id=7) == GradientConfig(target="answer_mean", noise_std=1e-3, seed=0)
-    assert settings.method_config("oar_p", pad_token_id=7) == PerturbationConfig(target="answer_mean", perturbation_id=7)  # this project's default (OAR_SPEC section 11)
+    assert settings.method_config("oar_p", pad_token_id=7) == PerturbationConfig(
+        target="answer_mean", perturbation_id=7
+    )  # this project's default (OAR_SPEC section 11)
     assert OARSettings(target="answer_logprob", perturbation_id=3).method_config("oar_p", 7).perturbation_id == 3
 
 

@@ -29,5 +29,7 @@ def test_a_pattern_that_misses_is_named_with_the_one_that_finds():
 
 def test_rows_without_ground_truth_are_named():
     assert ground_truth_errors("f", [row("q")]) == []
-    assert ground_truth_errors("f", [row("q"), row("q", truth=None)]) == ["f row 1: no reward_model.ground_truth (verl's rule rewards compare the answer with it)"]
+    assert ground_truth_errors("f", [row("q"), row("q", truth=None)]) == [
+        "f row 1: no reward_model.ground_truth (verl's rule rewards compare the answer with it)"
+    ]
     assert ground_truth_errors("f", []) == ["f: no rows"]

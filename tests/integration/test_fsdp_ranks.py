@@ -12,6 +12,8 @@ import pytest
 
 from tests.torchrun import run_ranks
 
+pytestmark = pytest.mark.distributed
+
 SCRIPT = textwrap.dedent(
     """
     import datetime, os, torch, torch.distributed as dist

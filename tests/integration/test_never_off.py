@@ -42,7 +42,9 @@ def oar_pipeline(trainer, metrics):
 
 def test_a_step_without_the_oar_step_stops_the_run():
     trainer = trainer_whose_step_once(renamed_hook_pipeline)
-    with pytest.raises(OARStepBypassed, match=r"algorithm.adv_estimator=oar_g: training step 3 ran 0 OAR advantage step\(s\) for 1 update\(s\).*_compute_advantage"):
+    with pytest.raises(
+        OARStepBypassed, match=r"algorithm.adv_estimator=oar_g: training step 3 ran 0 OAR advantage step\(s\) for 1 update\(s\).*_compute_advantage"
+    ):
         trainer.step({}, {})
 
 

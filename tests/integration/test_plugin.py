@@ -2,7 +2,10 @@
 
 import sys
 
+import pytest
 import ray
+
+pytestmark = pytest.mark.slow
 
 
 def test_entry_point_is_declared():

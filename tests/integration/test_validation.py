@@ -13,14 +13,19 @@ from oar_verl.data.arithmetic import write_split
 from oar_verl.integration.validation import check, oar_settings_errors, perturbation_cost_warning
 from oar_verl.main_ppo import SettingsError, check_and_prepare
 
-
 DATA = write_split(Path(tempfile.mkdtemp()) / "train.parquet", 8, seed=0, split="train")  # GSM8K-format rows
 
 
 def config(*overrides, name="ppo"):
     with initialize_config_module(config_module="oar_verl.config", version_base=None):
-        defaults = ["algorithm.adv_estimator=oar_g", f"data.train_files={DATA}", f"data.val_files={DATA}", "actor_rollout_ref.model.path=Qwen/Qwen2.5-0.5B", "actor_rollout_ref.rollout.n=4",
-                    "actor_rollout_ref.rollout.name=vllm"]
+        defaults = [
+            "algorithm.adv_estimator=oar_g",
+            f"data.train_files={DATA}",
+            f"data.val_files={DATA}",
+            "actor_rollout_ref.model.path=Qwen/Qwen2.5-0.5B",
+            "actor_rollout_ref.rollout.n=4",
+            "actor_rollout_ref.rollout.name=vllm",
+        ]
         if name == "ppo":
             defaults.append("actor_rollout_ref.actor.strategy=fsdp2")
         return compose(config_name=name, overrides=[*defaults, *overrides])
@@ -45,7 +50,10 @@ def test_defaults_pass():
         ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "ulysses_sequence_parallel_size=2"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
         ("data.train_files=/nowhere/train.parquet", "data.train_files[0] (/nowhere/train.parquet): no such file"),
-        ("algorithm.oar.answer_pattern=boxed", "answer_pattern='boxed' finds no answer in 8 of 8 sampled rows; set algorithm.oar.answer_pattern=gsm8k"),
+        (
+            "algorithm.oar.answer_pattern=boxed",
+            "answer_pattern='boxed' finds no answer in 8 of 8 sampled rows; set algorithm.oar.answer_pattern=gsm8k",
+        ),
     ],
 )
 def test_refusals_name_the_setting(override, named):
@@ -58,7 +66,11 @@ def test_refusals_name_the_setting(override, named):
 def test_megatron_defaults_pass():
     assert oar_settings_errors(config(name="ppo_megatron")) == []
     assert oar_settings_errors(config("actor_rollout_ref.actor.megatron.tensor_model_parallel_size=4", name="ppo_megatron")) == []
-    taylor = ["algorithm.adv_estimator=oar_p", "algorithm.oar.perturbation_mode=taylor", "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"]
+    taylor = [
+        "algorithm.adv_estimator=oar_p",
+        "algorithm.oar.perturbation_mode=taylor",
+        "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2",
+    ]
     assert oar_settings_errors(config(*taylor, "algorithm.oar.target=answer_logprob", name="ppo_megatron")) == []
 
 
@@ -70,7 +82,14 @@ def test_megatron_defaults_pass():
         (["actor_rollout_ref.actor.megatron.context_parallel_size=2"], "megatron.context_parallel_size=2"),
         (["actor_rollout_ref.actor.megatron.dtype=float16"], "megatron.dtype=float16"),
         (["actor_rollout_ref.actor.megatron.router_replay.mode=R2"], "megatron.router_replay.mode=R2"),
-        (["algorithm.adv_estimator=oar_p", "algorithm.oar.perturbation_mode=taylor", "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2"], "perturbation_mode=taylor with algorithm.oar.target=answer_mean"),
+        (
+            [
+                "algorithm.adv_estimator=oar_p",
+                "algorithm.oar.perturbation_mode=taylor",
+                "actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2",
+            ],
+            "perturbation_mode=taylor with algorithm.oar.target=answer_mean",
+        ),
     ],
 )
 def test_megatron_refusals_name_the_setting(overrides, named):
@@ -86,6 +105,7 @@ def test_megatron_without_the_extra_says_how_to_install(monkeypatch):
     assert "megatron-core and mbridge are not installed" in error and "pip install 'oar_verl[megatron]'" in error
 
 
+@pytest.mark.slow
 def test_stock_entry_point_refuses_before_ray(tmp_path):
     """`python -m verl.trainer.main_ppo` with the plugin: the OAR check runs inside verl's
     own config validation, in the launching process."""
@@ -99,7 +119,6 @@ def test_stock_entry_point_refuses_before_ray(tmp_path):
     assert "ray init" not in result.stdout.lower() and "Started a local Ray instance" not in result.stderr
 
 
-
 def recipe_shape(*overrides):
     """The 7B MATH recipe's step: 512 prompts x 8 samples on 8 ranks, 1024 + 3072 tokens."""
     return config("algorithm.adv_estimator=oar_p", "data.train_batch_size=512", "actor_rollout_ref.rollout.n=8", "trainer.n_gpus_per_node=8",
@@ -109,7 +128,9 @@ def recipe_shape(*overrides):
 def test_a_costly_perturbation_mode_is_warned_about_before_ray():
     warning = perturbation_cost_warning(recipe_shape())
     # 512 responses per rank x 3072 perturbed sequences of ~1536 tokens against 512 x 4096
-    assert warning.startswith("algorithm.oar.perturbation_mode=exact: about 1,572,864 perturbed sequences per rank per step (512 responses x up to 3072")
+    assert warning.startswith(
+        "algorithm.oar.perturbation_mode=exact: about 1,572,864 perturbed sequences per rank per step (512 responses x up to 3072"
+    )
     assert "about 1,152x the tokens of the step's log-prob pass" in warning and "perturbation_mode=taylor" in warning
     logged = []
     handler = logging.Handler()

@@ -7,12 +7,15 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 import verl
 
 from oar_verl import verl_internals
 from oar_verl.integration.validation import oar_settings_errors
 
 from .test_validation import config
+
+pytestmark = pytest.mark.slow
 
 
 def test_digests_ignore_formatting_but_not_code():
@@ -76,4 +79,3 @@ def test_verl_0_9_0_differs_where_oar_verl_depends_on_it(tmp_path):
         "verl.utils.config:validate_config",
         "verl.workers.engine.fsdp.transformer_impl:_scale_logits_by_temperature",
     ]
-

@@ -17,7 +17,9 @@ def synthetic(finals: dict[str, list[float]]) -> dict:
 
 
 def test_verdict_separates_a_real_difference_from_noise():
-    lines = verdict(synthetic({"grpo": [0.50, 0.51, 0.49], "oar_g": [0.60, 0.61, 0.59], "oar_p": [0.40, 0.41, 0.39], "oar_g_permuted": [0.45, 0.55, 0.50]}))
+    lines = verdict(
+        synthetic({"grpo": [0.50, 0.51, 0.49], "oar_g": [0.60, 0.61, 0.59], "oar_p": [0.40, 0.41, 0.39], "oar_g_permuted": [0.45, 0.55, 0.50]})
+    )
     assert "OAR-G**: final held-out accuracy 0.600 vs GRPO 0.500, a difference of +10.0 points" in lines[0] and "better than GRPO" in lines[0]
     assert "worse than GRPO" in lines[1]
     assert "not distinguishable" in lines[2]

@@ -15,6 +15,8 @@ from oar_verl.core import bilevel_weights
 from oar_verl.study.plan import SMOKE
 from tests.fixtures.models import STUDY_SMOKE_MODEL
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
@@ -42,7 +44,13 @@ def test_every_method_ran_and_was_measured(smoke):
     assert set(fidelity["taylor"]) == set(SMOKE.fidelity_targets)
     assert all(-1.0 <= rho <= 1.0 for values in fidelity["taylor"].values() for rho in values["values"])
     page = (smoke / "docs" / "results_smoke.md").read_text()
-    for label in ("| GRPO | 1 |", "| oracle (perfect attribution) | 1 |", "| OAR-G, permuted weights (control) | 1 |", "## Attribution fidelity", "| OAR-P taylor, `answer_mean` |"):
+    for label in (
+        "| GRPO | 1 |",
+        "| oracle (perfect attribution) | 1 |",
+        "| OAR-G, permuted weights (control) | 1 |",
+        "## Attribution fidelity",
+        "| OAR-P taylor, `answer_mean` |",
+    ):
         assert label in page
     assert (smoke / "docs" / "results" / "smoke_accuracy.png").stat().st_size > 1000
 
@@ -75,7 +83,9 @@ def test_control_weights_are_permuted_bilevel_weights(smoke):
     moved = 0
     for step in range(1, SMOKE.rl_steps + 1):
         dump = torch.load(smoke / "work" / "dumps" / "oar_g_permuted_seed0" / f"step_{step}.pt")
-        reasoning = (torch.arange(dump["weights"].shape[1])[None, :] < dump["segments"][:, :1]) & (dump["segments"][:, 3:] > 0) & ~dump["degenerate"][:, None]
+        reasoning = (
+            (torch.arange(dump["weights"].shape[1])[None, :] < dump["segments"][:, :1]) & (dump["segments"][:, 3:] > 0) & ~dump["degenerate"][:, None]
+        )
         original = bilevel_weights(dump["scores"], reasoning)
         for row in reasoning.any(dim=1).nonzero().flatten().tolist():
             permuted, kept = dump["weights"][row][reasoning[row]], original[row][reasoning[row]]

@@ -21,7 +21,10 @@ def test_hits_count_ties_as_shared_and_weights_follow_the_scores():
     assert statistics["chance_hit@1"] == 0.2
     assert statistics["weight_on_error"] > 1.0 > statistics["weight_on_others"]
     # row maxima 0.9, 0.9, 0.7, 0.9 over the median row's 0.9: row 2 in [0.1, 1), the others in [1, inf)
-    assert statistics["by_relative_signal"] == {"[0.1, 1)": {"rows": 1, "hit@1": 0.5, "chance_hit@1": 0.2}, "[1, inf)": {"rows": 3, "hit@1": 0.3333, "chance_hit@1": 0.2}}
+    assert statistics["by_relative_signal"] == {
+        "[0.1, 1)": {"rows": 1, "hit@1": 0.5, "chance_hit@1": 0.2},
+        "[1, inf)": {"rows": 3, "hit@1": 0.3333, "chance_hit@1": 0.2},
+    }
 
 
 def test_the_table_has_a_row_per_estimator():
@@ -35,4 +38,7 @@ def test_hits_by_group_and_per_row():
     segments = Segments(torch.full((3,), 2), torch.full((3,), 2), torch.full((3,), 3), torch.ones(3, dtype=torch.bool))
     statistics = error_statistics(scores, segments, torch.tensor([0, 0, 1]), groups=[0, 2, 2])
     assert statistics["hits@1"] == [1.0, 0.0, 0.0]
-    assert statistics["by_lines_after_error"] == {"0": {"rows": 1, "hit@1": 1.0, "chance_hit@1": 0.5}, "2": {"rows": 2, "hit@1": 0.0, "chance_hit@1": 0.5}}
+    assert statistics["by_lines_after_error"] == {
+        "0": {"rows": 1, "hit@1": 1.0, "chance_hit@1": 0.5},
+        "2": {"rows": 2, "hit@1": 0.0, "chance_hit@1": 0.5},
+    }

@@ -10,6 +10,8 @@ def cpu_config():
 
     def build(*overrides, name="cpu"):
         with initialize_config_module(config_module="oar_verl.config", version_base=None):
-            return compose(config_name=name, overrides=["data.train_files=x", "data.val_files=x", f"actor_rollout_ref.model.path={QUICKSTART_MODEL}", *overrides])
+            return compose(
+                config_name=name, overrides=["data.train_files=x", "data.val_files=x", f"actor_rollout_ref.model.path={QUICKSTART_MODEL}", *overrides]
+            )
 
     return build

@@ -9,11 +9,14 @@ import socket
 import time
 import traceback
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from oar_verl.verl_cpu.checkpoint_engine import GlooCheckpointEngine
+
+pytestmark = pytest.mark.distributed
 
 BUCKET = 256  # bytes: several weights per bucket, one weight larger than a bucket
 
@@ -66,7 +69,7 @@ def rollout(rank: int, inbox, prepared, received) -> None:
         prepared.put((2 + rank, engine.prepare()))
         engine.init_process_group(**inbox.get())
 
-        async def receive():
+        async def receive(version=version):
             # plain bytes: tensors put in a queue travel as shared memory whose sender may have exited
             return [(name, str(tensor.dtype), tuple(tensor.shape), tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
                     async for name, tensor in engine.receive_weights(global_steps=version)]  # fmt: skip

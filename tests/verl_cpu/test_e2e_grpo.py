@@ -16,6 +16,8 @@ from oar_verl.quickstart import read_metrics, run_training, train_command
 from oar_verl.verl_cpu.hf_server import weights_digest
 from tests.verl_cpu.test_e2e_oar import check_oar_run
 
+pytestmark = pytest.mark.e2e
+
 SYNC_LINE = re.compile(r"\[oar_verl\.hf_rollout\] replica 0 step (\d+): weights synced, sha256 ([0-9a-f]{64})")
 CHECKPOINT_OVERRIDES = ["trainer.save_freq=2", "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"]
 QUANTILE = 0.25

@@ -18,6 +18,8 @@ from oar_verl.verl_cpu.hf_server import weights_digest
 from tests.verl_cpu.test_e2e_grpo import synced_digests
 from tests.verl_cpu.test_e2e_oar import BF16_ROLLOUT_GAP, check_oar_run, step_dumps
 
+pytestmark = pytest.mark.e2e
+
 pytest.importorskip("megatron.core", reason="the megatron extra: pip install 'oar_verl[megatron]'")
 
 TENSOR_PARALLEL_2 = ("actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2", "trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2")

@@ -14,10 +14,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oar_verl import rewards
 from oar_verl.core import bilevel_weights, degenerate_rows, low_signal_rows
-from oar_verl.integration.config import OARSettings
 from oar_verl.data.arithmetic import make_problem, verl_row
+from oar_verl.integration.config import OARSettings
 from oar_verl.quickstart import TASK, read_metrics, run_training, train_command
 from tests.core import reference
+
+pytestmark = pytest.mark.e2e
 
 OAR_METRICS = (
     "oar/weight/mean", "oar/weight/std", "oar/weight/min", "oar/weight/max", "oar/weight/frac_suppressed",
@@ -74,12 +76,31 @@ RUNS = [
     # verl's own entry point (the plugin installs everything), the colocated async trainer
     # (partial rollouts: samples from older weights), verl taking the rollout's log-probs
     # (bypass_mode: no old-log-prob pass to fuse with), heatmaps every step to tensorboard too
-    Run("oar_g-colocate_async-bypass-verl.trainer.main_ppo-1rank", "oar_g", 0.25, 1, "colocate_async", ("algorithm.rollout_correction.bypass_mode=true",),
-        stock_entry_point=True, heatmaps=True, fused=False, steps=3),  # fmt: skip
+    Run(
+        "oar_g-colocate_async-bypass-verl.trainer.main_ppo-1rank",
+        "oar_g",
+        0.25,
+        1,
+        "colocate_async",
+        ("algorithm.rollout_correction.bypass_mode=true",),
+        stock_entry_point=True,
+        heatmaps=True,
+        fused=False,
+        steps=3,
+    ),  # fmt: skip
     # two FSDP2 ranks whose rows differ and whose model passes must stay in step, with what
     # the GPU recipes turn on: bf16 compute, dynamic batch sizes, parameter and optimizer
     # offload, gradient checkpointing, several validation sets
-    Run("oar_p-taylor-sync-2ranks-bf16-recipe_features", "oar_p", 0.4, 2, "sync", ("algorithm.oar.perturbation_mode=taylor", *RECIPE_FEATURES), bf16=True, validation=True),
+    Run(
+        "oar_p-taylor-sync-2ranks-bf16-recipe_features",
+        "oar_p",
+        0.4,
+        2,
+        "sync",
+        ("algorithm.oar.perturbation_mode=taylor", *RECIPE_FEATURES),
+        bf16=True,
+        validation=True,
+    ),
     # standalone rollout replicas, 2 updates a step with pi_old's weights restored for the
     # second: exact OAR-P attributes in the advantage step, with pi_old restored too
     Run("oar_p-exact-separate_async-2updates-1rank", "oar_p", 0.25, 1, "separate_async", SEPARATE_ASYNC, fused=False, steps=3, updates=2),
@@ -103,7 +124,15 @@ def test_oar_advantages_in_verl(workdir, run):
         overrides += [f"data.val_files=[{paths['val']},{second}]", f"trainer.test_freq={run.steps}", "actor_rollout_ref.rollout.val_kwargs.n=2",
                       "actor_rollout_ref.rollout.val_kwargs.do_sample=true", f"reward.custom_reward_function.path={rewards.__file__}"]  # fmt: skip
     env = {"VERL_PLATFORM": "cpu", "TENSORBOARD_DIR": str(root / f"tb_{run.name}")}
-    command = train_command(paths, root / f"ckpt_{run.name}", estimator=run.estimator, steps=run.steps, overrides=overrides, stock_entry_point=run.stock_entry_point, loggers=loggers)
+    command = train_command(
+        paths,
+        root / f"ckpt_{run.name}",
+        estimator=run.estimator,
+        steps=run.steps,
+        overrides=overrides,
+        stock_entry_point=run.stock_entry_point,
+        loggers=loggers,
+    )
     result = run_training(command, metrics_file, log, env=env)
     assert result.returncode == 0, log.read_text()[-6000:]
     assert "OAR step installed in verl's sync, colocate_async and separate_async trainers (verl 0.9.1)" in log.read_text()
@@ -111,7 +140,9 @@ def test_oar_advantages_in_verl(workdir, run):
     metrics = read_metrics(metrics_file)
     check_oar_run(metrics, dumps, run.quantile, steps=steps, updates=run.updates)
     for step in steps:
-        assert all(bool(dump["fused"]) == run.fused for dump in step_dumps(dumps, step, run.updates)) and metrics[step]["oar/fused"] == float(run.fused)
+        assert all(bool(dump["fused"]) == run.fused for dump in step_dumps(dumps, step, run.updates)) and metrics[step]["oar/fused"] == float(
+            run.fused
+        )
     if run.updates > 1:
         check_scores_use_pi_old(paths["model"], step_dumps(dumps, 1, run.updates)[-1])
     if "algorithm.rollout_correction.bypass_mode=true" not in run.overrides:  # else verl runs no old-log-prob pass
@@ -119,7 +150,10 @@ def test_oar_advantages_in_verl(workdir, run):
         # where the rollout sampled with the actor's weights: every step in sync, the first in
         # async (in separate_async every update of it: pi_old's weights restored for the later ones)
         for step in steps if run.mode == "sync" else steps[:1]:
-            assert metrics[step]["training/rollout_probs_diff_max"] < (BF16_ROLLOUT_GAP if run.bf16 else 1e-4), (step, metrics[step]["training/rollout_probs_diff_max"])
+            assert metrics[step]["training/rollout_probs_diff_max"] < (BF16_ROLLOUT_GAP if run.bf16 else 1e-4), (
+                step,
+                metrics[step]["training/rollout_probs_diff_max"],
+            )
             if run.bf16:  # the actor did compute in bf16 (fp32 runs: mean gap ~3e-7)
                 assert metrics[step]["training/rollout_probs_diff_mean"] > 1e-4, metrics[step]["training/rollout_probs_diff_mean"]
         assert all(metrics[step]["actor/entropy"] > 0 for step in steps)
@@ -246,7 +280,9 @@ def check_oar_run(metrics: dict, dumps, quantile: float, steps=(1, 2), updates: 
     for step in steps:
         # the weight statistics exist for steps that reweighted a row (a step whose groups all
         # had equal rewards has none: separate_async's lr-3e-3 run can collapse by step 3)
-        expected_metrics = OAR_METRICS if metrics[step]["oar/rows/attributed"] > 0 else [name for name in OAR_METRICS if not name.startswith("oar/weight/")]
+        expected_metrics = (
+            OAR_METRICS if metrics[step]["oar/rows/attributed"] > 0 else [name for name in OAR_METRICS if not name.startswith("oar/weight/")]
+        )
         for name in expected_metrics:
             assert name in metrics[step], f"{name} missing at step {step}"
         records = step_dumps(dumps, step, updates)

@@ -12,6 +12,8 @@ import pytest
 
 from tests.torchrun import run_ranks
 
+pytestmark = pytest.mark.distributed
+
 BATCH = textwrap.dedent(
     """
     import json, os, torch, torch.distributed as dist

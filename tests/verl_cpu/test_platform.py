@@ -1,10 +1,13 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from oar_verl.verl_cpu import device
 from oar_verl.verl_cpu.cpu_platform import PlatformCPU
+
+pytestmark = pytest.mark.slow
 
 
 def run_python(code, **env):

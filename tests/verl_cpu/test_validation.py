@@ -4,6 +4,8 @@ from oar_verl.main_ppo import SettingsError, check_and_prepare
 from oar_verl.verl_cpu import checkpoint_engine
 from oar_verl.verl_cpu.validation import GLOO_CHECKPOINT_ENGINE, cpu_settings_errors
 
+pytestmark = pytest.mark.slow
+
 
 def test_preset_passes(cpu_config, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -38,10 +40,15 @@ def test_megatron_preset_passes_and_its_cpu_limits_are_named(cpu_config, monkeyp
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     megatron = "actor_rollout_ref.actor.megatron"
     assert cpu_settings_errors(cpu_config(name="cpu_megatron")) == []
-    assert cpu_settings_errors(cpu_config("actor_rollout_ref.model.use_remove_padding=true", name="cpu_megatron")) == [], "packed sequences run per sequence on Megatron"
+    assert cpu_settings_errors(cpu_config("actor_rollout_ref.model.use_remove_padding=true", name="cpu_megatron")) == [], (
+        "packed sequences run per sequence on Megatron"
+    )
     for override, named in (
         (f"{megatron}.vanilla_mbridge=false", f"{megatron}.vanilla_mbridge=False"),
-        (f"{megatron}.override_transformer_config.sequence_parallel=true {megatron}.tensor_model_parallel_size=2", f"{megatron}.override_transformer_config.sequence_parallel=True"),
+        (
+            f"{megatron}.override_transformer_config.sequence_parallel=true {megatron}.tensor_model_parallel_size=2",
+            f"{megatron}.override_transformer_config.sequence_parallel=True",
+        ),
         ("actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=2", "actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=2"),
     ):
         errors = cpu_settings_errors(cpu_config(*override.split(), name="cpu_megatron"))
@@ -58,7 +65,9 @@ def test_separate_async_needs_the_gloo_checkpoint_engine_and_a_logical_gpu_per_r
     assert len(errors) == 1 and "actor_rollout_ref.rollout.checkpoint_engine.backend=nccl" in errors[0] and "set it to gloo" in errors[0], errors
     errors = cpu_settings_errors(cpu_config(*separate, "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo"))
     assert len(errors) == 1 and "ray_kwargs.ray_init.num_gpus=1" in errors[0] and ">= 2" in errors[0], errors
-    assert cpu_settings_errors(cpu_config(*separate, "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo", "ray_kwargs.ray_init.num_gpus=2")) == []
+    assert (
+        cpu_settings_errors(cpu_config(*separate, "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo", "ray_kwargs.ray_init.num_gpus=2")) == []
+    )
     assert GLOO_CHECKPOINT_ENGINE == checkpoint_engine.BACKEND  # the name the check asks for is the engine's
 
 

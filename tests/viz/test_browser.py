@@ -13,6 +13,8 @@ from oar_verl.core import explain
 from oar_verl.tiny import byte_tokenizer, tiny_qwen2
 from oar_verl.viz import TokenHeatmap, render_html
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 if not (CHROMIUM and CHROMEDRIVER):
     if os.environ.get("CI"):
@@ -63,7 +65,7 @@ def open_page(browser, tmp_path, heatmaps, name="page.html"):
 def test_a_real_explanation_renders_one_span_per_token_with_monotone_colour(browser, tmp_path):
     tokenizer = byte_tokenizer()
     model = tiny_qwen2(len(tokenizer), seed=3).eval()
-    result = explain(model, tokenizer, "add:\n", "2+3 is 5, so <b>five</b> & \"5\"\n#### 5", method="oar_g", answer_pattern="gsm8k", quantile=0.3)
+    result = explain(model, tokenizer, "add:\n", '2+3 is 5, so <b>five</b> & "5"\n#### 5', method="oar_g", answer_pattern="gsm8k", quantile=0.3)
     heatmap = TokenHeatmap.from_explanation(result, tokenizer, reward=1.0)
     tokens = open_page(browser, tmp_path, [heatmap])
     assert len(tokens) == len(result.response_ids)

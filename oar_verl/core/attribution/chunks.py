@@ -113,13 +113,25 @@ class Chunk:
         trimmed = ResponseBatch(*(t[:, start : P + width] for t in (sub.input_ids, sub.attention_mask, sub.position_ids)), response_length=width)
         answer = answer_positions(trimmed, sub_segments) if with_answer else None
         length = int(answer.columns_needed.max()) if to_answers else trimmed.input_ids.shape[1]
-        return cls(rows, trimmed.input_ids[:, :length], trimmed.attention_mask[:, :length], trimmed.position_ids[:, :length], trimmed.prompt_length, answer, sub_segments.reasoning_end)
+        return cls(
+            rows,
+            trimmed.input_ids[:, :length],
+            trimmed.attention_mask[:, :length],
+            trimmed.position_ids[:, :length],
+            trimmed.prompt_length,
+            answer,
+            sub_segments.reasoning_end,
+        )
 
     @classmethod
     def dummy(cls, device: torch.device) -> Chunk:
         """A one-token prompt and a one-token response that is its own answer, no reasoning."""
         ids = torch.zeros((1, 2), dtype=torch.long, device=device)
-        answer = AnswerPositions(torch.zeros((1, 1), dtype=torch.long, device=device), torch.zeros((1, 1), dtype=torch.long, device=device), torch.ones((1, 1), dtype=torch.bool, device=device))
+        answer = AnswerPositions(
+            torch.zeros((1, 1), dtype=torch.long, device=device),
+            torch.zeros((1, 1), dtype=torch.long, device=device),
+            torch.ones((1, 1), dtype=torch.bool, device=device),
+        )
         return cls(None, ids, torch.ones_like(ids), torch.arange(2, device=device)[None], 1, answer, torch.zeros(1, dtype=torch.long, device=device))
 
     @property
@@ -292,7 +304,9 @@ def response_log_probs(
     step = max(1, LOGIT_TOKENS // C)
     for start in range(0, R, step):
         end = min(start + step, R)
-        logits = scale_by_temperature(parts.logits(hidden[:, prompt_length - 1 + start : prompt_length - 1 + end], upcast=False), temperature)  # [C, S, V]
+        logits = scale_by_temperature(
+            parts.logits(hidden[:, prompt_length - 1 + start : prompt_length - 1 + end], upcast=False), temperature
+        )  # [C, S, V]
         values, entropies = log_prob_fn(logits, responses[:, start:end])
         log_probs[:, start:end], entropy[:, start:end] = values.float(), entropies.float()
     return log_probs, entropy

@@ -42,10 +42,21 @@ NAME = "oar_g"
 
 @dataclass(frozen=True)
 class GradientConfig:
-    target: str = field(default="answer_mean", metadata={"help": "P_final mode: answer_mean (OAR-G reference default), first_answer, answer_logprob or every_answer."})
-    noise_std: float = field(default=1e-3, metadata={"help": "sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3). 0 is allowed only with answer_logprob, where the KL gradient does not vanish."})
-    seed: int = field(default=0, metadata={"help": "Seed of the noise generators (>= 0; each row's generator is seeded from it and the row's index)."})
-    max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one forward+backward pass (rows x length): bounds peak memory."})
+    target: str = field(
+        default="answer_mean", metadata={"help": "P_final mode: answer_mean (OAR-G reference default), first_answer, answer_logprob or every_answer."}
+    )
+    noise_std: float = field(
+        default=1e-3,
+        metadata={
+            "help": "sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3). 0 is allowed only with answer_logprob, where the KL gradient does not vanish."
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the noise generators (>= 0; each row's generator is seeded from it and the row's index)."}
+    )
+    max_tokens_per_pass: int = field(
+        default=16384, metadata={"help": "Token budget of one forward+backward pass (rows x length): bounds peak memory."}
+    )
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -64,7 +75,9 @@ def row_seed(seed: int, row: int) -> int:
     return int(np.random.SeedSequence([seed, row]).generate_state(1, np.uint64)[0]) % 2**63
 
 
-def row_noise(rows: torch.Tensor, reasoning_end: torch.Tensor, length: int, prompt_length: int, hidden_size: int, config: GradientConfig) -> torch.Tensor:
+def row_noise(
+    rows: torch.Tensor, reasoning_end: torch.Tensor, length: int, prompt_length: int, hidden_size: int, config: GradientConfig
+) -> torch.Tensor:
     """[C, length, H] float32 noise of batch rows `rows` [C] whose reasoning is response
     tokens 0..reasoning_end [C] (sequence positions P + k): see the module docstring."""
     device = rows.device
@@ -101,7 +114,9 @@ def attribute(
             (`base.max_over_ranks`); a step is a clean forward plus a noisy forward and
             backward on a chunk of rows.
     """
-    return attribute_by_chunks(model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _chunk_scores(parts, chunk, config), rows, sync_passes)
+    return attribute_by_chunks(
+        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _chunk_scores(parts, chunk, config), rows, sync_passes
+    )
 
 
 def _chunk_scores(parts: LMParts, chunk: Chunk, config: GradientConfig) -> torch.Tensor:

@@ -18,10 +18,9 @@ logits are computed at the target positions only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import copy
 import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,16 +39,49 @@ MODES = ("exact", "span_approx", "guided_approx", "taylor")
 
 @dataclass(frozen=True)
 class PerturbationConfig:
-    target: str = field(default="first_answer", metadata={"help": "P_final mode: first_answer (OAR-P reference default), answer_mean, answer_logprob or every_answer (not with mode taylor)."})
-    perturbation_id: int | None = field(default=None, metadata={"help": "Token id put in place of the perturbed token; the tokenizer's pad id in the reference. Required."})
-    max_tokens_per_pass: int = field(default=16384, metadata={"help": "Token budget of one forward pass (sequences x length): bounds peak memory. Must hold one prompt plus response."})
-    mode: str = field(default="exact", metadata={"help": "exact (the definition), or span_approx: APPROXIMATE, each run of `span` consecutive reasoning tokens is replaced at once and its tokens share the score (about span x fewer sequences); guided_approx: APPROXIMATE, exact scores for the top tokens by OAR-G, calibrated OAR-G for the rest; taylor: APPROXIMATE, a first-order (answer_logprob) or Fisher (KL targets) expansion of every replacement, one forward and taylor_top + taylor_samples backward passes (one for answer_logprob)."})
+    target: str = field(
+        default="first_answer",
+        metadata={
+            "help": "P_final mode: first_answer (OAR-P reference default), answer_mean, answer_logprob or every_answer (not with mode taylor)."
+        },
+    )
+    perturbation_id: int | None = field(
+        default=None, metadata={"help": "Token id put in place of the perturbed token; the tokenizer's pad id in the reference. Required."}
+    )
+    max_tokens_per_pass: int = field(
+        default=16384,
+        metadata={"help": "Token budget of one forward pass (sequences x length): bounds peak memory. Must hold one prompt plus response."},
+    )
+    mode: str = field(
+        default="exact",
+        metadata={
+            "help": "exact (the definition), or span_approx: APPROXIMATE, each run of `span` consecutive reasoning tokens is replaced at once and its tokens share the score (about span x fewer sequences); guided_approx: APPROXIMATE, exact scores for the top tokens by OAR-G, calibrated OAR-G for the rest; taylor: APPROXIMATE, a first-order (answer_logprob) or Fisher (KL targets) expansion of every replacement, one forward and taylor_top + taylor_samples backward passes (one for answer_logprob)."
+        },
+    )
     span: int = field(default=4, metadata={"help": "span_approx: tokens replaced together (>= 1; 1 is exact)."})
-    guided_fraction: float = field(default=0.25, metadata={"help": "guided_approx: share of each response's reasoning tokens, the top ones by OAR-G, scored exactly (in (0, 1])."})
-    calibration_fraction: float = field(default=0.1, metadata={"help": "guided_approx: share drawn at random from the other tokens and scored exactly, to fit the scale applied to their OAR-G scores (in (0, 1])."})
-    seed: int = field(default=0, metadata={"help": "guided_approx: seed of the OAR-G noise and of the calibration draw; taylor: seed of the Gaussian projections."})
-    taylor_top: int = field(default=4, metadata={"help": "taylor (KL targets): the most probable answer tokens whose Fisher terms are taken exactly, one backward each (>= 0)."})
-    taylor_samples: int = field(default=0, metadata={"help": "taylor (KL targets): Gaussian projections estimating the rest of the vocabulary's terms without bias, one backward each (>= 0; 0 drops the rest)."})
+    guided_fraction: float = field(
+        default=0.25,
+        metadata={"help": "guided_approx: share of each response's reasoning tokens, the top ones by OAR-G, scored exactly (in (0, 1])."},
+    )
+    calibration_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "guided_approx: share drawn at random from the other tokens and scored exactly, to fit the scale applied to their OAR-G scores (in (0, 1])."
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"help": "guided_approx: seed of the OAR-G noise and of the calibration draw; taylor: seed of the Gaussian projections."}
+    )
+    taylor_top: int = field(
+        default=4,
+        metadata={"help": "taylor (KL targets): the most probable answer tokens whose Fisher terms are taken exactly, one backward each (>= 0)."},
+    )
+    taylor_samples: int = field(
+        default=0,
+        metadata={
+            "help": "taylor (KL targets): Gaussian projections estimating the rest of the vocabulary's terms without bias, one backward each (>= 0; 0 drops the rest)."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -59,7 +91,9 @@ class PerturbationConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0 backward passes, got {getattr(self, name)}")
         if self.mode == "taylor" and self.target == "every_answer":
-            raise ValueError("mode: taylor's Fisher form takes one distribution a row; target 'every_answer' has one a position: use mode exact, or oar_g")
+            raise ValueError(
+                "mode: taylor's Fisher form takes one distribution a row; target 'every_answer' has one a position: use mode exact, or oar_g"
+            )
         if self.taylor_top + self.taylor_samples < 1:
             raise ValueError(f"taylor_top, taylor_samples: at least one direction is needed, got {self.taylor_top} and {self.taylor_samples}")
         if self.span < 1:
@@ -147,9 +181,14 @@ def attribute(
                         suffix[torch.arange(count, device=device)[inside], (P + window + offset - start)[inside]] = config.perturbation_id
                     with parts.materialized():
                         hidden, _ = parts.hidden_states_and_cache(
-                            suffix, chunk.attention_mask[within, :length].repeat(count, 1), chunk.position_ids[within, start:length].repeat(count, 1), past_key_values=prefix
+                            suffix,
+                            chunk.attention_mask[within, :length].repeat(count, 1),
+                            chunk.position_ids[within, start:length].repeat(count, 1),
+                            past_key_values=prefix,
                         )  # [C', length - start, H]
-                        perturbed = compute_target(parts, hidden, chunk.answer.select(torch.full((count,), within, device=device)).shifted(-start), config.target)
+                        perturbed = compute_target(
+                            parts, hidden, chunk.answer.select(torch.full((count,), within, device=device)).shifted(-start), config.target
+                        )
                     shift = target_shift(parts, clean[[within] * count], perturbed, config.target).abs()  # [C']
                     tokens = (window[:, None] + torch.arange(span, device=device)[None, :]).flatten()  # [C' * span]
                     inside = tokens < end

@@ -92,7 +92,9 @@ def attribute(
         rows: [B] bool, the rows to attribute; default all.
         sync_passes: under FSDP, maps this rank's step count to the count all ranks run.
     """
-    return attribute_by_chunks(model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _chunk_scores(parts, chunk, config), rows, sync_passes)
+    return attribute_by_chunks(
+        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _chunk_scores(parts, chunk, config), rows, sync_passes
+    )
 
 
 def attribute_with_log_probs(
