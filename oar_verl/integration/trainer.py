@@ -21,8 +21,9 @@ Two ways in, chosen by what verl offers:
 - verl 0.9.1 as released: `OARTrainerSync` / `OARTrainerColocateAsync` /
   `OARTrainerSeparateAsync` (verl's classes with the `OARStep` mixin) replace verl's
   trainers of those modes and their actor worker classes, compute verl's GRPO advantages
-  (the estimator swapped to `grpo` for that call) and multiply them in place. They defer
-  to verl for every other estimator.
+  (the estimator swapped to `grpo` for that call) and multiply them in place. For every
+  other estimator, constructing one returns verl's own trainer (`OARStep.__new__`), which
+  keeps verl's own worker classes.
 """
 
 from __future__ import annotations
@@ -299,15 +300,17 @@ class OARStepBypassed(RuntimeError):
 
 
 def _verl_class(trainer) -> type:
-    """The verl trainer class an OAR trainer extends."""
-    return next(cls for cls in type(trainer).__mro__ if cls.__module__.startswith("verl."))
+    """The verl trainer class an OAR trainer (class or instance) extends."""
+    own = trainer if isinstance(trainer, type) else type(trainer)
+    return next(cls for cls in own.__mro__ if cls.__module__.startswith("verl."))
 
 
 class OARStep:
     """The OAR step, mixed into verl's v1 trainer classes (`OARTrainerSync`,
     `OARTrainerColocateAsync`, `OARTrainerSeparateAsync`): one implementation of the
     methods it extends (`step`, `_init_resource_pool_mgr`, `_compute_old_log_prob`,
-    `_compute_advantage`), each deferring to verl's for non-OAR estimators. A trainer class
+    `_compute_advantage`); a run with another estimator gets verl's own class instead
+    (`__new__`). A trainer class
     supplies only its actor worker class with the attribution role (`_oar_worker_class`)
     and, where its actors hold newer weights than pi_old at the advantage step,
     `_old_policy_weights`.
@@ -334,6 +337,13 @@ class OARStep:
     _oar_fused: AttributionRequest | None = None
     _oar_steps_done = 0  # OAR advantage steps run within the current training step
     _oar_worker_class: type = OARActorRolloutRefWorker
+
+    def __new__(cls, config, *args, **kwargs):
+        """verl's own trainer class for a run whose estimator is not OAR's: a plain GRPO or
+        PPO run with oar_verl installed runs verl's classes (and verl's workers) unchanged."""
+        if not uses_oar(config):
+            return _verl_class(cls)(config, *args, **kwargs)
+        return super().__new__(cls)
 
     def step(self, metrics: dict, timing_raw: dict) -> KVBatchMeta:
         self._oar_steps_done = 0

@@ -1,0 +1,36 @@
+"""With oar_verl installed, a run whose estimator is not OAR's gets verl's own trainer (and
+so verl's own workers); an OAR run gets the trainer with the OAR step."""
+
+import pytest
+
+from oar_verl.integration.command_line import CommandLine, compose_config
+from oar_verl.integration.trainer import OAR_TRAINERS, OARStep
+from oar_verl.quickstart import CONFIG_DIR
+
+
+def config(estimator: str, mode: str):
+    # separate_async: a standalone rollout replica, and a step's prompts are parameter_sync_step (4) mini-batches
+    separate = [
+        "actor_rollout_ref.rollout.nnodes=1",
+        "actor_rollout_ref.rollout.n_gpus_per_node=1",
+        "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+    ]
+    overrides = [f"algorithm.adv_estimator={estimator}", f"trainer.v1.trainer_mode={mode}", *(separate if mode == "separate_async" else [])]
+    return compose_config(CommandLine.parse(["--config-name", "cpu", *overrides], CONFIG_DIR, "cpu"))
+
+
+@pytest.mark.parametrize("mode", sorted(OAR_TRAINERS))
+@pytest.mark.parametrize("estimator", ["grpo", "gae", "rloo"])
+def test_other_estimators_get_verls_own_trainer(mode, estimator):
+    verl_class, oar_class = OAR_TRAINERS[mode]
+    trainer = oar_class(config=config(estimator, mode))
+    assert type(trainer) is verl_class and not isinstance(trainer, OARStep)
+
+
+@pytest.mark.parametrize("mode", sorted(OAR_TRAINERS))
+@pytest.mark.parametrize("estimator", ["oar_g", "oar_p"])
+def test_oar_estimators_get_the_oar_step(mode, estimator):
+    _, oar_class = OAR_TRAINERS[mode]
+    trainer = oar_class(config(estimator, mode))
+    assert type(trainer) is oar_class and trainer.config.algorithm.adv_estimator == estimator
