@@ -260,3 +260,25 @@ def settings_summary() -> str:
         first_sentence = setting.metadata["help"].split(". ")[0].rstrip(".")
         lines.append(f"  {PREFIX}.{setting.name} (default {setting.default!r}): {first_sentence}.")
     return "\n".join(lines)
+
+
+def settings_markdown() -> str:
+    """`docs/settings.md`: every `algorithm.oar.*` setting with its default and its whole
+    help, generated from the fields (tests/integration/test_config.py checks the page)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for setting in dataclasses.fields(OARSettings):
+        default = "null" if setting.default is None else str(setting.default).lower() if isinstance(setting.default, bool) else setting.default
+        rows.append(f"| `{setting.name}` | `{default}` | {setting.metadata['help'].replace('|', '/')} |")
+    return "\n".join(
+        [
+            "# OAR settings (`algorithm.oar.*`)",
+            "",
+            "Generated from `oar_verl/integration/config.py` (`OARSettings`); do not edit by hand:",
+            "`python -c \"from oar_verl.integration.config import settings_markdown; print(settings_markdown(), end='')\" > docs/settings.md`.",
+            "With `oar_verl.main_ppo`'s presets the keys exist; with verl's own entry point add them with `+`",
+            "(`+algorithm.oar.quantile=0.3`). Defaults also in `oar_verl/config/oar_defaults.yaml`.",
+            "",
+            *rows,
+            "",
+        ]
+    )

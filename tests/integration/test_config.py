@@ -1,10 +1,11 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
 
 from oar_verl.core import GradientConfig, PerturbationConfig
-from oar_verl.integration.config import OARSettings
+from oar_verl.integration.config import OARSettings, settings_markdown
 
 DEFAULTS_YAML = "oar_verl/config/oar_defaults.yaml"
 
@@ -86,3 +87,9 @@ def test_fused_attribution_follows_the_method_the_core_can_fuse():
         assert not OARSettings(perturbation_mode=mode).fuses_log_probs("oar_p")
     assert not OARSettings(fuse_log_probs=False, perturbation_mode="taylor").fuses_log_probs("oar_p")
     assert not OARSettings(fuse_log_probs=False).fuses_log_probs("oar_g")
+
+
+def test_the_settings_page_is_generated_from_the_fields():
+    page = Path(__file__).parents[2] / "docs" / "settings.md"
+    assert page.read_text() == settings_markdown(), "docs/settings.md is stale: regenerate it (command at its top)"
+    assert all(f"| `{setting.name}` |" in page.read_text() for setting in dataclasses.fields(OARSettings))
