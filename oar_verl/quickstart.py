@@ -62,6 +62,19 @@ def prepare(
 
 CONFIG_DIR = Path(__file__).parent / "config"
 PRESETS = {"fsdp2": "cpu", "megatron": "cpu_megatron"}  # actor strategy -> CPU preset (config/)
+# verl's v1 trainer mode -> what it needs on the CPU beyond the preset: separate_async samples
+# on a standalone rollout replica (a logical GPU of its own), synced through the gloo
+# checkpoint engine (verl's need accelerators), and splits a step's 8 prompts into
+# parameter_sync_step updates of one mini-batch each.
+TRAINER_MODES = {
+    "sync": (),
+    "colocate_async": (),
+    "separate_async": (
+        "actor_rollout_ref.rollout.nnodes=1", "actor_rollout_ref.rollout.n_gpus_per_node=1", "ray_kwargs.ray_init.num_gpus=2",
+        "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo", "trainer.v1.separate_async.parameter_sync_step=2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+    ),
+}  # fmt: skip
 
 
 def train_command(
@@ -114,6 +127,11 @@ def read_metrics(metrics_file: Path) -> dict[int, dict]:
     return steps
 
 
+def mode_overrides(trainer_mode: str) -> list[str]:
+    """The overrides a run in `trainer_mode` needs on the CPU (`TRAINER_MODES`), with the mode."""
+    return [f"trainer.v1.trainer_mode={trainer_mode}", *TRAINER_MODES[trainer_mode]]
+
+
 def check_command(estimator: str, strategy: str, overrides: list[str]) -> None:
     """The run's configuration composed and its names checked before the model is built
     (the estimator, every override's key and type, the OAR settings): `SettingsError`."""
@@ -150,11 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides for verl, e.g. algorithm.oar.quantile=0.3")
     args = parser.parse_args(argv)
+    overrides = [*mode_overrides(args.trainer_mode), *args.overrides]
     with exit_on_settings_error(parser.prog):
-        check_command(args.estimator, args.strategy, args.overrides)
+        check_command(args.estimator, args.strategy, overrides)
 
     paths = prepare(args.workdir)
-    run = args.estimator if args.strategy == "fsdp2" else f"{args.estimator}_{args.strategy}"
+    run = "_".join([args.estimator] + [args.strategy] * (args.strategy != "fsdp2") + [args.trainer_mode] * (args.trainer_mode != "sync"))
     metrics_file = args.workdir / f"metrics_{run}.jsonl"
     metrics_file.unlink(missing_ok=True)
     command = train_command(
@@ -162,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         args.workdir / f"checkpoints_{run}",
         estimator=args.estimator,
         steps=args.steps,
-        overrides=["trainer.val_before_train=true", f"trainer.test_freq={args.test_freq}", *args.overrides],
+        overrides=["trainer.val_before_train=true", f"trainer.test_freq={args.test_freq}", *overrides],
         strategy=args.strategy,
     )
     print("running:", " ".join(command), flush=True)

@@ -5,7 +5,7 @@ import pytest
 
 from oar_verl.integration.command_line import CommandLine, compose_config
 from oar_verl.integration.trainer import OAR_TRAINERS, OARStep
-from oar_verl.quickstart import CONFIG_DIR
+from oar_verl.quickstart import CONFIG_DIR, TRAINER_MODES, mode_overrides
 
 
 def config(estimator: str, mode: str):
@@ -34,3 +34,12 @@ def test_oar_estimators_get_the_oar_step(mode, estimator):
     _, oar_class = OAR_TRAINERS[mode]
     trainer = oar_class(config(estimator, mode))
     assert type(trainer) is oar_class and trainer.config.algorithm.adv_estimator == estimator
+
+
+@pytest.mark.parametrize("mode", sorted(TRAINER_MODES))
+def test_the_main_jobs_trainer_modes_need_no_extra_keys(mode):
+    """`python -m oar_verl.quickstart --trainer-mode MODE` composes a config verl's trainer of
+    that mode accepts (its own checks run when it is built)."""
+    composed = compose_config(CommandLine.parse(["--config-name", "cpu", "algorithm.adv_estimator=oar_g", *mode_overrides(mode)], CONFIG_DIR, "cpu"))
+    trainer = OAR_TRAINERS[mode][1](config=composed)
+    assert trainer.trainer_mode == mode
