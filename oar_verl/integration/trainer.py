@@ -338,10 +338,11 @@ class OARStep:
     _oar_steps_done = 0  # OAR advantage steps run within the current training step
     _oar_worker_class: type = OARActorRolloutRefWorker
 
-    def __new__(cls, config, *args, **kwargs):
+    def __new__(cls, config=None, *args, **kwargs):
         """verl's own trainer class for a run whose estimator is not OAR's: a plain GRPO or
-        PPO run with oar_verl installed runs verl's classes (and verl's workers) unchanged."""
-        if not uses_oar(config):
+        PPO run with oar_verl installed runs verl's classes (and verl's workers) unchanged.
+        (Without a config, as when unpickled, an OAR trainer.)"""
+        if config is not None and not uses_oar(config):
             return _verl_class(cls)(config, *args, **kwargs)
         return super().__new__(cls)
 
