@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--strategy", choices=sorted(PRESETS), default="fsdp2", help="the actor's engine; megatron needs the megatron extra (default: %(default)s)"
     )
+    parser.add_argument(
+        "--trainer-mode", choices=sorted(TRAINER_MODES), default="sync", help="verl's v1 trainer mode, set up for the CPU (default: %(default)s)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides for verl, e.g. algorithm.oar.quantile=0.3")
     args = parser.parse_args(argv)
     overrides = [*mode_overrides(args.trainer_mode), *args.overrides]
