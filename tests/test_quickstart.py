@@ -7,19 +7,23 @@ import pytest
 
 from oar_verl import quickstart
 
-pytestmark = pytest.mark.e2e
 
-
-def test_trainer_mode_adds_what_the_cpu_needs(tmp_path, monkeypatch):
-    commands = []
+@pytest.fixture
+def commands(tmp_path, monkeypatch) -> list[list[str]]:
+    """The training commands `quickstart.main` runs, recorded instead of run (no model built)."""
+    recorded = []
     monkeypatch.setattr(quickstart, "prepare", lambda workdir: {"model": tmp_path / "m", "train": tmp_path / "t", "val": tmp_path / "v"})
 
     def run_training(command, metrics_file, log_file=None, env=None):
-        commands.append(command)
+        recorded.append(command)
         metrics_file.write_text('{"step": 0, "data": {"val-core/openai/gsm8k/acc/mean@1": 0.5}}\n')
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(quickstart, "run_training", run_training)
+    return recorded
+
+
+def test_trainer_mode_adds_what_the_cpu_needs(tmp_path, commands):
     quickstart.main(["--trainer-mode", "separate_async", "--workdir", str(tmp_path), "--steps", "2"])
     (command,) = commands
     assert "trainer.v1.trainer_mode=separate_async" in command and set(quickstart.TRAINER_MODES["separate_async"]) <= set(command)
@@ -27,16 +31,7 @@ def test_trainer_mode_adds_what_the_cpu_needs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("strategy, preset", [("fsdp2", "cpu"), ("megatron", "cpu_megatron")])
-def test_strategy_selects_its_preset(tmp_path, monkeypatch, strategy, preset):
-    commands = []
-    monkeypatch.setattr(quickstart, "prepare", lambda workdir: {"model": tmp_path / "m", "train": tmp_path / "t", "val": tmp_path / "v"})
-
-    def run_training(command, metrics_file, log_file=None, env=None):
-        commands.append(command)
-        metrics_file.write_text('{"step": 0, "data": {"val-core/openai/gsm8k/acc/mean@1": 0.5}}\n')
-        return subprocess.CompletedProcess(command, 0)
-
-    monkeypatch.setattr(quickstart, "run_training", run_training)
+def test_strategy_selects_its_preset(tmp_path, commands, strategy, preset):
     quickstart.main(["--strategy", strategy, "--workdir", str(tmp_path), "--steps", "2"])
     (command,) = commands
     assert command[command.index("--config-name") + 1] == preset

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from oar_verl.study.oracle import find_question, first_error, parse_question
+from oar_verl.study.oracle import find_question, first_error, first_error_token, parse_question
 
 
 def first_error_line(prompt: str, response: str) -> str | None:
@@ -108,9 +108,5 @@ def error_token(tokenizer, prompt: str, response_ids: list[int], reasoning_end: 
     from oar_verl.core.offsets import batch_token_offsets
 
     question = find_question(prompt)
-    offsets = batch_token_offsets(tokenizer, [response_ids])[0]
-    error = first_error(question, offsets.text) if question else None
-    if error is None:
-        return None
-    tokens = offsets.tokens_overlapping(error.char, error.char + 1)
-    return int(tokens[0]) if len(tokens) and int(tokens[0]) < reasoning_end else None
+    token = first_error_token(batch_token_offsets(tokenizer, [response_ids])[0], question) if question else None
+    return token if token is not None and token < reasoning_end else None

@@ -128,11 +128,18 @@ def oracle_scores(
     lengths = response_mask.bool().sum(dim=1).tolist()
     rows = [ids[:length] for ids, length in zip(responses.tolist(), lengths)]
     for row, (offsets, question) in enumerate(zip(batch_token_offsets(tokenizer, rows), questions)):
-        error = first_error(question, offsets.text)
-        if error is None:
-            continue
-        tokens = offsets.tokens_overlapping(error.char, error.char + 1)
-        token = int(tokens[0]) if len(tokens) else len(rows[row])
-        if token < int(segments.reasoning_end[row]):
+        token = first_error_token(offsets, question)
+        if token is not None and token < int(segments.reasoning_end[row]):
             scores[row, token] = 1.0
     return scores
+
+
+def first_error_token(offsets, question: str) -> int | None:
+    """The token (index in the response) holding the first wrong character of the response
+    whose `core.offsets` token offsets are `offsets`, or None when it has no error (or the
+    error is past its last token, a missing line at the end)."""
+    error = first_error(question, offsets.text)
+    if error is None:
+        return None
+    tokens = offsets.tokens_overlapping(error.char, error.char + 1)
+    return int(tokens[0]) if len(tokens) else None
