@@ -41,7 +41,7 @@ from scipy.stats import spearmanr
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments
-from oar_verl.core.attribution import fused_attribution, gradient, perturbation
+from oar_verl.core.attribution import attribute, fused_attribution, gradient
 from oar_verl.core.targets import TARGET_MODES, answer_positions
 
 
@@ -192,10 +192,10 @@ def cpu_peak_memory(fn) -> int:
 def naive_oar_p(model, batch: ResponseBatch, segments: Segments, config: PerturbationConfig) -> torch.Tensor:
     """The reference fragment's algorithm, fixed: one response at a time, every
     perturbation a full forward with full logits, targets from them."""
-    from oar_verl.core.lm import lm_parts
+    from oar_verl.core.models import model_parts
     from oar_verl.core.targets import compute_target, target_shift
 
-    parts = lm_parts(model)
+    parts = model_parts(model)
     scores = torch.zeros(batch.input_ids.shape[0], batch.response_length, device=batch.input_ids.device)
     for row in range(batch.input_ids.shape[0]):
         sub, seg = batch.select([row]), segments.select([row])
@@ -255,9 +255,9 @@ def megatron_model(model, device: str):
 
 def parts_log_prob_pass(model, batch: ResponseBatch) -> torch.Tensor:
     """The log-prob pass through a model's parts: full logits, log-softmax, gather."""
-    from oar_verl.core.lm import lm_parts
+    from oar_verl.core.models import model_parts
 
-    parts = lm_parts(model)
+    parts = model_parts(model)
     with torch.no_grad():
         hidden = parts.hidden_states(parts.embed(batch.input_ids), batch.attention_mask, batch.position_ids)
         return parts.token_values(parts.log_softmax(parts.logits(hidden[:, :-1])), batch.input_ids[:, 1:])
@@ -288,14 +288,12 @@ def compare_backends(setup: Setup, device: str, meter: Meter) -> None:
             (
                 "OAR-P taylor answer_mean",
                 lambda m, c=PerturbationConfig(target="answer_mean", perturbation_id=0, mode="taylor", max_tokens_per_pass=setup.token_budget): (
-                    perturbation.attribute(m, batch, segments, c)
+                    attribute(m, batch, segments, c)
                 ),
             ),
             (
                 "OAR-P exact first_answer",
-                lambda m, c=PerturbationConfig(perturbation_id=0, max_tokens_per_pass=setup.token_budget): perturbation.attribute(
-                    m, batch, segments, c
-                ),
+                lambda m, c=PerturbationConfig(perturbation_id=0, max_tokens_per_pass=setup.token_budget): attribute(m, batch, segments, c),
             ),
         ]
         for label, method in methods:
@@ -356,15 +354,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  OAR-G {target:<15} fused             {f_time:8.3f} s   {memory(f_peak)}   {ratio_text(fused_ratios, bound)}; "
                   f"log-probs max diff {agree:.1e}")  # fmt: skip
             taylor = PerturbationConfig(target=target, perturbation_id=0, max_tokens_per_pass=setup.token_budget, mode="taylor")
-            _, t_time, t_peak = gradient_meter(lambda: perturbation.attribute(model, batch, segments, taylor))
-            taylor_ratios = paired_ratios(base, lambda: perturbation.attribute(model, batch, segments, taylor), args.pairs, device)
+            _, t_time, t_peak = gradient_meter(lambda: attribute(model, batch, segments, taylor))
+            taylor_ratios = paired_ratios(base, lambda: attribute(model, batch, segments, taylor), args.pairs, device)
             _, tf_time, tf_peak = gradient_meter(lambda: fused_attribution(taylor)(model, batch, segments, taylor))
             taylor_fused_ratios = paired_ratios(base, lambda: fused_attribution(taylor)(model, batch, segments, taylor), args.pairs, device)
             directions = 1 if target == "answer_logprob" else taylor.taylor_top + taylor.taylor_samples
             print(f"  OAR-P taylor {target:<15} ({directions} backward)  {t_time:8.3f} s   {memory(t_peak)}   {ratio_text(taylor_ratios)}")
             print(f"  OAR-P taylor {target:<15} fused        {tf_time:8.3f} s   {memory(tf_peak)}   {ratio_text(taylor_fused_ratios, TAYLOR_BOUND)}")
         config = PerturbationConfig(target="first_answer", perturbation_id=0, max_tokens_per_pass=setup.token_budget)
-        exact, p_time, p_peak = meter(lambda: perturbation.attribute(model, batch, segments, config))
+        exact, p_time, p_peak = meter(lambda: attribute(model, batch, segments, config))
         exact_peaks[length] = p_peak
         measured, floor = recomputed_tokens(batch, segments, setup.token_budget)
         print(f"  OAR-P exact                               {p_time:8.3f} s   {memory(p_peak)}")
@@ -376,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  OAR-P naive                               {n_time:8.3f} s   {memory(n_peak)}")
             print(f"    exact is {n_time / p_time:.2f}x faster than naive (target >= 2x); max score difference {difference:.2e}")
         for label, approx in APPROXIMATE(config):
-            _, a_time, a_peak = meter(lambda: perturbation.attribute(model, batch, segments, approx))
+            _, a_time, a_peak = meter(lambda: attribute(model, batch, segments, approx))
             versus = f"{n_time / a_time:6.1f}x faster than naive (target >= 20x)" if n_time else f"{p_time / a_time:6.1f}x faster than exact"
             print(f"  OAR-P {label:<34} {a_time:8.3f} s   {memory(a_peak)}   {versus}")
         del log_probs
@@ -409,10 +407,10 @@ def approximate_agreement() -> list[tuple[str, float]]:
         segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
         usable = segments.usable & (segments.reasoning_end >= 3)
         config = PerturbationConfig(perturbation_id=tokenizer.pad_token_id)
-        exact = perturbation.attribute(model, batch, segments, config, rows=usable)
+        exact = attribute(model, batch, segments, config, rows=usable)
         rows = usable.nonzero().flatten().tolist()
         for label, approx_config in APPROXIMATE(config, spans=(2, 3)):
-            approx = perturbation.attribute(model, batch, segments, approx_config, rows=usable)
+            approx = attribute(model, batch, segments, approx_config, rows=usable)
             rhos = [spearman(exact[i, : int(segments.reasoning_end[i])], approx[i, : int(segments.reasoning_end[i])]) for i in rows]
             results.append((f"{model_label} model ({len(rows)} responses), {label}", sum(rhos) / len(rhos)))
     return results

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     from attribution import arithmetic_model_and_batch, spearman
 
     from oar_verl.core import GradientConfig, PerturbationConfig, segment_responses
-    from oar_verl.core.attribution import gradient, perturbation
+    from oar_verl.core.attribution import attribute, gradient, perturbation
     from oar_verl.core.targets import TARGET_MODES
 
     model, tokenizer, batch = arithmetic_model_and_batch()
@@ -45,17 +45,15 @@ def main(argv: list[str] | None = None) -> None:
         return f"{sum(rhos) / len(rhos):.3f} / {min(rhos):.3f}"
 
     for target in TARGET_MODES:
-        exact = perturbation.attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id), rows=usable)
+        exact = attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id), rows=usable)
         methods = (
             ("OAR-G", gradient.attribute, GradientConfig(target=target, seed=11)),
             ("OAR-P exact", perturbation.attribute, PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id)),
         )
-        for name, attribute, config in methods:
-            full = attribute(model, batch, segments, config, rows=usable)
-            low = attribute(half, batch, segments, config, rows=usable)
-            reseeded = (
-                agreement(attribute(model, batch, segments, dataclasses.replace(config, seed=12), rows=usable), full) if name == "OAR-G" else "-"
-            )
+        for name, run, config in methods:
+            full = run(model, batch, segments, config, rows=usable)
+            low = run(half, batch, segments, config, rows=usable)
+            reseeded = agreement(run(model, batch, segments, dataclasses.replace(config, seed=12), rows=usable), full) if name == "OAR-G" else "-"
             print(
                 f"  {name:<12} {target:<15} {agreement(low, full):>15} {reseeded:>17} {agreement(full, exact):>15} {agreement(low, exact):>15}",
                 flush=True,

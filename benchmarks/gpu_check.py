@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attribution_memory import Shape  # noqa: E402
 
 from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments  # noqa: E402
-from oar_verl.core.attribution import gradient, perturbation, taylor  # noqa: E402
+from oar_verl.core.attribution import attribute, gradient, taylor  # noqa: E402
 from oar_verl.core.attribution.chunks import response_log_probs  # noqa: E402
-from oar_verl.core.lm import lm_parts  # noqa: E402
+from oar_verl.core.models import log_probs_and_entropy, model_parts  # noqa: E402
 from oar_verl.tiny import tiny_qwen2  # noqa: E402
 
 QWEN_0_5B = Shape("Qwen2.5-0.5B", 896, 24, 14, 2, 4864, 151936)
@@ -58,10 +58,12 @@ def largest_relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def plain_log_probs(model, batch: ResponseBatch) -> torch.Tensor:
     """[B, R] float32 log-probs of the response tokens from one forward of the whole batch."""
-    parts = lm_parts(model)
+    parts = model_parts(model)
     with torch.no_grad():
         hidden = parts.hidden_states(parts.embed(batch.input_ids), batch.attention_mask, batch.position_ids)
-        values, _ = response_log_probs(parts, hidden, batch.responses, batch.prompt_length, 1.0, parts.log_probs_and_entropy)
+        values, _ = response_log_probs(
+            parts, hidden, batch.responses, batch.prompt_length, 1.0, lambda logits, tokens: log_probs_and_entropy(parts, logits, tokens)
+        )
     return values * batch.response_mask
 
 
@@ -106,9 +108,7 @@ def numerics(device: str, small: bool) -> dict:
         entry["taylor_fused_vs_unfused_scores"] = largest_relative(
             taylor.attribute_with_log_probs(model, batch, segments, config).scores, taylor.attribute(model, batch, segments, config)
         )
-        exact = perturbation.attribute(
-            model, batch, segments, PerturbationConfig(target="answer_mean", perturbation_id=0, max_tokens_per_pass=budget)
-        )
+        exact = attribute(model, batch, segments, PerturbationConfig(target="answer_mean", perturbation_id=0, max_tokens_per_pass=budget))
         entry["oar_p_exact_vs_definition"] = max(
             largest_relative(exact[row, : int(segments.reasoning_end[row])], oar_p_definition(model, batch, segments, row, 0))
             for row in range(len(lengths))

@@ -30,13 +30,13 @@ from tests.fixtures.models import PIVOT_MODEL, chance_mean_rank, copied_answers,
 def model_statistics(model, tokenizer, noise_seed: int = 0, with_oar_p: bool = True) -> dict:
     """The test's statistics on one model (see the module docstring)."""
     from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig
-    from oar_verl.core.attribution import gradient, perturbation
+    from oar_verl.core.attribution import attribute, gradient
 
     batch, segments, pivots = pivot_test_batch(tokenizer)
     stats = {"copy_accuracy": float(copied_answers(model, batch, segments).float().mean()), "chance_mean_rank": chance_mean_rank(segments)}
     for target in TARGET_MODES:
         if with_oar_p:
-            scores = perturbation.attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id))
+            scores = attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id))
             stats[f"oar_p_{target}_first"] = pivot_ranks(scores, segments, pivots).count(1)
         scores = gradient.attribute(model, batch, segments, GradientConfig(target=target, seed=noise_seed))
         stats[f"oar_g_{target}_mean_rank"] = statistics.mean(pivot_ranks(scores, segments, pivots))

@@ -32,16 +32,16 @@ def settings(config: PerturbationConfig) -> list[tuple[str, object, Perturbation
     from attribution import APPROXIMATE
 
     from oar_verl.core import GradientConfig
-    from oar_verl.core.attribution import gradient, perturbation
+    from oar_verl.core.attribution import attribute, gradient
 
     rows = [("OAR-G (sigma 1e-3)", gradient.attribute, GradientConfig(target=config.target))]
     if config.target == "answer_logprob":
-        rows.append(("taylor, first order", perturbation.attribute, dataclasses.replace(config, mode="taylor")))
+        rows.append(("taylor, first order", attribute, dataclasses.replace(config, mode="taylor")))
     else:
         for top, samples in ((1, 0), (4, 0), (16, 0), (4, 4), (64, 0)):
             label = f"taylor, top {top}" + (f" + {samples} samples" if samples else "")
-            rows.append((label, perturbation.attribute, dataclasses.replace(config, mode="taylor", taylor_top=top, taylor_samples=samples)))
-    rows += [(label, perturbation.attribute, approx) for label, approx in APPROXIMATE(config, spans=(2, 4))]
+            rows.append((label, attribute, dataclasses.replace(config, mode="taylor", taylor_top=top, taylor_samples=samples)))
+    rows += [(label, attribute, approx) for label, approx in APPROXIMATE(config, spans=(2, 4))]
     return rows
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     from attribution import arithmetic_model_and_batch, pivot_model_and_batch, spearman
 
     from oar_verl.core import PerturbationConfig, segment_responses
-    from oar_verl.core.attribution import perturbation
+    from oar_verl.core.attribution import attribute
 
     torch.manual_seed(0)
     models = (("pivot", pivot_model_and_batch), ("arithmetic", arithmetic_model_and_batch), ("long arithmetic", long_arithmetic_model_and_batch))
@@ -92,12 +92,12 @@ def main(argv: list[str] | None = None) -> None:
         for target in TARGETS:
             config = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id)
             start = time.perf_counter()
-            exact = perturbation.attribute(model, batch, segments, config, rows=usable)
+            exact = attribute(model, batch, segments, config, rows=usable)
             exact_s = time.perf_counter() - start
             print(f"  target {target}: exact OAR-P {exact_s:.2f} s")
-            for label, attribute, estimator in settings(config):
+            for label, run, estimator in settings(config):
                 start = time.perf_counter()
-                scores = attribute(model, batch, segments, estimator, rows=usable)
+                scores = run(model, batch, segments, estimator, rows=usable)
                 seconds = time.perf_counter() - start
                 rhos = [spearman(exact[i, :n], scores[i, :n]) for i, n in zip(rows, lengths)]
                 line = f"    {label:<44} Spearman {sum(rhos) / len(rhos):6.3f}   {seconds:6.2f} s"

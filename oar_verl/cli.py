@@ -169,11 +169,11 @@ def method_settings(method: str) -> set[str]:
     Bi-Level settings."""
     import inspect
 
-    from oar_verl.core.attribution import get_method
+    from oar_verl.core.attribution import config_class
     from oar_verl.core.reshape import bilevel_weights
     from oar_verl.integration.config import OARSettings
 
-    fields = [TRAINING_NAMES.get(f.name, f.name) for f in dataclasses.fields(get_method(method).config_class)]
+    fields = [TRAINING_NAMES.get(f.name, f.name) for f in dataclasses.fields(config_class(method))]
     bilevel = [p.name for p in inspect.signature(bilevel_weights).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     known = {f.name for f in dataclasses.fields(OARSettings)}
     return {name for name in fields + bilevel if name in known}

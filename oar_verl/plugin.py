@@ -1,14 +1,10 @@
 """The `verl.plugins` entry point: runs in every process that imports verl.
 
-- OAR: registers `oar_p` / `oar_g` in verl's estimator registry, makes verl's synchronous
-  v1 trainer run the OAR attribution step for those estimators (`integration.trainer`:
-  through verl's pre-advantage steps and worker computations where verl has them, the
-  upstream patches in `patches/`, else by installing its trainer and worker classes),
-  and adds the OAR settings check to verl's config validation (`verl.utils.config.
-  validate_config`, which `verl.trainer.main_ppo` runs in the launching process before Ray
-  starts). Each happens when verl imports the module concerned, so processes that never
-  do pay nothing.
-- With `VERL_PLATFORM=cpu`: installs the CPU backend (`oar_verl.verl_cpu`).
+Installs the OAR hooks (`integration.verl_hooks.install_oar`: the `oar_p` / `oar_g`
+estimators, the OAR settings check in verl's config validation, the OAR step in verl's v1
+trainers, the worker computation), each when verl imports the module concerned, so
+processes that never do pay nothing; and, only with `VERL_PLATFORM=cpu`, the CPU backend
+(`oar_verl.verl_cpu`, imported nowhere else).
 
 verl swallows entry-point errors at DEBUG level, so a failure is logged here at ERROR
 level, with its cause, before it propagates.
@@ -16,10 +12,10 @@ level, with its cause, before it propagates.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 import os
+
+CPU_PLATFORM = "cpu"
 
 logger = logging.getLogger("oar_verl")
 if not logger.handlers:
@@ -30,48 +26,19 @@ if not logger.handlers:
     logger.propagate = False
 
 
-def _register_estimators(core_algos) -> None:
-    from oar_verl.integration import estimators
-
-    estimators.register(core_algos)
-
-
-def _install_trainer(trainer_sync) -> None:
-    # The module installs the OAR step when it is first imported; importing it from here
-    # while it is itself being imported (it imports trainer_sync) is a no-op.
-    importlib.import_module("oar_verl.integration.trainer")
-
-
-def _register_worker_computation(engine_workers) -> None:
-    importlib.import_module("oar_verl.integration.worker")  # registers on first import
-
-
-def _add_oar_validation(config_module) -> None:
-    from oar_verl.integration import validation
-
-    verl_validate = config_module.validate_config
-    if getattr(verl_validate, "_oar_checks", False):
-        return
-
-    @functools.wraps(verl_validate)
-    def validate_config(config, *args, **kwargs):
-        validation.check(config)
-        return verl_validate(config, *args, **kwargs)
-
-    validate_config._oar_checks = True
-    config_module.validate_config = validate_config
+def cpu_platform_selected() -> bool:
+    """True where verl is told to run on the CPU (`VERL_PLATFORM=cpu`)."""
+    return os.environ.get("VERL_PLATFORM", "").strip().lower() == CPU_PLATFORM
 
 
 def _load() -> None:
-    from oar_verl import import_hooks
-    from oar_verl.verl_cpu import backend
+    from oar_verl.integration import verl_hooks
 
-    import_hooks.after_import("verl.trainer.ppo.core_algos", _register_estimators)
-    import_hooks.after_import("verl.trainer.ppo.v1.trainer_sync", _install_trainer)
-    import_hooks.after_import("verl.workers.engine_workers", _register_worker_computation)
-    import_hooks.after_import("verl.utils.config", _add_oar_validation)
+    verl_hooks.install_oar()
     installed = "oar_p/oar_g estimators"
-    if backend.cpu_platform_selected():
+    if cpu_platform_selected():
+        from oar_verl.verl_cpu import backend
+
         backend.install()
         installed += "; CPU backend (platform cpu, FSDP engines on gloo, hf rollout)"
     logger.info("oar_verl plugin loaded: %s", installed)

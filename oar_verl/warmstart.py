@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 from pathlib import Path
+
+ANSWER = re.compile(r"####\s*(-?\d+)")
 
 
 def warm_start(
@@ -31,6 +34,9 @@ def warm_start(
     min_steps: int = 1,
     modulus: int | None = None,
     wrap_slip_probability: float = 0.0,
+    target_accuracy: float | None = None,
+    evaluate_every: int = 50,
+    evaluation_size: int = 128,
     log_every: int = 0,
 ) -> Path:
     """Trains and saves the model and tokenizer to `output_dir` (a Hugging Face model dir).
@@ -38,6 +44,13 @@ def warm_start(
     The task's shape (`min_steps`, `max_steps`, `max_operand`, `modulus`) and its imperfect
     training traces (`slip_probability`, `wrap_slip_probability`) are those of
     `data.arithmetic.make_problem`.
+
+    With `target_accuracy`, training stops at the first evaluation (every `evaluate_every`
+    steps, greedy accuracy on `evaluation_size` problems of its own) at or above it, and a
+    run that has not reached it after `steps` steps raises: how long a small model sits on
+    a loss plateau before it learns the arithmetic depends on the last bits of the CPU's
+    kernels, so a fixed step count can leave another machine's model far from the accuracy
+    a plan was designed for.
     """
     import torch
 
@@ -68,6 +81,20 @@ def warm_start(
         loss = train_step(model, optimizer, *lm_batch(prompts, responses, tokenizer.pad_token_id))
         if log_every and (step + 1) % log_every == 0:
             print(f"warm-start step {step + 1:4d}  loss {loss:.3f}", flush=True)
+        if target_accuracy is not None and (step + 1) % evaluate_every == 0:
+            task = {"max_steps": max_steps, "max_operand": max_operand, "min_steps": min_steps, "modulus": modulus}
+            accuracy = greedy_accuracy(model, tokenizer, task, evaluation_size, seed=seed + 1000)
+            model.train()
+            if log_every:
+                print(f"warm-start step {step + 1:4d}  greedy accuracy {accuracy:.3f}", flush=True)
+            if accuracy >= target_accuracy:
+                break
+    else:
+        if target_accuracy is not None:
+            raise ValueError(
+                f"warm start: greedy accuracy {accuracy:.3f} after {steps} steps, below the target {target_accuracy}; "
+                "raise the steps or change the learning rate or seed"
+            )
     model.eval()
     model.generation_config.eos_token_id = [end_id, tokenizer.eos_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -75,6 +102,40 @@ def warm_start(
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+def greedy_accuracy(model, tokenizer, task: dict, size: int, seed: int, max_new_tokens: int = 64, batch_size: int = 64) -> float:
+    """Share of `size` generated problems (`make_problem(**task)`, exact traces) whose greedy
+    answer (the number after `####`) is right."""
+    import torch
+
+    from oar_verl.data.arithmetic import INSTRUCTION, make_problem
+
+    rng = random.Random(seed)
+    problems = [
+        make_problem(rng, task["max_steps"], task["max_operand"], 0.0, min_steps=task["min_steps"], modulus=task["modulus"]) for _ in range(size)
+    ]
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.eval()
+    right = 0
+    for start in range(0, size, batch_size):
+        chunk = problems[start : start + batch_size]
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"{p.question} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            for p in chunk
+        ]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=[end_id], pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        for problem, row in zip(chunk, out[:, width:]):
+            found = ANSWER.search(tokenizer.decode(row, skip_special_tokens=True))
+            right += found is not None and int(found.group(1)) == problem.answer
+    return right / size
 
 
 def main(argv: list[str] | None = None) -> None:

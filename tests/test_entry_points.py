@@ -62,7 +62,7 @@ ENTRY_POINTS = (
     EntryPoint("module", "oar_verl.quickstart", HEAVY_S, unstated=("overrides",)),  # optional hydra overrides: none when omitted
     EntryPoint("module", "oar_verl.study", LIGHT_S),
     EntryPoint("module", "oar_verl.study.stage0", LIGHT_S),
-    EntryPoint("module", "oar_verl.verl_internals", LIGHT_S),
+    EntryPoint("module", "oar_verl.integration.verl_internals", LIGHT_S),
     EntryPoint("module", "oar_verl.warmstart", LIGHT_S),
     EntryPoint("module", "tests.fixtures.models.build", LIGHT_S, defaults=False),
     EntryPoint("script", "recipes/prepare_data.py", LIGHT_S),

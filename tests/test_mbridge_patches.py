@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     from megatron.core import parallel_state, tensor_parallel
     from mbridge.core.bridge import Bridge
     from mbridge.core.llm_bridge import LLMBridge
-    from oar_verl.core.lm import lm_parts
+    from oar_verl.core.models import model_parts
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
     from oar_verl.verl_cpu.megatron import install_model_shims, model_from_hf
 
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
     ids = torch.randint(0, 250, (2, 9))
     mask, positions = torch.ones_like(ids), torch.arange(9).expand(2, 9)
     with torch.no_grad():
-        parts, reference = lm_parts(model.eval()), lm_parts(hf)
+        parts, reference = model_parts(model.eval()), model_parts(hf)
         ours = parts.logits(parts.hidden_states(parts.embed(ids), mask, positions))
         theirs = reference.logits(reference.hidden_states(reference.embed(ids), mask, positions))
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

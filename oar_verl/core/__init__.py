@@ -7,7 +7,7 @@ Never imports verl: verl's workers call it, and so can a notebook. The data flow
 """
 
 from oar_verl.core.answers import BUILTIN_PATTERNS, AnswerSpan, answer_finder
-from oar_verl.core.attribution import METHODS, GradientConfig, PerturbationConfig, get_method
+from oar_verl.core.attribution import METHODS, GradientConfig, PerturbationConfig, attribute, config_class
 from oar_verl.core.explain import Explanation, explain
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.reshape import bilevel_weights, degenerate_rows, low_signal_rows, permute_within_rows
@@ -25,11 +25,12 @@ __all__ = [
     "ResponseBatch",
     "Segments",
     "answer_finder",
+    "attribute",
     "bilevel_weights",
+    "config_class",
     "degenerate_rows",
     "low_signal_rows",
     "explain",
-    "get_method",
     "permute_within_rows",
     "segment_responses",
 ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from oar_verl.core.attribution import get_method
+from oar_verl.core.attribution import attribute, config_class
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.reshape import bilevel_weights, degenerate_rows
 from oar_verl.core.spans import segment_responses
@@ -89,8 +89,8 @@ def explain(
             `GradientConfig`; `perturbation_id` defaults to the tokenizer's pad id) and of
             `bilevel_weights` (quantile, beta, min_weight, preserve_mass).
     """
-    spec = get_method(method)
-    config_fields = {f.name for f in dataclasses.fields(spec.config_class)}
+    method_config = config_class(method)
+    config_fields = {f.name for f in dataclasses.fields(method_config)}
     unknown = set(settings) - config_fields - set(_BILEVEL_SETTINGS)
     if unknown:
         raise ValueError(
@@ -99,7 +99,7 @@ def explain(
     config_settings = {k: v for k, v in settings.items() if k in config_fields}
     if "perturbation_id" in config_fields:
         config_settings.setdefault("perturbation_id", tokenizer.pad_token_id)
-    config = spec.config_class(**config_settings)
+    config = method_config(**config_settings)
     bilevel_settings = {k: v for k, v in settings.items() if k in _BILEVEL_SETTINGS}
 
     prompt_ids = _prompt_ids(tokenizer, prompt)
@@ -108,7 +108,7 @@ def explain(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batch = ResponseBatch.from_token_lists([prompt_ids], [response_ids], pad_token_id=pad_id, device=device)
     segments = segment_responses(tokenizer, batch.responses, batch.response_mask, answer_pattern)
-    scores = spec.attribute(model, batch, segments, config)  # [1, R]
+    scores = attribute(model, batch, segments, config)  # [1, R]
     reasoning = segments.reasoning_mask(batch.response_length)  # [1, R]
     weights = bilevel_weights(scores, reasoning, **bilevel_settings)
     return Explanation(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from oar_verl.core.layout import ResponseBatch
-from oar_verl.core.lm import LMParts
+from oar_verl.core.models.protocol import ModelParts
 from oar_verl.core.names import did_you_mean
 from oar_verl.core.spans import Segments
 
@@ -79,7 +79,7 @@ def answer_positions(batch: ResponseBatch, segments: Segments) -> AnswerPosition
     return AnswerPositions(positions, tokens, mask)
 
 
-def compute_target(parts: LMParts, hidden: torch.Tensor, answer: AnswerPositions, mode: str) -> torch.Tensor:
+def compute_target(parts: ModelParts, hidden: torch.Tensor, answer: AnswerPositions, mode: str) -> torch.Tensor:
     """The target of each row from hidden states [N, L, H]: [N, V] log-probs ([N, A, V]
     for `every_answer`) or [N] phi."""
     if mode == "first_answer":
@@ -100,7 +100,7 @@ def compute_target(parts: LMParts, hidden: torch.Tensor, answer: AnswerPositions
     raise AssertionError("unreachable")
 
 
-def target_shift(parts: LMParts, clean: torch.Tensor, other: torch.Tensor, mode: str) -> torch.Tensor:
+def target_shift(parts: ModelParts, clean: torch.Tensor, other: torch.Tensor, mode: str) -> torch.Tensor:
     """[N] how far `other` moved from `clean`: KL(P0 || P) = sum_v p0 (log p0 - log p) for
     distributions (summed over the answer positions for `every_answer`), phi0 - phi (signed)
     for `answer_logprob`."""

@@ -1,5 +1,5 @@
 """What the attribution role needs from each verl engine family, one adapter each: the model
-the attribution methods drive (`oar_verl.core.lm.lm_parts` picks its parts), the precision
+the attribution methods drive (`oar_verl.core.models.model_parts` picks its parts), the precision
 context the engine runs its forward in, and verl's own log-prob and entropy functions for
 the fused log-prob pass. The OAR step and the attribution methods are the same for all.
 

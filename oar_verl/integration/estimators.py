@@ -2,7 +2,7 @@
 
 verl calls a registered estimator with fixed inputs (token_level_rewards, response_mask,
 index, config); OAR also needs per-token weights, which come from the attribution step
-(`trainer.OARTrainerSync`, or a trainer that passes `oar_weights`, as the upstream patch
+(`trainer.OARStep` in verl's v1 trainers, or a trainer that passes `oar_weights`, as the upstream patch
 in `patches/` lets estimators declare). The estimator is GRPO's advantage times those
 weights.
 """
@@ -10,8 +10,6 @@ weights.
 from __future__ import annotations
 
 import torch
-
-from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 
 
 def compute_oar_outcome_advantage(
@@ -53,12 +51,3 @@ def compute_oar_outcome_advantage(
     )
     advantages = advantages * oar_weights * response_mask
     return advantages, advantages
-
-
-def register(core_algos_module) -> None:
-    """Registers both names in verl's registry (idempotent); on a verl where estimators
-    declare their inputs (patches/verl-0.9.1/0004), declares `oar_weights`."""
-    declares_inputs = hasattr(core_algos_module, "get_adv_estimator_inputs")
-    for name in ESTIMATORS:
-        register = core_algos_module.register_adv_est(name, inputs=(WEIGHTS_FIELD,)) if declares_inputs else core_algos_module.register_adv_est(name)
-        register(compute_oar_outcome_advantage)

@@ -41,9 +41,6 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 from verl.trainer.ppo.utils import Role
-from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
-from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
-from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
 
@@ -268,17 +265,6 @@ def pre_advantage_step(trainer, batch: KVBatchMeta, metrics: dict) -> KVBatchMet
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
 
 
-def register_pre_advantage_step(trainer_base_module) -> bool:
-    """On a verl with pre-advantage steps (patches/verl-0.9.1/0006), registers
-    `pre_advantage_step` for both estimators; False on a verl without them."""
-    registry = getattr(trainer_base_module, "register_pre_advantage_step", None)
-    if registry is None:
-        return False
-    for name in ESTIMATORS:
-        registry(name)(pre_advantage_step)
-    return True
-
-
 # verl 0.9.1 as released ---------------------------------------------------------------------
 
 
@@ -355,7 +341,7 @@ class OARStep:
                 f"algorithm.adv_estimator={self.config.algorithm.adv_estimator}: training step {self.global_steps} ran "
                 f"{self._oar_steps_done} OAR advantage step(s) for {expected} update(s): verl's {_verl_class(self).__name__}."
                 "_step_once did not call `_compute_advantage`, the method oar_verl overrides, so the advantages would be "
-                "plain GRPO's. This verl's trainer pipeline is not the one oar_verl was tested with (see oar_verl/verl_internals.py)."
+                "plain GRPO's. This verl's trainer pipeline is not the one oar_verl was tested with (see oar_verl/integration/verl_internals.py)."
             )
         return batch
 
@@ -435,18 +421,9 @@ class OARStep:
             return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
 
-class OARTrainerSync(OARStep, PPOTrainerSync):
-    """verl's synchronous v1 trainer with the OAR step."""
-
-
-class OARTrainerColocateAsync(OARStep, PPOTrainerColocateAsync):
-    """verl's colocated asynchronous v1 trainer (partial rollouts across weight updates)
-    with the OAR step."""
-
-
-class OARTrainerSeparateAsync(OARStep, PPOTrainerSeparateAsync):
-    """verl's separate asynchronous v1 trainer (standalone rollout replicas, several updates
-    a step) with the OAR step."""
+class SeparateAsyncOARStep(OARStep):
+    """The OAR step of verl's separate asynchronous v1 trainer (standalone rollout replicas,
+    several updates a step)."""
 
     _oar_worker_class = OARDetachActorWorker
 
@@ -469,42 +446,36 @@ class OARTrainerSeparateAsync(OARStep, PPOTrainerSeparateAsync):
             self.actor_rollout_wg.clear_cpu_model(current)
 
 
-OAR_TRAINERS = {
-    "sync": (PPOTrainerSync, OARTrainerSync),
-    "colocate_async": (PPOTrainerColocateAsync, OARTrainerColocateAsync),
-    "separate_async": (PPOTrainerSeparateAsync, OARTrainerSeparateAsync),
-}
-"""verl trainer mode -> (verl's class, the class with the OAR step that replaces it)."""
+OAR_TRAINER_NAMES = {"sync": "OARTrainerSync", "colocate_async": "OARTrainerColocateAsync", "separate_async": "OARTrainerSeparateAsync"}
+_OAR_TRAINERS: dict[str, tuple[type, type]] = {}
 
 
-def install() -> None:
-    """Makes the OAR trainers verl's trainers for their modes (they defer to verl's for
-    non-OAR estimators). verl's `register_trainer` refuses to rebind a name, so each registry
-    entry is replaced after checking it still holds verl's class."""
-    from verl.trainer.ppo.v1 import trainer_base
+def oar_trainers() -> dict[str, tuple[type, type]]:
+    """verl trainer mode -> (verl's class, the class with the OAR step that replaces it in
+    verl's registry: `verl_hooks.install_oar_step`), built on first use.
 
-    for mode, (verl_class, oar_class) in OAR_TRAINERS.items():
-        current = trainer_base.TRAINER_REGISTRY.get(mode)
-        if current is oar_class:
-            continue
-        if current is not verl_class:
-            raise RuntimeError(f"verl's {mode!r} trainer is {current!r}, not verl's {verl_class.__name__}: oar_verl cannot install its OAR step")
-        trainer_base.TRAINER_REGISTRY[mode] = oar_class
+    The OAR classes (`OARTrainerSync`, `OARTrainerColocateAsync`, `OARTrainerSeparateAsync`,
+    also attributes of this module) subclass verl's v1 trainers, which this module does not
+    import at its top: importing verl's trainers runs the plugin's hook that installs these
+    classes, and a module that imported them first would be half-defined when it runs."""
+    if not _OAR_TRAINERS:
+        from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+        from verl.trainer.ppo.v1.trainer_separate_async import PPOTrainerSeparateAsync
+        from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync  # may run the hook, which calls back here
 
-
-def _install() -> None:
-    """verl's hooks where verl has them (patched), else the trainer subclasses."""
-    import logging
-
-    from verl.trainer.ppo.v1 import trainer_base
-
-    logger = logging.getLogger("oar_verl")
-    if register_pre_advantage_step(trainer_base):
-        logger.info("oar_verl: OAR step registered as verl's pre-advantage step (patched verl)")
-    else:
-        install()
-        logger.info("oar_verl: OAR step installed in verl's sync, colocate_async and separate_async trainers (verl 0.9.1)")
+        steps = {"sync": (OARStep, PPOTrainerSync), "colocate_async": (OARStep, PPOTrainerColocateAsync),
+                 "separate_async": (SeparateAsyncOARStep, PPOTrainerSeparateAsync)}  # fmt: skip
+        for mode, (step, verl_class) in steps.items():
+            if mode not in _OAR_TRAINERS:
+                name = OAR_TRAINER_NAMES[mode]
+                doc = f"verl's {verl_class.__name__} with the OAR step."
+                _OAR_TRAINERS[mode] = (verl_class, type(name, (step, verl_class), {"__module__": __name__, "__qualname__": name, "__doc__": doc}))
+    return _OAR_TRAINERS
 
 
-# Installed on import (the plugin imports this module when verl imports trainer_sync).
-_install()
+def __getattr__(name: str) -> type:
+    """The OAR trainer classes by name (`from ... import OARTrainerSync`, unpickling)."""
+    for mode, class_name in OAR_TRAINER_NAMES.items():
+        if name == class_name:
+            return oar_trainers()[mode][1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,8 +14,8 @@ from oar_verl.integration.config import METHOD_DEFAULT_TARGETS, OARSettings
 from oar_verl.integration.data_check import data_errors
 from oar_verl.integration.errors import SettingsError
 from oar_verl.integration.launch_checks import context_warning, estimator_errors, missing_value_errors, model_path_errors
-from oar_verl.megatron_extra import INSTALL_HINT, megatron_installed
-from oar_verl.verl_internals import support_problem
+from oar_verl.integration.megatron_extra import INSTALL_HINT, megatron_installed
+from oar_verl.integration.verl_internals import support_problem
 
 logger = logging.getLogger("oar_verl")
 HALF_PRECISIONS = ("16", "fp16", "float16")  # verl's names for float16 (verl.utils.torch_dtypes.HALF_LIST)

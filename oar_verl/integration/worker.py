@@ -30,7 +30,6 @@ own functions (`backends`) on logits at the temperature taken as verl takes them
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import torch
 import torch.distributed as dist
@@ -42,7 +41,7 @@ from verl.utils.device import get_device_id
 from verl.utils.profiler import DistProfiler
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from oar_verl.core.attribution import fused_attribution, get_method
+from oar_verl.core.attribution import attribute, fused_attribution
 from oar_verl.core.attribution.base import max_over_ranks
 from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.spans import Segments
@@ -102,7 +101,7 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
             )
             scores = result.scores
         else:
-            scores = get_method(method).attribute(adapter.model, batch, spans, config, rows=attribute_rows, sync_passes=max_over_ranks)
+            scores = attribute(adapter.model, batch, spans, config, rows=attribute_rows, sync_passes=max_over_ranks)
     lengths = [len(r) for r in responses]
     fields = {
         SCORES_FIELD: _nested_responses(scores, lengths),
@@ -159,17 +158,3 @@ class OARActorRolloutRefWorker(OARWorkerRole, ActorRolloutRefWorker):
 class OARDetachActorWorker(OARWorkerRole, DetachActorWorker):
     """verl's separate_async actor worker (keeps pi_old's weights in host memory across a
     `parameter_sync_step` cycle) with the OAR role."""
-
-
-def register_computation(engine_workers_module) -> bool:
-    """On a verl with worker computations (patches/verl-0.9.1/0006), registers
-    `compute_oar_scores` there; False on a verl without them."""
-    registry = getattr(engine_workers_module, "register_worker_computation", None)
-    if registry is None:
-        return False
-    registry(COMPUTATION)(compute_oar_scores)
-    return True
-
-
-# Installed on import (the plugin imports this module when verl imports engine_workers).
-register_computation(sys.modules[ActorRolloutRefWorker.__module__])

@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from oar_verl.study.report import write_report
+    from oar_verl.study.pages import write_report
     from oar_verl.study.runner import run_study
 
     plan = PLANS["smoke" if args.smoke else args.plan]

@@ -12,7 +12,7 @@ import torch
 from scipy.stats import spearmanr
 
 from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, segment_responses
-from oar_verl.core.attribution import gradient, perturbation
+from oar_verl.core.attribution import attribute, gradient
 from oar_verl.data.arithmetic import INSTRUCTION, make_problem
 
 
@@ -51,7 +51,7 @@ def rank_agreement(model, tokenizer, *, responses: int, targets: tuple[str, ...]
     segments = segment_responses(tokenizer, batch.responses, batch.response_mask, "gsm8k")
     usable = segments.usable & (segments.reasoning_end >= 3)
     exact_config = PerturbationConfig(target="first_answer", perturbation_id=tokenizer.pad_token_id)
-    exact = perturbation.attribute(model, batch, segments, exact_config, rows=usable)
+    exact = attribute(model, batch, segments, exact_config, rows=usable)
 
     def agreement(scores: torch.Tensor) -> dict:
         values = []
@@ -71,5 +71,5 @@ def rank_agreement(model, tokenizer, *, responses: int, targets: tuple[str, ...]
     for target in targets:
         result[target] = agreement(gradient.attribute(model, batch, segments, GradientConfig(target=target, seed=seed), rows=usable))
         taylor = dataclasses.replace(exact_config, target=target, mode="taylor", seed=seed)
-        result["taylor"][target] = agreement(perturbation.attribute(model, batch, segments, taylor, rows=usable))
+        result["taylor"][target] = agreement(attribute(model, batch, segments, taylor, rows=usable))
     return result

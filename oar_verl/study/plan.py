@@ -20,17 +20,18 @@ METHOD_LABELS = {"grpo": "GRPO", "oracle": "oracle (perfect attribution)", "oar_
 @dataclass(frozen=True)
 class StudyPlan:
     """Task: `min_steps` to `max_steps` additions/subtractions of numbers up to
-        `max_operand` (modulo `modulus` when set), chain of thought, GSM8K's `#### answer`
-        (`oar_verl.data.arithmetic`). Warm-start: supervised, `warm_start_steps` steps (learning
-    rate `warm_start_learning_rate`) on traces
-        of which `slip_probability` carry a step error, and whose wrapping steps slip with
-        `wrap_slip_probability`. RL: `rl_steps` steps of `train_batch_size` prompts x
-        `rollout_n` samples, learning rate `learning_rate`, greedy held-out accuracy every
-        `test_freq` steps on a fixed test set of `test_size` problems.
+    `max_operand` (modulo `modulus` when set), chain of thought, GSM8K's `#### answer`
+    (`oar_verl.data.arithmetic`). Warm-start: supervised, `warm_start_steps` steps (or,
+    with `warm_start_target_accuracy`, until that greedy accuracy, at most that many;
+    learning rate `warm_start_learning_rate`) on traces of which `slip_probability` carry
+    a step error, and whose wrapping steps slip with `wrap_slip_probability`; a plan with
+    a shipped model (`runner.STORED_WARM_STARTS`) uses it instead. RL: `rl_steps` steps of `train_batch_size` prompts x
+    `rollout_n` samples, learning rate `learning_rate`, greedy held-out accuracy every
+    `test_freq` steps on a fixed test set of `test_size` problems.
 
-        `gate_methods` (the oracle and GRPO, or none) run on every seed first; the other
-        methods run only when the oracle beats GRPO beyond its interval (`study.statistics`).
-        `save_freq`: verl checkpoints every N steps, from which a cut-short run resumes.
+    `gate_methods` (the oracle and GRPO, or none) run on every seed first; the other
+    methods run only when the oracle beats GRPO beyond its interval (`study.statistics`).
+    `save_freq`: verl checkpoints every N steps, from which a cut-short run resumes.
     """
 
     name: str = "first"
@@ -45,6 +46,7 @@ class StudyPlan:
     wrap_slip_probability: float = 0.0
     warm_start_steps: int = 800
     warm_start_learning_rate: float = 3e-3
+    warm_start_target_accuracy: float | None = None
     warm_start_seed: int = 0
     train_size: int = 2048
     test_size: int = 256
@@ -116,7 +118,7 @@ SMOKE = StudyPlan(name="smoke", methods=("grpo", "oracle", "oar_g_permuted"), se
 CHAINS = StudyPlan(
     name="chains", methods=("grpo", "oracle", "oar_g", "oar_p_taylor", "oar_g_permuted"), gate_methods=("grpo", "oracle"),
     seeds=(0, 1, 2, 3, 4, 5), min_steps=5, max_steps=6, max_operand=9, modulus=10, slip_probability=0.0, wrap_slip_probability=0.3,
-    warm_start_steps=750, warm_start_learning_rate=2e-3, train_size=4096, test_size=512, rl_steps=60, test_freq=10, train_batch_size=8, rollout_n=8,
+    warm_start_steps=3000, warm_start_learning_rate=2e-3, warm_start_target_accuracy=0.5, train_size=4096, test_size=512, rl_steps=60, test_freq=10, train_batch_size=8, rollout_n=8,
     learning_rate=1e-4, max_prompt_length=96, max_response_length=64, fidelity_responses=64, save_freq=20,
 )  # fmt: skip
 PLANS = {plan.name: plan for plan in (FULL, SMOKE, CHAINS)}

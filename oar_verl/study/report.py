@@ -105,16 +105,6 @@ def relative_step_time(runs: list[dict], grpo_runs: list[dict]) -> float | None:
     return statistics.fmean(ratios) if ratios else None
 
 
-def write_report(results: dict, out_dir: Path, *, command: str) -> Path:
-    """Writes the plan's page (`results.md` for a plan with a gate, the powered study;
-    `results_PLAN.md` otherwise) under `out_dir`, its images under `out_dir/results/`."""
-    if results["plan"].get("gate_methods"):
-        from oar_verl.study.powered_report import write_powered_report
-
-        return write_powered_report(results, out_dir, command=command)
-    return write_first_report(results, out_dir, command=command)
-
-
 def write_first_report(results: dict, out_dir: Path, *, command: str) -> Path:
     """The first study's page: `out_dir/results_PLAN.md`, images `results/PLAN_*.png`."""
     plan = results["plan"]

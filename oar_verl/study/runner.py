@@ -7,9 +7,11 @@ gate methods runs them first and the others only when the oracle beats GRPO."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -27,11 +29,26 @@ TRAIN_SCORE_METRIC = "critic/score/mean"
 ENTROPY_METRIC = "actor/entropy"
 
 
+STORED_WARM_STARTS = Path(__file__).parent / "warm_starts"
+"""Plans whose warm-started model is shipped (`warm_starts/PLAN/`): a study resumed on another
+machine trains from the same weights (a warm start rebuilt there is another model)."""
+
+
 def prepare(plan: StudyPlan, workdir: Path) -> dict[str, Path]:
-    """The warm-started model and the train / fixed held-out parquet files (reused when present)."""
+    """The warm-started model (the shipped one where the plan has one) and the train / fixed
+    held-out parquet files (reused when present)."""
+    stored, model = STORED_WARM_STARTS / plan.name, workdir / "model"
+    if stored.is_dir() and not (model / "config.json").exists():
+        shutil.copytree(stored, model, dirs_exist_ok=True)
     return prepare_run(workdir, warm_start_steps=plan.warm_start_steps, train_size=plan.train_size, val_size=plan.test_size, seed=plan.warm_start_seed,
                        task=plan.task, slip_probability=plan.slip_probability, wrap_slip_probability=plan.wrap_slip_probability,
-                       warm_start_learning_rate=plan.warm_start_learning_rate)  # fmt: skip
+                       warm_start_learning_rate=plan.warm_start_learning_rate,
+                       warm_start_target_accuracy=plan.warm_start_target_accuracy)  # fmt: skip
+
+
+def weights_digest(model_dir: Path) -> str:
+    """SHA-256 of a saved model's weights (`model.safetensors`)."""
+    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
 
 
 def machine() -> str:
@@ -114,12 +131,19 @@ def run_study(plan: StudyPlan, workdir: Path, results_file: Path, log=print, pas
     """Runs what `results_file` does not have yet (same plan) and returns all results.
     After the gate's runs, the others run only if the oracle beats GRPO (`results["gate"]`),
     or with `past_gate`."""
-    plan_record = dataclasses.asdict(plan)
+    plan_record = json.loads(json.dumps(dataclasses.asdict(plan)))
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    if results.get("plan") != json.loads(json.dumps(plan_record)):
-        results = {"plan": plan_record, "machine": machine(), "runs": [], "prepare_s": None, "fidelity": None}
+    if results and results.get("plan") != plan_record:
+        raise ValueError(f"{results_file} holds the results of another plan than {plan.name!r} as it is now: move it aside to start afresh")
+    results = results or {"plan": plan_record, "machine": machine(), "runs": [], "prepare_s": None, "fidelity": None}
     start = time.perf_counter()
     paths = prepare(plan, workdir)
+    digest = weights_digest(paths["model"])
+    if results.setdefault("warm_start_sha256", digest) != digest:
+        raise ValueError(
+            f"{results_file} was measured from the warm start with weights {results['warm_start_sha256'][:12]}, "
+            f"{paths['model']} holds {digest[:12]}: resuming would mix runs from two models (restore that model, or move the results aside)"
+        )
     if results["prepare_s"] is None:
         results["prepare_s"] = time.perf_counter() - start
     if results["fidelity"] is None:

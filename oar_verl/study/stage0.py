@@ -125,16 +125,14 @@ def estimators(model, tokenizer, questions: list[str], seed: int, targets: tuple
     import torch
 
     from oar_verl.core import GradientConfig, PerturbationConfig
-    from oar_verl.core.attribution import gradient, perturbation
+    from oar_verl.core.attribution import attribute, gradient
     from oar_verl.study.oracle import oracle_scores
 
     embedding_rms = float(model.get_input_embeddings().weight.detach().pow(2).mean().sqrt())
     pad = tokenizer.pad_token_id
 
     def exact(target, mode="exact"):
-        return lambda batch, segments: perturbation.attribute(
-            model, batch, segments, PerturbationConfig(target=target, perturbation_id=pad, mode=mode, seed=seed)
-        )
+        return lambda batch, segments: attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=pad, mode=mode, seed=seed))
 
     def noisy(target, sigma):
         return lambda batch, segments: gradient.attribute(model, batch, segments, GradientConfig(target=target, noise_std=sigma, seed=seed))

@@ -1,48 +1,33 @@
-"""Installs the CPU backend into verl's registries in the current process."""
+"""Installs the CPU backend in the current process (the plugin runs it when
+`VERL_PLATFORM=cpu`; `oar_verl.main_ppo` when the run's device is the CPU)."""
 
 from __future__ import annotations
 
-import os
+import verl
 
-from oar_verl.verl_cpu import cpu_platform, megatron, shims
+from oar_verl.integration import verl_hooks
+from oar_verl.integration.verl_internals import support_problem
+from oar_verl.verl_cpu import cpu_platform, megatron
 
 ADAPTER = "oar_verl.verl_cpu.hf_adapter.HFServerAdapter"
 
 
-def cpu_platform_selected() -> bool:
-    """True where verl is told to run on the CPU (`VERL_PLATFORM=cpu`)."""
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == cpu_platform.NAME
+def _load_replica():
+    from oar_verl.verl_cpu.hf_replica import HFReplica
+
+    return HFReplica
 
 
 def install() -> None:
     """The `cpu` platform, the `hf` rollout (replica and trainer-side adapter), the `gloo`
-    checkpoint engine (standalone rollout replicas), the shims for verl internals without
-    an extension point and, where the megatron extra is installed, verl's Megatron engine
-    for the CPU (idempotent)."""
-    shims.check_verl_version()
-    cpu_platform.register()
-    _register_rollout()
+    checkpoint engine (standalone rollout replicas), the changes verl needs on the CPU
+    (`verl_hooks.install_cpu_backend`) and, where the megatron extra is installed, verl's
+    Megatron engine for the CPU (idempotent). A verl that is neither a tested release nor
+    identical to one where it matters is refused first."""
+    unsupported, _ = support_problem(verl.__version__)
+    if unsupported:
+        raise verl_hooks.HookError(f"oar_verl's CPU backend: {unsupported}")
+    verl_hooks.install_cpu_backend(cpu_platform.NAME, cpu_platform.PlatformCPU, _load_replica, ADAPTER)
     import oar_verl.verl_cpu.checkpoint_engine  # noqa: F401 - registers the `gloo` backend
 
-    shims.install()
     megatron.register_engine()
-
-
-def _register_rollout() -> None:
-    from verl.workers.rollout import base as rollout_base
-    from verl.workers.rollout.replica import RolloutReplicaRegistry
-
-    def load_replica():
-        from oar_verl.verl_cpu.hf_replica import HFReplica
-
-        return HFReplica
-
-    RolloutReplicaRegistry.register("hf", load_replica)
-    if hasattr(rollout_base, "register_rollout_class"):  # upstream: patches/verl-0.9.1/0003
-        rollout_base.register_rollout_class("hf", ADAPTER)
-        return
-    # verl 0.9.1 keeps its trainer-side adapters in a private table with no register function.
-    key = ("hf", "async")
-    if rollout_base._ROLLOUT_REGISTRY.get(key, ADAPTER) != ADAPTER:
-        raise shims.ShimError(f"verl's rollout table already maps {key} to {rollout_base._ROLLOUT_REGISTRY[key]}")
-    rollout_base._ROLLOUT_REGISTRY[key] = ADAPTER

@@ -94,11 +94,3 @@ class PlatformCPU(PlatformBase):
 
     def cudart(self):
         return None
-
-
-def register() -> None:
-    """Adds `cpu` to verl's platform registry (idempotent)."""
-    from verl.plugin.platform.platform_manager import PlatformRegistry
-
-    if PlatformRegistry._platforms.get(NAME) is not PlatformCPU:
-        PlatformRegistry.register(NAME)(PlatformCPU)

@@ -47,8 +47,11 @@ import inspect
 import torch
 from torch.overrides import TorchFunctionMode
 
-from oar_verl.megatron_extra import INSTALL_HINT, megatron_installed
-from oar_verl.verl_cpu.shims import ShimError
+from oar_verl.integration.megatron_extra import INSTALL_HINT, megatron_installed
+
+
+class ShimError(RuntimeError):
+    """megatron-core or mbridge is not the release these shims were written for."""
 
 
 def _marked(function) -> bool:
@@ -316,11 +319,9 @@ def register_engine() -> None:
     """Registers the CPU Megatron engine for device "cpu" (where megatron-core is installed)."""
     if not megatron_installed():
         return
-    from verl.workers.engine.base import EngineRegistry
+    from oar_verl.integration.verl_hooks import register_cpu_engine
 
-    if "cpu" in EngineRegistry._engines.get("language_model", {}).get("megatron", {}):
-        return
-    EngineRegistry.register(model_type="language_model", backend="megatron", device="cpu")(cpu_engine_class())
+    register_cpu_engine("language_model", ("megatron",), cpu_engine_class())
 
 
 def model_from_hf(path: str, dtype: torch.dtype = torch.float32) -> list[torch.nn.Module]:

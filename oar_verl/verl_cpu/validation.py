@@ -7,7 +7,7 @@ import os
 
 from omegaconf import DictConfig
 
-from oar_verl.megatron_extra import INSTALL_HINT, megatron_installed
+from oar_verl.integration.megatron_extra import INSTALL_HINT, megatron_installed
 
 GPU_ONLY_ROLLOUTS = ("vllm", "sglang", "trtllm")
 GLOO_CHECKPOINT_ENGINE = "gloo"  # verl_cpu/checkpoint_engine.py (not imported here: it imports verl)

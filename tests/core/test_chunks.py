@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments
-from oar_verl.core.attribution import chunks, gradient, perturbation, taylor
+from oar_verl.core.attribution import attribute, chunks, gradient, taylor
 
 ROWS = 7
 
@@ -64,7 +64,7 @@ def test_one_row_over_the_budget_is_refused_by_name(mixed_batch):
 DETERMINISTIC = {
     "oar_g_answer_logprob": lambda model, batch, segments, budget: gradient.attribute(model, batch, segments, GradientConfig(target="answer_logprob", noise_std=0.0, max_tokens_per_pass=budget)),
     "taylor_top": lambda model, batch, segments, budget: taylor.attribute(model, batch, segments, PerturbationConfig(target="first_answer", mode="taylor", taylor_top=3, taylor_samples=0, perturbation_id=0, max_tokens_per_pass=budget)),
-    "oar_p_exact": lambda model, batch, segments, budget: perturbation.attribute(model, batch, segments, PerturbationConfig(target="answer_mean", perturbation_id=0, max_tokens_per_pass=budget)),
+    "oar_p_exact": lambda model, batch, segments, budget: attribute(model, batch, segments, PerturbationConfig(target="answer_mean", perturbation_id=0, max_tokens_per_pass=budget)),
 }  # fmt: skip
 SEEDED = {
     "oar_g_answer_mean": lambda model, batch, segments, budget: gradient.attribute(model, batch, segments, GradientConfig(target="answer_mean", max_tokens_per_pass=budget)),

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from oar_verl.core import bilevel_weights, explain
-from oar_verl.core.attribution import gradient, perturbation
+from oar_verl.core.attribution import attribute, gradient, perturbation
 
 
 @pytest.mark.parametrize("method", ["oar_p", "oar_g"])
@@ -29,7 +29,7 @@ def test_explain_matches_the_library_pipeline(model, tokenizer):
     batch = ResponseBatch.from_token_lists([prompt], [response], pad_token_id=tokenizer.pad_token_id)
     segments = segment_responses(tokenizer, batch.responses, batch.response_mask)
     config = perturbation.PerturbationConfig(target="answer_logprob", perturbation_id=tokenizer.pad_token_id)
-    scores = perturbation.attribute(model, batch, segments, config)
+    scores = attribute(model, batch, segments, config)
     weights = bilevel_weights(scores, segments.reasoning_mask(batch.response_length), quantile=0.5, beta=2.0)
     assert result.scores == scores[0].tolist() and result.weights == weights[0].tolist()
     assert result.target == "answer_logprob"
@@ -44,7 +44,7 @@ def test_explain_with_oar_p_taylor(model, tokenizer):
     batch = ResponseBatch.from_token_lists([prompt], [response], pad_token_id=tokenizer.pad_token_id)
     segments = segment_responses(tokenizer, batch.responses, batch.response_mask)
     config = perturbation.PerturbationConfig(perturbation_id=tokenizer.pad_token_id, mode="taylor", taylor_top=2, taylor_samples=1)
-    assert result.scores == perturbation.attribute(model, batch, segments, config)[0].tolist()
+    assert result.scores == attribute(model, batch, segments, config)[0].tolist()
     assert any(score > 0 for score in result.scores)
 
 

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig
-from oar_verl.core.attribution import gradient, perturbation
+from oar_verl.core.attribution import attribute, gradient
 from tests.fixtures.models import PIVOT_EXAMPLES, PIVOT_MODEL, chance_mean_rank, copied_answers, pivot_ranks, pivot_test_batch
 
 
@@ -29,7 +29,7 @@ def trained():
 @pytest.mark.parametrize("mode", TARGET_MODES)
 def test_oar_p_ranks_the_pivot_first(trained, mode):
     model, tokenizer, batch, segments, pivots = trained
-    scores = perturbation.attribute(model, batch, segments, PerturbationConfig(target=mode, perturbation_id=tokenizer.pad_token_id))
+    scores = attribute(model, batch, segments, PerturbationConfig(target=mode, perturbation_id=tokenizer.pad_token_id))
     assert pivot_ranks(scores, segments, pivots) == [1] * PIVOT_EXAMPLES
 
 

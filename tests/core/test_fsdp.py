@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     from torch.distributed.fsdp import fully_shard
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
     from oar_verl.core import ResponseBatch, Segments, GradientConfig, PerturbationConfig
-    from oar_verl.core.attribution import gradient, perturbation
+    from oar_verl.core.attribution import attribute, gradient
 
     dist.init_process_group("gloo")
     tokenizer = byte_tokenizer()
@@ -31,9 +31,9 @@ SCRIPT = textwrap.dedent(
         expected = gradient.attribute(reference, batch, segments, GradientConfig(target=target))
         torch.testing.assert_close(sharded, expected, rtol=1e-4, atol=1e-9)
         config = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=24)
-        torch.testing.assert_close(perturbation.attribute(model, batch, segments, config), perturbation.attribute(reference, batch, segments, config), rtol=0, atol=1e-5)
+        torch.testing.assert_close(attribute(model, batch, segments, config), attribute(reference, batch, segments, config), rtol=0, atol=1e-5)
         taylor = PerturbationConfig(target=target, perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12, mode="taylor", taylor_top=3, taylor_samples=2)
-        torch.testing.assert_close(perturbation.attribute(model, batch, segments, taylor), perturbation.attribute(reference, batch, segments, taylor), rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(attribute(model, batch, segments, taylor), attribute(reference, batch, segments, taylor), rtol=1e-4, atol=1e-9)
         fused = gradient.attribute_with_log_probs(model, batch, segments, GradientConfig(target=target, max_tokens_per_pass=12), temperature=0.8)
         fused_expected = gradient.attribute_with_log_probs(reference, batch, segments, GradientConfig(target=target), temperature=0.8)
         torch.testing.assert_close(fused.scores, fused_expected.scores, rtol=1e-4, atol=1e-9)
@@ -53,9 +53,9 @@ SCRIPT = textwrap.dedent(
 
     mine = torch.tensor([True, True]) if dist.get_rank() == 0 else torch.tensor([False, False])
     taylor = PerturbationConfig(perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12, mode="taylor", taylor_top=2, taylor_samples=1)
-    for method, config in ((gradient, GradientConfig(max_tokens_per_pass=12)), (perturbation, PerturbationConfig(perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12)), (perturbation, taylor)):
-        uneven = method.attribute(model, batch, segments, config, rows=mine, sync_passes=sync)
-        expected = method.attribute(reference, batch, segments, config, rows=mine)
+    for config in (GradientConfig(max_tokens_per_pass=12), PerturbationConfig(perturbation_id=tokenizer.pad_token_id, max_tokens_per_pass=12), taylor):
+        uneven = attribute(model, batch, segments, config, rows=mine, sync_passes=sync)
+        expected = attribute(reference, batch, segments, config, rows=mine)
         torch.testing.assert_close(uneven, expected, rtol=1e-4, atol=1e-6)
     for target in ("answer_mean", "answer_logprob"):  # fused: rank 1 has 1 row, rank 0 two chunks of 1
         config = GradientConfig(target=target, max_tokens_per_pass=12)

@@ -1,4 +1,4 @@
-"""`core/fsdp_internals.py`: FSDP2's parameter groups on both layouts torch has had (torch
+"""`core/models/fsdp_internals.py`: FSDP2's parameter groups on both layouts torch has had (torch
 2.11's one group, 2.12+'s list), and a clear refusal of a torch with neither. The real
 FSDP2 path runs in `tests/core/test_fsdp.py` and `tests/integration/test_fsdp_ranks.py`
 (on torch 2.13 and, in `.ci/run`, torch 2.11)."""
@@ -8,7 +8,7 @@ import types
 import pytest
 from torch import nn
 
-from oar_verl.core import fsdp_internals
+from oar_verl.core.models import fsdp_internals
 
 
 class Sharded(nn.Module):

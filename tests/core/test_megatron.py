@@ -19,8 +19,8 @@ SCRIPT = textwrap.dedent(
     from megatron.core import parallel_state, tensor_parallel
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
     from oar_verl.core import ResponseBatch, Segments, GradientConfig, PerturbationConfig, TARGET_MODES
-    from oar_verl.core.attribution import gradient, perturbation
-    from oar_verl.core.megatron_lm import megatron_parts
+    from oar_verl.core.attribution import attribute, gradient, perturbation
+    from oar_verl.core.models.megatron import megatron_parts
     from oar_verl.verl_cpu.megatron import model_from_hf
     from tests.core import reference
 
@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent(
     for target in TARGET_MODES:
         # OAR-P exact against the definition (brute force on the HF model), two token budgets
         for budget in (16384, 24):
-            scores = perturbation.attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=pad, max_tokens_per_pass=budget))
+            scores = attribute(model, batch, segments, PerturbationConfig(target=target, perturbation_id=pad, max_tokens_per_pass=budget))
             for row in range(2):
                 end, start, stop = (int(x[row]) for x in (segments.reasoning_end, segments.answer_start, segments.answer_end))
                 expected = reference.oar_p(hf, prompts[row], responses[row], end, start, stop, target, pad)
@@ -68,15 +68,15 @@ SCRIPT = textwrap.dedent(
         # approximate OAR-P modes: the HF model's
         for mode, extra in (("span_approx", {"span": 2}), ("guided_approx", {"guided_fraction": 0.5})):
             config = PerturbationConfig(target=target, perturbation_id=pad, mode=mode, **extra)
-            torch.testing.assert_close(perturbation.attribute(model, batch, segments, config), perturbation.attribute(hf, batch, segments, config), rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(attribute(model, batch, segments, config), attribute(hf, batch, segments, config), rtol=1e-4, atol=1e-6)
         if target == "every_answer":  # taylor refuses it (test_perturbation.py): its Fisher form takes one distribution a row
             continue
         taylor = PerturbationConfig(target=target, perturbation_id=pad, mode="taylor", taylor_top=3, taylor_samples=2)
         if tp == 1 or target == "answer_logprob":
-            torch.testing.assert_close(perturbation.attribute(model, batch, segments, taylor), perturbation.attribute(hf, batch, segments, taylor), rtol=1e-4, atol=1e-9)
+            torch.testing.assert_close(attribute(model, batch, segments, taylor), attribute(hf, batch, segments, taylor), rtol=1e-4, atol=1e-9)
         else:  # the Fisher directions need the whole vocabulary
             try:
-                perturbation.attribute(model, batch, segments, taylor)
+                attribute(model, batch, segments, taylor)
                 raise AssertionError("taylor over a split vocabulary was not refused")
             except ValueError as error:
                 assert "tensor-parallel" in str(error)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from oar_verl.core import GradientConfig, PerturbationConfig
-from oar_verl.core.attribution import fused_attribution, gradient, perturbation, taylor
+from oar_verl.core.attribution import attribute, fused_attribution, gradient, taylor
 
 from . import reference
 from .test_fused import layer_events, plain_log_probs
@@ -57,7 +57,7 @@ def test_equals_the_expansion_exactly_with_the_whole_vocabulary(model64, batch_a
     """answer_logprob: the first-order term; KL targets: the Fisher form over every token."""
     _, _, batch, segments = batch_and_segments
     vocabulary = model64.config.vocab_size
-    scores = perturbation.attribute(model64, batch, segments, taylor_config(mode, taylor_top=vocabulary, taylor_samples=0))
+    scores = attribute(model64, batch, segments, taylor_config(mode, taylor_top=vocabulary, taylor_samples=0))
     for row, values in expansion(model64, batch_and_segments, mode).items():
         end = int(segments.reasoning_end[row])
         assert torch.all(values > 0)
@@ -68,19 +68,19 @@ def test_equals_the_expansion_exactly_with_the_whole_vocabulary(model64, batch_a
 
 def test_sampled_projections_converge_to_the_fisher_form(model64, batch_and_segments):
     _, _, batch, segments = batch_and_segments
-    exact = perturbation.attribute(model64, batch, segments, taylor_config("answer_mean", taylor_top=model64.config.vocab_size))
+    exact = attribute(model64, batch, segments, taylor_config("answer_mean", taylor_top=model64.config.vocab_size))
     errors = []
     for samples in (4, 64, 512):
-        estimate = perturbation.attribute(model64, batch, segments, taylor_config("answer_mean", taylor_top=0, taylor_samples=samples, seed=5))
+        estimate = attribute(model64, batch, segments, taylor_config("answer_mean", taylor_top=0, taylor_samples=samples, seed=5))
         errors.append(float((estimate - exact).norm() / exact.norm()))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.1, errors
 
 
 def test_top_tokens_plus_samples_is_unbiased_and_top_alone_a_lower_bound(model64, batch_and_segments):
     _, _, batch, segments = batch_and_segments
-    exact = perturbation.attribute(model64, batch, segments, taylor_config("first_answer", taylor_top=model64.config.vocab_size))
-    top_only = perturbation.attribute(model64, batch, segments, taylor_config("first_answer", taylor_top=4))
-    mixed = perturbation.attribute(model64, batch, segments, taylor_config("first_answer", taylor_top=4, taylor_samples=1024, seed=1))
+    exact = attribute(model64, batch, segments, taylor_config("first_answer", taylor_top=model64.config.vocab_size))
+    top_only = attribute(model64, batch, segments, taylor_config("first_answer", taylor_top=4))
+    mixed = attribute(model64, batch, segments, taylor_config("first_answer", taylor_top=4, taylor_samples=1024, seed=1))
     assert torch.all(top_only <= exact * (1 + 1e-6)) and float(top_only.sum()) < float(exact.sum())
     assert float((mixed - exact).norm() / exact.norm()) < 0.1
 
@@ -98,10 +98,8 @@ def test_directions_span_the_fisher_matrix():
 
 def test_scores_do_not_depend_on_the_rows_a_pass_holds(model64, batch_and_segments):
     _, _, batch, segments = batch_and_segments
-    together = perturbation.attribute(model64, batch, segments, taylor_config("answer_mean", taylor_top=2, taylor_samples=3, seed=9))
-    alone = perturbation.attribute(
-        model64, batch, segments, taylor_config("answer_mean", taylor_top=2, taylor_samples=3, seed=9, max_tokens_per_pass=20)
-    )
+    together = attribute(model64, batch, segments, taylor_config("answer_mean", taylor_top=2, taylor_samples=3, seed=9))
+    alone = attribute(model64, batch, segments, taylor_config("answer_mean", taylor_top=2, taylor_samples=3, seed=9, max_tokens_per_pass=20))
     torch.testing.assert_close(alone, together, rtol=1e-9, atol=1e-12)
 
 
@@ -109,7 +107,7 @@ def test_rows_honoured_no_parameter_gradient_and_modes_restored(model, batch_and
     _, _, batch, segments = batch_and_segments
     model.train()
     try:
-        scores = perturbation.attribute(model, batch, segments, taylor_config("first_answer"), rows=torch.tensor([False, True, False, True]))
+        scores = attribute(model, batch, segments, taylor_config("first_answer"), rows=torch.tensor([False, True, False, True]))
         assert model.training and all(module.training for module in model.modules())
     finally:
         model.eval()
@@ -140,9 +138,7 @@ def test_activation_checkpointing_gives_the_same_scores(tokenizer, batch_and_seg
     checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     checkpointed.eval()
     config = taylor_config("answer_mean", taylor_top=3, taylor_samples=2)
-    torch.testing.assert_close(
-        perturbation.attribute(checkpointed, batch, segments, config), perturbation.attribute(plain, batch, segments, config), rtol=1e-9, atol=1e-12
-    )
+    torch.testing.assert_close(attribute(checkpointed, batch, segments, config), attribute(plain, batch, segments, config), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["answer_logprob", "first_answer", "answer_mean"])
@@ -152,7 +148,7 @@ def test_fused_with_the_log_prob_pass(model64, batch_and_segments, mode):
     _, _, batch, segments = batch_and_segments
     config = taylor_config(mode, taylor_top=3, taylor_samples=2, seed=4, max_tokens_per_pass=2 * batch.input_ids.shape[1])
     rows = torch.tensor([True, False, True, True])
-    standalone = perturbation.attribute(model64, batch, segments, config, rows=rows)
+    standalone = attribute(model64, batch, segments, config, rows=rows)
     fused = taylor.attribute_with_log_probs(model64, batch, segments, config, rows=rows, temperature=0.7)
     with torch.no_grad():
         expected_log_probs, expected_entropy = plain_log_probs(model64, batch, temperature=0.7)

@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     from verl.utils.fsdp_utils import apply_fsdp2
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
     from oar_verl.core import ResponseBatch, Segments, GradientConfig, PerturbationConfig, TARGET_MODES
-    from oar_verl.core.attribution import gradient, perturbation
+    from oar_verl.core.attribution import attribute, gradient, perturbation
     from oar_verl.core.attribution.base import max_over_ranks
     from oar_verl.core.attribution.taylor import attribute_with_log_probs as taylor_fused
 
@@ -82,13 +82,13 @@ SCRIPT = textwrap.dedent(
                 torch.testing.assert_close(fused_taylor.scores, expected.scores, rtol=1e-4, atol=1e-9)
                 torch.testing.assert_close(fused_taylor.log_probs, expected.log_probs, rtol=1e-5, atol=1e-5)
             if target == TARGET_MODES[(variant + 1) % 3]:
-                estimate = perturbation.attribute(model, batch, segments, taylor, rows=attributed, sync_passes=max_over_ranks)
-                torch.testing.assert_close(estimate, perturbation.attribute(reference, batch, segments, taylor, rows=attributed), rtol=1e-4, atol=1e-9)
+                estimate = attribute(model, batch, segments, taylor, rows=attributed, sync_passes=max_over_ranks)
+                torch.testing.assert_close(estimate, attribute(reference, batch, segments, taylor, rows=attributed), rtol=1e-4, atol=1e-9)
         mode = "guided_approx" if checkpointing else "exact"  # guided: OAR-G passes, then OAR-P's
         config = PerturbationConfig(target=TARGET_MODES[int(tied)], perturbation_id=tokenizer.pad_token_id, mode=mode, max_tokens_per_pass=600)
         torch.testing.assert_close(
-            perturbation.attribute(model, batch, segments, config, rows=attributed, sync_passes=max_over_ranks),
-            perturbation.attribute(reference, batch, segments, config, rows=attributed), rtol=1e-4, atol=1e-6,
+            attribute(model, batch, segments, config, rows=attributed, sync_passes=max_over_ranks),
+            attribute(reference, batch, segments, config, rows=attributed), rtol=1e-4, atol=1e-6,
         )
         assert model.training and all(m.training for m in model.modules()), "training mode not restored"
         assert all(p.grad is None for p in model.parameters()), "parameter gradients were produced"

@@ -33,7 +33,7 @@ def test_registration_inside_a_ray_actor():
 
 
 def test_after_import_runs_once_on_import_and_at_once_when_loaded(tmp_path, monkeypatch):
-    from oar_verl.import_hooks import after_import
+    from oar_verl.integration.import_hooks import after_import
 
     (tmp_path / "oar_probe_module.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))

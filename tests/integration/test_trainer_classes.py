@@ -4,7 +4,7 @@ so verl's own workers); an OAR run gets the trainer with the OAR step."""
 import pytest
 
 from oar_verl.integration.command_line import CommandLine, compose_config
-from oar_verl.integration.trainer import OAR_TRAINERS, OARStep
+from oar_verl.integration.trainer import OAR_TRAINER_NAMES, OARStep, oar_trainers
 from oar_verl.quickstart import CONFIG_DIR, TRAINER_MODES, mode_overrides
 
 
@@ -20,18 +20,18 @@ def config(estimator: str, mode: str):
     return compose_config(CommandLine.parse(["--config-name", "cpu", *overrides], CONFIG_DIR, "cpu"))
 
 
-@pytest.mark.parametrize("mode", sorted(OAR_TRAINERS))
+@pytest.mark.parametrize("mode", sorted(OAR_TRAINER_NAMES))
 @pytest.mark.parametrize("estimator", ["grpo", "gae", "rloo"])
 def test_other_estimators_get_verls_own_trainer(mode, estimator):
-    verl_class, oar_class = OAR_TRAINERS[mode]
+    verl_class, oar_class = oar_trainers()[mode]
     trainer = oar_class(config=config(estimator, mode))
     assert type(trainer) is verl_class and not isinstance(trainer, OARStep)
 
 
-@pytest.mark.parametrize("mode", sorted(OAR_TRAINERS))
+@pytest.mark.parametrize("mode", sorted(OAR_TRAINER_NAMES))
 @pytest.mark.parametrize("estimator", ["oar_g", "oar_p"])
 def test_oar_estimators_get_the_oar_step(mode, estimator):
-    _, oar_class = OAR_TRAINERS[mode]
+    _, oar_class = oar_trainers()[mode]
     trainer = oar_class(config(estimator, mode))
     assert type(trainer) is oar_class and trainer.config.algorithm.adv_estimator == estimator
 
@@ -41,5 +41,5 @@ def test_the_main_jobs_trainer_modes_need_no_extra_keys(mode):
     """`python -m oar_verl.quickstart --trainer-mode MODE` composes a config verl's trainer of
     that mode accepts (its own checks run when it is built)."""
     composed = compose_config(CommandLine.parse(["--config-name", "cpu", "algorithm.adv_estimator=oar_g", *mode_overrides(mode)], CONFIG_DIR, "cpu"))
-    trainer = OAR_TRAINERS[mode][1](config=composed)
+    trainer = oar_trainers()[mode][1](config=composed)
     assert trainer.trainer_mode == mode

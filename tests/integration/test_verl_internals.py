@@ -10,7 +10,7 @@ import zipfile
 import pytest
 import verl
 
-from oar_verl import verl_internals
+from oar_verl.integration import verl_internals
 from oar_verl.integration.validation import oar_settings_errors
 
 from .test_validation import config

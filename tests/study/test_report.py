@@ -3,8 +3,9 @@
 import pytest
 from PIL import Image
 
+from oar_verl.study.pages import write_report
 from oar_verl.study.plan import CHAINS, FULL, PLANS, SMOKE, StudyPlan
-from oar_verl.study.report import HAND_NOTES, verdict, write_report
+from oar_verl.study.report import HAND_NOTES, verdict
 
 
 def synthetic(finals: dict[str, list[float]]) -> dict:

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("megatron.core", reason="the megatron extra: pip install 'oar_verl[megatron]'")
 
 from oar_verl.verl_cpu import megatron  # noqa: E402
-from oar_verl.verl_cpu.shims import ShimError  # noqa: E402
+from oar_verl.verl_cpu.megatron import ShimError  # noqa: E402
 
 
 def test_installed_releases_pass():

@@ -21,7 +21,8 @@ def run_python(code, **env):
 def test_cpu_platform_is_never_autodetected():
     """On any machine, a CPU platform is chosen only by VERL_PLATFORM=cpu."""
     code = (
-        "import verl; from oar_verl.verl_cpu import cpu_platform; cpu_platform.register();"
+        "import verl; from oar_verl.verl_cpu import cpu_platform; from verl.plugin.platform.platform_manager import PlatformRegistry;"
+        "PlatformRegistry.register(cpu_platform.NAME)(cpu_platform.PlatformCPU);"
         "from verl.plugin.platform import platform_manager as m; print('DETECTED', m._detect_platform_name())"
     )
     result = run_python(code)
@@ -46,7 +47,7 @@ def test_plugin_installs_the_backend_only_on_request():
 
 def test_plugin_failure_is_logged_with_its_cause():
     """verl swallows entry-point errors; ours are logged at ERROR with the cause."""
-    code = "import verl, oar_verl.verl_internals as internals; internals.TESTED.clear(); import importlib, oar_verl.plugin as p; importlib.reload(p)"
+    code = "import verl, oar_verl.integration.verl_internals as internals; internals.TESTED.clear(); import importlib, oar_verl.plugin as p; importlib.reload(p)"
     result = run_python(code, VERL_PLATFORM="cpu")  # no tested release left: the CPU shims refuse verl
     assert result.returncode != 0
     assert "ERROR oar_verl" in result.stderr and "oar_verl's CPU backend: verl 0.9.1 is not a release oar_verl is tested against" in result.stderr

@@ -11,8 +11,10 @@ returns raw scores [B, R] (float32, >= 0): one per reasoning token of every attr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -25,6 +27,13 @@ PassSync = Callable[[int], int]
 collectively."""
 
 Step = TypeVar("Step")
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The seed of the random generator of batch row `row` (OAR-G's noise, taylor's
+    projections): `numpy.random.SeedSequence([seed, row]).generate_state(1, numpy.uint64)[0]
+    % 2**63`, so a row's draws do not depend on the rows it shares a pass with."""
+    return int(np.random.SeedSequence([seed, row]).generate_state(1, np.uint64)[0]) % 2**63
 
 
 def attributed_rows(batch: ResponseBatch, segments: Segments, rows: torch.Tensor | None) -> torch.Tensor:
@@ -84,3 +93,24 @@ def scatter_scores(
     scores = torch.zeros((batch_size, response_length), dtype=torch.float32, device=values.device)
     scores[row_index, token_index] = values.float().clamp(min=0.0)  # KL >= 0; rounding may dip below
     return scores
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Scores of single tokens: `value` [N] of response token `token` [N] of row `row` [N]."""
+
+    row: torch.Tensor
+    token: torch.Tensor
+    value: torch.Tensor
+
+    @staticmethod
+    def cat(pieces: Sequence[TokenScores], device: torch.device) -> TokenScores:
+        """The pieces one after the other (none: empty tensors on `device`)."""
+        if not pieces:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return TokenScores(empty, empty, torch.zeros(0, dtype=torch.float32, device=device))
+        return TokenScores(*(torch.cat([getattr(piece, name) for piece in pieces]) for name in ("row", "token", "value")))
+
+    def scatter(self, batch_size: int, response_length: int, batch_rows: torch.Tensor) -> torch.Tensor:
+        """[B, R] float32 scores, these at (batch_rows[row], token), 0 elsewhere."""
+        return scatter_scores(batch_size, response_length, batch_rows[self.row], self.token, self.value)

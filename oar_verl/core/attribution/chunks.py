@@ -10,7 +10,7 @@ tokens a chunk computes, padding within it included.
 
     rows --plan_chunks--> [chunk rows, ...] --Chunk.of--> Chunk [C, L_c] --step--> scores [C, L_c]
 
-A step gets a `Chunk` whose `prompt_length` P_c is its own: response token k of a row sits
+A step (`Step`: the method's work on one chunk) gets a `Chunk` whose `prompt_length` P_c is its own: response token k of a row sits
 at column P_c + k, as in verl's layout. The results are scattered back to the batch's
 [B, R] by row index, so a row's scores and log-probs do not depend on the rows it shares a
 chunk with (up to the last bits of batched kernels), on the order of the rows, or on the
@@ -26,7 +26,7 @@ import torch
 
 from oar_verl.core.attribution.base import PassSync, attributed_rows, synchronized_steps
 from oar_verl.core.layout import ResponseBatch
-from oar_verl.core.lm import LMParts, eval_mode, lm_parts
+from oar_verl.core.models import ModelParts, eval_mode, log_probs_and_entropy, model_parts
 from oar_verl.core.spans import Segments
 from oar_verl.core.targets import AnswerPositions, answer_positions
 
@@ -145,9 +145,25 @@ class Chunk:
         return self.input_ids.shape[1] - self.prompt_length
 
 
-ChunkScores = Callable[[LMParts, Chunk], torch.Tensor]
-"""(model parts, a chunk of C rows over L_c columns) -> [C, L_c] scores >= 0 of every
-position (only reasoning positions are kept), in one synchronised step."""
+@dataclass(frozen=True)
+class StepResult:
+    """What a method's step gives the driver for a chunk of C rows over L_c columns.
+
+    Attributes:
+        scores: [C, L_c] estimates >= 0 at every position (the driver keeps the reasoning
+            positions of the chunk's rows).
+        clean_hidden: [C, L_c, H] the last hidden states of the step's clean forward, without
+            a graph: the fused driver (`scores_with_log_probs`) takes the rows' log-probs
+            from them.
+    """
+
+    scores: torch.Tensor
+    clean_hidden: torch.Tensor
+
+
+Step = Callable[[ModelParts, Chunk], StepResult]
+"""A method's work on one chunk, in one synchronised step (the same program on every rank,
+on the one-token dummy chunk too)."""
 
 
 def attribute_by_chunks(
@@ -155,16 +171,16 @@ def attribute_by_chunks(
     batch: ResponseBatch,
     segments: Segments,
     max_tokens_per_pass: int,
-    chunk_scores: ChunkScores,
+    step: Step,
     rows: torch.Tensor | None = None,
     sync_passes: PassSync | None = None,
 ) -> torch.Tensor:
     """Scores [B, R] (float32) of a gradient method: the attributed rows in chunks of at
     most `max_tokens_per_pass` computed tokens, each cut to the columns its targets read,
-    one `chunk_scores` step each; every rank runs the same number of steps
+    one `step` each; every rank runs the same number of steps
     (`synchronized_steps`, a one-token dummy chunk once it has no rows left). 0 off the
     reasoning of attributed rows."""
-    parts = lm_parts(model)
+    parts = model_parts(model)
     B, R = batch.input_ids.shape[0], batch.response_length
     device = batch.input_ids.device
     index = attributed_rows(batch, segments, rows)  # [B']
@@ -174,9 +190,9 @@ def attribute_by_chunks(
     with eval_mode(model):
         for step_rows in synchronized_steps(steps, sync_passes):
             chunk = Chunk.of(batch, segments, step_rows, with_answer=True, to_answers=True) if step_rows is not None else Chunk.dummy(device)
-            estimate = chunk_scores(parts, chunk)  # [C, L_c]
+            result = step(parts, chunk)
             if step_rows is not None:
-                _keep_reasoning_scores(scores, chunk, estimate, reasoning)
+                _keep_reasoning_scores(scores, chunk, result.scores, reasoning)
     return scores
 
 
@@ -204,22 +220,12 @@ class ScoresAndLogProbs:
     entropy: torch.Tensor
 
 
-RecordLogProbs = Callable[[torch.Tensor], None]
-"""Takes a chunk's clean hidden states [C, L_c, H] (with or without a graph) and keeps its
-rows' response log-probs and entropies."""
-
-FusedChunkScores = Callable[[LMParts, Chunk, RecordLogProbs], torch.Tensor]
-"""(model parts, a chunk of C rows over their whole sequences, record) -> [C, L_c] scores
->= 0 of every position, in one synchronised step whose clean forward's hidden states go to
-`record` once."""
-
-
 def scores_with_log_probs(
     model: torch.nn.Module,
     batch: ResponseBatch,
     segments: Segments,
     max_tokens_per_pass: int,
-    chunk_scores: FusedChunkScores,
+    step: Step,
     rows: torch.Tensor | None = None,
     *,
     temperature: float = 1.0,
@@ -228,25 +234,27 @@ def scores_with_log_probs(
 ) -> ScoresAndLogProbs:
     """A gradient method (OAR-G, OAR-P taylor) fused with the trainer's log-prob pass: every
     row's response log-probs and entropies come from a clean forward over its whole sequence;
-    for the attributed rows that forward is the method's own (`chunk_scores`). Attributed
-    rows go in chunks of their own, the others (log-probs only, one forward) after them.
+    for the attributed rows that forward is the method's own (`step`'s `clean_hidden`, read
+    after the step's backward passes, so the log-prob logits do not add to their memory).
+    Attributed rows go in chunks of their own, the others (log-probs only, one forward)
+    after them.
 
     Args:
         model, batch, segments, rows: as for `attribute_by_chunks`.
         max_tokens_per_pass: token budget of one step (rows x their real widths).
-        chunk_scores: the method's step.
+        step: the method's step on a chunk of whole sequences.
         temperature: the sampling temperature the log-probs are taken at (> 0), applied as
             verl does (`scale_by_temperature`).
         log_prob_fn: logits at the temperature -> (log-probs, entropies), default the
-            parts' `log_probs_and_entropy` (float32); the verl worker passes verl's own
+            parts' reductions (`models.log_probs_and_entropy`, float32); the verl worker passes verl's own
             functions.
         sync_passes: under FSDP, as for `attribute_by_chunks`; ranks run the same number of
             attributed steps, then the same number of log-prob-only steps.
     """
     if not temperature > 0:
         raise ValueError(f"temperature: expected > 0, got {temperature}")
-    parts = lm_parts(model)
-    log_prob_fn = log_prob_fn or parts.log_probs_and_entropy
+    parts = model_parts(model)
+    log_prob_fn = log_prob_fn or (lambda logits, tokens: log_probs_and_entropy(parts, logits, tokens))
     B, R = batch.input_ids.shape[0], batch.response_length
     device = batch.input_ids.device
     attributed = attributed_rows(batch, segments, rows)  # [B']
@@ -259,26 +267,26 @@ def scores_with_log_probs(
     log_probs = torch.zeros((B, R), dtype=torch.float32, device=device)
     entropy = torch.zeros((B, R), dtype=torch.float32, device=device)
 
-    def record_for(chunk: Chunk) -> RecordLogProbs:
-        def record(hidden: torch.Tensor) -> None:
-            with torch.no_grad():  # no graph through the head for the log-probs
-                values, entropies = response_log_probs(parts, hidden.detach(), chunk.responses, chunk.prompt_length, temperature, log_prob_fn)
-            if chunk.rows is not None:
-                W = chunk.response_width
-                log_probs[chunk.rows, :W], entropy[chunk.rows, :W] = values, entropies
-
-        return record
+    def record(chunk: Chunk, hidden: torch.Tensor) -> None:
+        """Keeps the chunk's rows' response log-probs and entropies from its clean hidden
+        states [C, L_c, H] (the head applied without a graph; inside `materialized()`)."""
+        values, entropies = response_log_probs(parts, hidden.detach(), chunk.responses, chunk.prompt_length, temperature, log_prob_fn)
+        if chunk.rows is not None:
+            W = chunk.response_width
+            log_probs[chunk.rows, :W], entropy[chunk.rows, :W] = values, entropies
 
     with eval_mode(model):
         for step_rows in synchronized_steps(plan_chunks(prompts, widths, attributed, max_tokens_per_pass), sync_passes):
             chunk = Chunk.of(batch, segments, step_rows, with_answer=True) if step_rows is not None else Chunk.dummy(device)
-            estimate = chunk_scores(parts, chunk, record_for(chunk))  # [C, L_c]
+            result = step(parts, chunk)
+            with parts.materialized(), torch.no_grad():
+                record(chunk, result.clean_hidden)
             if step_rows is not None:
-                _keep_reasoning_scores(scores, chunk, estimate, reasoning)
+                _keep_reasoning_scores(scores, chunk, result.scores, reasoning)
         for step_rows in synchronized_steps(plan_chunks(prompts, widths, plain, max_tokens_per_pass), sync_passes):
             chunk = Chunk.of(batch, segments, step_rows, with_answer=False) if step_rows is not None else Chunk.dummy(device)
             with parts.materialized(), torch.no_grad():
-                record_for(chunk)(parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids))
+                record(chunk, parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids))
     return ScoresAndLogProbs(scores=scores, log_probs=log_probs * batch.response_mask, entropy=entropy * batch.response_mask)
 
 
@@ -293,7 +301,7 @@ def scale_by_temperature(logits: torch.Tensor, temperature: float) -> torch.Tens
 
 
 def response_log_probs(
-    parts: LMParts, hidden: torch.Tensor, responses: torch.Tensor, prompt_length: int, temperature: float, log_prob_fn: LogProbFn
+    parts: ModelParts, hidden: torch.Tensor, responses: torch.Tensor, prompt_length: int, temperature: float, log_prob_fn: LogProbFn
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """([C, R] log-probs of the response tokens, [C, R] entropies), float32, from hidden
     states [C, P + R, H]: logits in the head's dtype, at `temperature`, for at most

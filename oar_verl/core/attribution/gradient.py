@@ -12,8 +12,7 @@ scales with sigma. `answer_logprob` gives a first-order signal.
 
 The noise of row b (its index in the batch) is drawn per pass, for that row alone:
 `torch.randn(n_b, H, generator=g_b) * sigma` on its n_b reasoning tokens, in order, zero
-elsewhere, with `g_b` a generator on the batch's device seeded with
-`numpy.random.SeedSequence([seed, b]).generate_state(1, numpy.uint64)[0] % 2**63`. So a
+elsewhere, with `g_b` a generator on the batch's device seeded with `base.row_seed(seed, b)`. So a
 row's scores do not depend on the rows it shares a pass with, on the padding or on the
 token budget, and no pass holds noise for more than its own rows.
 
@@ -25,54 +24,17 @@ on a one-token dummy once it has none left.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import numpy as np
 import torch
 
-from oar_verl.core.attribution.base import PassSync
-from oar_verl.core.attribution.chunks import Chunk, LogProbFn, RecordLogProbs, ScoresAndLogProbs, attribute_by_chunks, scores_with_log_probs
+from oar_verl.core.attribution.base import PassSync, row_seed
+from oar_verl.core.attribution.chunks import Chunk, LogProbFn, ScoresAndLogProbs, StepResult, attribute_by_chunks, scores_with_log_probs
+from oar_verl.core.attribution.configs import GradientConfig
 from oar_verl.core.layout import ResponseBatch
-from oar_verl.core.lm import LMParts
+from oar_verl.core.models import ModelParts
 from oar_verl.core.spans import Segments
-from oar_verl.core.targets import check_target, compute_target, target_shift
+from oar_verl.core.targets import compute_target, target_shift
 
 NAME = "oar_g"
-
-
-@dataclass(frozen=True)
-class GradientConfig:
-    target: str = field(
-        default="answer_mean", metadata={"help": "P_final mode: answer_mean (OAR-G reference default), first_answer, answer_logprob or every_answer."}
-    )
-    noise_std: float = field(
-        default=1e-3,
-        metadata={
-            "help": "sigma of the Gaussian noise on reasoning embeddings (reference code: 1e-3). 0 is allowed only with answer_logprob, where the KL gradient does not vanish."
-        },
-    )
-    seed: int = field(
-        default=0, metadata={"help": "Seed of the noise generators (>= 0; each row's generator is seeded from it and the row's index)."}
-    )
-    max_tokens_per_pass: int = field(
-        default=16384, metadata={"help": "Token budget of one forward+backward pass (rows x length): bounds peak memory."}
-    )
-
-    def __post_init__(self) -> None:
-        check_target(self.target)
-        if not self.noise_std >= 0 or self.noise_std == float("inf"):
-            raise ValueError(f"noise_std: expected a finite value >= 0, got {self.noise_std}")
-        if self.noise_std == 0 and self.target != "answer_logprob":
-            raise ValueError(f"noise_std: 0 gives all-zero KL gradients with target {self.target!r}; use > 0 or target 'answer_logprob'")
-        if self.seed < 0:
-            raise ValueError(f"seed: expected >= 0, got {self.seed}")
-        if self.max_tokens_per_pass < 1:
-            raise ValueError(f"max_tokens_per_pass: expected >= 1, got {self.max_tokens_per_pass}")
-
-
-def row_seed(seed: int, row: int) -> int:
-    """The seed of row `row`'s noise generator (see the module docstring)."""
-    return int(np.random.SeedSequence([seed, row]).generate_state(1, np.uint64)[0]) % 2**63
 
 
 def row_noise(
@@ -115,19 +77,19 @@ def attribute(
             backward on a chunk of rows.
     """
     return attribute_by_chunks(
-        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _chunk_scores(parts, chunk, config), rows, sync_passes
+        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _step(parts, chunk, config), rows, sync_passes
     )
 
 
-def _chunk_scores(parts: LMParts, chunk: Chunk, config: GradientConfig) -> torch.Tensor:
-    """[C, L] OAR-G's s_t at every position: a clean forward, then the noisy gradient x input."""
+def _step(parts: ModelParts, chunk: Chunk, config: GradientConfig) -> StepResult:
+    """OAR-G's s_t at every position [C, L]: a clean forward, then the noisy gradient x input."""
     with parts.materialized(), torch.no_grad():
         hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)  # [C, L, H]
         clean = compute_target(parts, hidden, chunk.answer, config.target)  # [C, V] or [C]
-    return _noisy_gradient_x_input(parts, chunk, clean, config).abs()
+    return StepResult(_noisy_gradient_x_input(parts, chunk, clean, config).abs(), hidden)
 
 
-def _noisy_gradient_x_input(parts: LMParts, chunk: Chunk, clean: torch.Tensor, config: GradientConfig) -> torch.Tensor:
+def _noisy_gradient_x_input(parts: ModelParts, chunk: Chunk, clean: torch.Tensor, config: GradientConfig) -> torch.Tensor:
     """<dJ/dE_t, E_t> [C, L] with J = target_shift(clean, P_final(E + noise)): one forward
     with autograd and one backward to the embeddings (activation checkpointing honoured)."""
     with parts.materialized():
@@ -167,26 +129,20 @@ def attribute_with_log_probs(
         model, batch, segments, config, rows: as for `attribute`.
         temperature, log_prob_fn, sync_passes: as for `scores_with_log_probs`.
     """
+    step = _clean_gradient_step if config.target == "answer_logprob" else _step
     return scores_with_log_probs(
-        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk, record: _fused_chunk_scores(parts, chunk, record, config), rows,
+        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: step(parts, chunk, config), rows,
         temperature=temperature, log_prob_fn=log_prob_fn, sync_passes=sync_passes,
     )  # fmt: skip
 
 
-def _fused_chunk_scores(parts: LMParts, chunk: Chunk, record: RecordLogProbs, config: GradientConfig) -> torch.Tensor:
-    """[C, L] OAR-G's s_t at every position, its clean forward's hidden states recorded."""
-    if config.target == "answer_logprob":  # the gradient of the clean pass
-        with parts.materialized():
-            embeds = parts.embed(chunk.input_ids).detach().requires_grad_(True)  # [C, L, H]
-            with torch.enable_grad(), parts.activation_checkpointing():
-                hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
-                phi = compute_target(parts, hidden, chunk.answer, config.target)  # [C]
-                (grad,) = torch.autograd.grad(-phi.sum(), embeds)
-        with parts.materialized():  # after the backward (its graph freed, FSDP groups resharded): the log-prob logits do not add to its memory
-            record(hidden)
-        return (grad.to(phi.dtype) * embeds.detach().to(phi.dtype)).sum(dim=-1).abs()
-    with parts.materialized(), torch.no_grad():
-        hidden = parts.hidden_states(parts.embed(chunk.input_ids), chunk.attention_mask, chunk.position_ids)  # [C, L, H]
-        record(hidden)
-        clean = compute_target(parts, hidden, chunk.answer, config.target)
-    return _noisy_gradient_x_input(parts, chunk, clean, config).abs()
+def _clean_gradient_step(parts: ModelParts, chunk: Chunk, config: GradientConfig) -> StepResult:
+    """`answer_logprob` fused: s_t = |<d(-phi)/dE_t, E_t>| [C, L] from the clean forward
+    itself (run with autograd on the embeddings), no noisy pass."""
+    with parts.materialized():
+        embeds = parts.embed(chunk.input_ids).detach().requires_grad_(True)  # [C, L, H]
+        with torch.enable_grad(), parts.activation_checkpointing():
+            hidden = parts.hidden_states(embeds, chunk.attention_mask, chunk.position_ids)  # [C, L, H]
+            phi = compute_target(parts, hidden, chunk.answer, config.target)  # [C]
+            (grad,) = torch.autograd.grad(-phi.sum(), embeds)
+    return StepResult((grad.to(phi.dtype) * embeds.detach().to(phi.dtype)).sum(dim=-1).abs(), hidden.detach())

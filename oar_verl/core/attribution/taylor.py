@@ -27,20 +27,15 @@ one-token dummy. Gradients go to the embeddings only (no parameter `.grad`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from oar_verl.core.attribution.base import PassSync
-from oar_verl.core.attribution.chunks import Chunk, LogProbFn, RecordLogProbs, ScoresAndLogProbs, attribute_by_chunks, scores_with_log_probs
-from oar_verl.core.attribution.gradient import row_seed
+from oar_verl.core.attribution.base import PassSync, row_seed
+from oar_verl.core.attribution.chunks import Chunk, LogProbFn, ScoresAndLogProbs, StepResult, attribute_by_chunks, scores_with_log_probs
+from oar_verl.core.attribution.configs import PerturbationConfig
 from oar_verl.core.layout import ResponseBatch
-from oar_verl.core.lm import LMParts
+from oar_verl.core.models import ModelParts
 from oar_verl.core.spans import Segments
 from oar_verl.core.targets import compute_target
-
-if TYPE_CHECKING:
-    from oar_verl.core.attribution.perturbation import PerturbationConfig
 
 
 def directions(log_probs: torch.Tensor, rows: torch.Tensor, top: int, samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +88,7 @@ def attribute(
         sync_passes: under FSDP, maps this rank's step count to the count all ranks run.
     """
     return attribute_by_chunks(
-        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _chunk_scores(parts, chunk, config), rows, sync_passes
+        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _step(parts, chunk, config), rows, sync_passes
     )
 
 
@@ -113,15 +108,15 @@ def attribute_with_log_probs(
     the attributed rows' log-probs too, so the fused step costs the log-prob pass plus the
     backward passes. Args as for `attribute` and `chunks.scores_with_log_probs`."""
     return scores_with_log_probs(
-        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk, record: _chunk_scores(parts, chunk, config, record), rows,
+        model, batch, segments, config.max_tokens_per_pass, lambda parts, chunk: _step(parts, chunk, config), rows,
         temperature=temperature, log_prob_fn=log_prob_fn, sync_passes=sync_passes,
     )  # fmt: skip
 
 
-def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig, record: RecordLogProbs | None = None) -> torch.Tensor:
+def _step(parts: ModelParts, chunk: Chunk, config: PerturbationConfig) -> StepResult:
     """[C, L] float32 estimates of every position's score (only reasoning positions are
-    read); the clean forward's hidden states go to `record` when given, once the backward
-    passes are done."""
+    read), and the clean forward's hidden states (the one forward the expansion
+    differentiates)."""
     if parts.vocab_parallel and config.target != "answer_logprob":
         raise ValueError(
             f"mode: taylor with target {config.target!r} needs the whole vocabulary of the target (its Fisher directions); "
@@ -148,7 +143,4 @@ def _chunk_scores(parts: LMParts, chunk: Chunk, config: PerturbationConfig, reco
                         (grad,) = torch.autograd.grad((target * projections[k]).sum(), embeds, retain_graph=k + 1 < len(weights))
                         form += weights[k] * (grad.float() * change).sum(dim=-1).square()
                 scores = 0.5 * form
-    if record is not None:  # after the backward passes (their graph freed, FSDP groups resharded): the log-prob logits do not add to its memory
-        with parts.materialized():
-            record(hidden)
-    return scores
+    return StepResult(scores, hidden.detach())

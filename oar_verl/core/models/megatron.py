@@ -1,5 +1,5 @@
 """The attribution adapter of a megatron-core `GPTModel` (verl's Megatron engine), beside the
-Hugging Face / FSDP2 one (`lm.LMParts`): the same parts, for a model that is
+Hugging Face / FSDP2 one (`hf.HFParts`): the same `ModelParts`, for a model that is
 sequence-first and whose head is split over the vocabulary by tensor parallelism.
 
 - Layout: the methods speak batch-first ([N, L, H]); the decoder runs sequence-first
@@ -46,7 +46,7 @@ from megatron.core.tensor_parallel import (
 )
 from torch import nn
 
-from oar_verl.core.lm import LMParts
+from oar_verl.core.models.shared import gather_columns, real_tokens_first
 
 
 def unwrap(model: nn.Module) -> GPTModel:
@@ -180,11 +180,9 @@ class MegatronParts:
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """[N, L, H] last hidden states (after the final norm) of input embeddings [N, L, H]
         in verl's padded layout (see the module docstring)."""
-        N, L, H = inputs_embeds.shape
-        leading = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)  # [N] left-padding columns
-        columns = torch.arange(L, device=attention_mask.device)[None, :]
-        to_front, back = (columns + leading[:, None]) % L, (columns - leading[:, None]) % L  # [N, L]
-        x = inputs_embeds.gather(1, to_front[:, :, None].expand(-1, -1, H))
+        L = inputs_embeds.shape[1]
+        to_front, back = real_tokens_first(attention_mask)  # [N, L] each
+        x = gather_columns(inputs_embeds, to_front)
         valid = attention_mask.gather(1, to_front).bool()  # [N, L]
         if self.gpt.embedding.add_position_embedding:
             x = x + self.gpt.embedding.position_embeddings(position_ids.gather(1, to_front))
@@ -204,8 +202,7 @@ class MegatronParts:
         hidden = self.gpt.decoder(hidden_states=x, attention_mask=mask, rotary_pos_emb=rotary)
         if sequence_parallel:
             hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False, group=self.tp_group)
-        hidden = hidden[:L].transpose(0, 1)  # [N, L, H]
-        return hidden.gather(1, back[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        return gather_columns(hidden[:L].transpose(0, 1), back)  # [N, L, H]
 
     def hidden_states_and_cache(self, input_ids, attention_mask, position_ids, past_key_values: PrefixCache | None = None):
         """([N, L, H] hidden states of `input_ids` [N, L], the prefix cache after them); with
@@ -217,13 +214,6 @@ class MegatronParts:
         start = 0 if past_key_values is None else past_key_values.input_ids.shape[1]
         hidden = self.hidden_states(self.embed(input_ids), attention_mask, position_ids)
         return hidden[:, start:], PrefixCache(input_ids, position_ids)
-
-    def idle_forward(self, device: torch.device) -> None:
-        """A one-token forward whose result is discarded (OAR-P's pass on a rank with fewer
-        passes than the others)."""
-        ids = torch.zeros((1, 1), dtype=torch.long, device=device)
-        with torch.no_grad():
-            self.hidden_states(self.embed(ids), torch.ones_like(ids), ids)
 
     def logits(self, hidden: torch.Tensor, upcast: bool = True) -> torch.Tensor:
         """[..., V / tp] this rank's shard of the logits of hidden states [..., H] (the head's
@@ -258,5 +248,3 @@ class MegatronParts:
         outside = (local < 0) | (local >= values.shape[-1])
         picked = values.gather(-1, torch.where(outside, 0, local)[..., None])[..., 0].masked_fill(outside, 0.0)
         return reduce_from_tensor_model_parallel_region(picked, group=self.tp_group)
-
-    log_probs_and_entropy = LMParts.log_probs_and_entropy  # the same reductions, over this rank's shard [N, S, V / tp]

@@ -1,16 +1,5 @@
-"""The parts of a causal LM that attribution drives separately: the seam between the
-attribution methods and a training backend.
-
-Attribution needs logits at a few target positions only, never [N, L, V]: it runs the
-backbone (the model without its head) on input embeddings to hidden states [N, L, H] and
-applies the output head to the gathered target positions. Every reduction over the
-vocabulary goes through the parts too (`log_softmax`, `vocab_sum`, `token_values`),
-so a backend whose head is split over the vocabulary (megatron-core's
-tensor parallelism) reduces across its shards instead of gathering them.
-
-`lm_parts(model)` gives the adapter of the model's backend: `LMParts` here for a Hugging
-Face model (plain or FSDP2-sharded, verl's FSDP engines), `megatron_lm.MegatronParts` for
-a megatron-core `GPTModel` (verl's Megatron engine).
+"""The adapter of a Hugging Face causal LM, plain or FSDP2-sharded (verl's FSDP engines):
+`HFParts`, the `ModelParts` of a `...ForCausalLM` split into backbone, embeddings and head.
 """
 
 from __future__ import annotations
@@ -25,11 +14,12 @@ import torch.utils.checkpoint
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from oar_verl.core import fsdp_internals
+from oar_verl.core.models import fsdp_internals
+from oar_verl.core.models.shared import gather_columns, real_tokens_first
 
 
 @dataclass(frozen=True)
-class LMParts:
+class HFParts:
     """backbone: input embeddings [N, L, H] -> last hidden state [N, L, H]; embeddings: ids
     [N, L] -> [N, L, H]; head: [..., H] -> logits [..., V]; logit_softcap: the model's final
     logit soft-cap; model: the whole LM (under FSDP2, the root module).
@@ -41,7 +31,7 @@ class LMParts:
     gather their own in their hooks, once per backbone forward and once per backward. So
     ranks stay in step exactly when they run the same sequence of backbone passes, whatever
     their rows: the attribution methods run every rank through the same number of steps of
-    the same program (`base.synchronized_steps`).
+    the same program (`attribution.base.synchronized_steps`).
     """
 
     backbone: nn.Module
@@ -109,19 +99,15 @@ class LMParts:
         the same data as the trainer's own passes (left padding changes low-order bits in
         bf16); the states are moved back to the input's layout.
         """
-        L = attention_mask.shape[1]
-        leading = (attention_mask.cumsum(dim=1) == 0).sum(dim=1)  # [N] left-padding columns
-        to_front = (torch.arange(L, device=attention_mask.device)[None, :] + leading[:, None]) % L  # [N, L]
-        back = (torch.arange(L, device=attention_mask.device)[None, :] - leading[:, None]) % L
-        H = inputs_embeds.shape[-1]
+        to_front, back = real_tokens_first(attention_mask)  # [N, L] each
         output = self.backbone(
-            inputs_embeds=inputs_embeds.gather(1, to_front[:, :, None].expand(-1, -1, H)),
+            inputs_embeds=gather_columns(inputs_embeds, to_front),
             attention_mask=attention_mask.gather(1, to_front),
             position_ids=position_ids.gather(1, to_front),
             use_cache=False,
         )
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        return hidden.gather(1, back[:, :, None].expand(-1, -1, hidden.shape[-1]))
+        return gather_columns(hidden, back)
 
     def hidden_states_and_cache(self, input_ids, attention_mask, position_ids, past_key_values=None):
         """([N, L, H] hidden states of `input_ids` [N, L], the key/value cache after them).
@@ -137,13 +123,6 @@ class LMParts:
             use_cache=True,
         )
         return output.last_hidden_state, output.past_key_values
-
-    def idle_forward(self, device: torch.device) -> None:
-        """A one-token forward whose result is discarded: OAR-P's pass on a rank with fewer
-        passes than the others (every OAR-P pass is one backbone forward)."""
-        ids = torch.zeros((1, 1), dtype=torch.long, device=device)
-        with self.materialized(), torch.no_grad():
-            self.hidden_states(self.embed(ids), torch.ones_like(ids), ids)
 
     def logits(self, hidden: torch.Tensor, upcast: bool = True) -> torch.Tensor:
         """[..., V] logits of hidden states [..., H] (the head's own forward: no FSDP hook):
@@ -172,27 +151,14 @@ class LMParts:
         """[...] the values [..., V] at token ids [...]."""
         return values.gather(-1, tokens[..., None])[..., 0]
 
-    def log_probs_and_entropy(self, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """([N, S] log-probs of tokens [N, S], [N, S] entropies) of logits [N, S, V], in
-        float32 (float64 for a float64 model), by the vocabulary reductions above: the
-        default log-prob function of the fused passes (every adapter's)."""
-        log_probs = self.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)))  # [N, S, V]
-        return self.token_values(log_probs, tokens), -self.vocab_sum(log_probs.exp() * log_probs)
-
     def activation_checkpointing(self) -> contextlib.AbstractContextManager:
         """A pass with gradients, checkpointed as the model is in training
         (`activation_checkpointing`)."""
         return activation_checkpointing(self.model)
 
 
-def lm_parts(model: nn.Module):
-    """The parts of `model`: `megatron_lm.MegatronParts` for a megatron-core `GPTModel`
-    (wrapped as verl's Megatron engine wraps it, or bare), else `LMParts` of a Hugging Face
-    causal LM (`...ForCausalLM`) split into backbone, embeddings and head."""
-    if type(model).__module__.startswith("megatron."):
-        from oar_verl.core.megatron_lm import megatron_parts
-
-        return megatron_parts(model)
+def hf_parts(model: nn.Module) -> HFParts:
+    """The parts of a Hugging Face causal LM (`...ForCausalLM`): backbone, embeddings, head."""
     backbone = getattr(model, "base_model", None)
     get_input = getattr(model, "get_input_embeddings", None)
     get_output = getattr(model, "get_output_embeddings", None)
@@ -207,7 +173,7 @@ def lm_parts(model: nn.Module):
     if embeddings is None or head is None:
         raise ValueError(f"model: {type(model).__name__} exposes no input embeddings or no output head")
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    return LMParts(backbone, embeddings, head, softcap, model)
+    return HFParts(backbone, embeddings, head, softcap, model)
 
 
 @contextlib.contextmanager
@@ -237,15 +203,3 @@ def activation_checkpointing(model: nn.Module) -> Iterator[None]:
                 del layer._gradient_checkpointing_func
             else:
                 layer._gradient_checkpointing_func = function
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Runs the block with every module in eval mode, then restores each module's mode."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training

@@ -14,7 +14,7 @@ the installed code with every tested release's: oar_verl runs (with a warning na
 tested releases) only if each internal is identical to a tested one, and otherwise refuses
 before Ray starts, naming the internals that changed.
 
-    python -m oar_verl.verl_internals [DIR]   # digests of the installed verl, or of DIR/verl/, for TESTED
+    python -m oar_verl.integration.verl_internals [DIR]   # digests of the installed verl, or of DIR/verl/, for TESTED
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     # the launch path the settings check runs in (main_ppo.py, plugin.py)
     ("verl.trainer.main_ppo", "main"),
     ("verl.utils.config", "validate_config"),
-    # what the CPU backend's shims patch (verl_cpu/shims.py)
+    # what the CPU backend's shims patch (integration/verl_hooks.py)
     ("verl.utils.distributed", "initialize_global_process_group_ray"),
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module"),
     ("verl.workers.engine.fsdp.transformer_impl", "_scale_logits_by_temperature"),
@@ -68,7 +68,7 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     ("verl.checkpoint_engine.base", "CheckpointEngineManager.update_weights"),
 )
 
-# ast digests per tested verl release (`python -m oar_verl.verl_internals` prints them).
+# ast digests per tested verl release (`python -m oar_verl.integration.verl_internals` prints them).
 TESTED: dict[str, dict[str, str]] = {
     "0.9.1": {
         "verl.trainer.ppo.v1.trainer_base:PPOTrainer.fit": "f7da3eeba47b0c3a",
@@ -170,7 +170,7 @@ def support_problem(version: str) -> tuple[str | None, str | None]:
 
 def main(argv: list[str] | None = None) -> None:
     """Prints the digests of every internal as JSON, the form of a `TESTED` entry."""
-    parser = argparse.ArgumentParser(prog="python -m oar_verl.verl_internals",
+    parser = argparse.ArgumentParser(prog="python -m oar_verl.integration.verl_internals",
                                      description="Digests of the verl internals oar_verl relies on, as JSON, for `TESTED`.")  # fmt: skip
     parser.add_argument("dir", nargs="?", type=Path, metavar="DIR",
                         help="read DIR/verl/ (e.g. an unpacked wheel; nothing imported) (default: the installed verl)")  # fmt: skip

@@ -2,9 +2,9 @@
 
 Two things attribution needs have no public torch API:
 - the root's lazy initialisation (`FSDPState._lazy_init`), which a forward through the
-  root would run first; attribution calls sub-modules directly (`lm.LMParts.materialized`);
+  root would run first; attribution calls sub-modules directly (`hf.HFParts.materialized`);
 - each module's parameter groups, to save and restore `reshard_after_backward`
-  (`lm.LMParts.gathered_through_backward`): `FSDPModule.set_reshard_after_backward` sets
+  (`hf.HFParts.gathered_through_backward`): `FSDPModule.set_reshard_after_backward` sets
   it but nothing reads it back.
 
 The state's groups are `FSDPState._fsdp_param_groups` (a list) from torch 2.12 and
