@@ -434,10 +434,10 @@ def arithmetic_model_and_batch():
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oar_verl.data.arithmetic import make_problem
     from oar_verl.study.fidelity import sample_responses
     from oar_verl.study.plan import FULL
-    from oar_verl.warmstart import warm_start
+    from oar_verl.tiny.arithmetic import make_problem
+    from oar_verl.tiny.warmstart import warm_start
 
     path = warm_start(
         tempfile.mkdtemp(),

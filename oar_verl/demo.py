@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import random
 import string
-import sys
 import time
 from pathlib import Path
 
 PROMPT = "copy the digit:\n"
 PROG = "python -m oar_verl.demo"
-CONSOLE_SCRIPT = "oar-verl-demo"
 
 
 def pivot_example(rng: random.Random) -> tuple[str, int]:
@@ -45,8 +43,8 @@ def train_pivot_model(steps: int = 400, seed: int = 0, batch_size: int = 64, log
     """
     import torch
 
-    from oar_verl.sft import lm_batch, train_step
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+    from oar_verl.tiny.sft import lm_batch, train_step
 
     tokenizer = byte_tokenizer()
     model = tiny_qwen2(len(tokenizer), seed=seed)
@@ -78,9 +76,8 @@ def pivot_rank(scores: list[float], reasoning_length: int, pivot: int) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The demo's options; the program name is the console script's when run as one."""
-    prog = CONSOLE_SCRIPT if Path(sys.argv[0]).name == CONSOLE_SCRIPT else PROG
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    """The demo's options."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=400, help="training steps of the tiny model (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training and of the explained response (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", default=["oar_p", "oar_g"], choices=["oar_p", "oar_g"],

@@ -5,8 +5,8 @@ CPU, from nothing.
     python -m oar_verl.quickstart --estimator grpo --steps 20 --workdir outputs/quickstart
     python -m oar_verl.quickstart --strategy megatron   # the actor on verl's Megatron engine
 
-1. builds a byte-level Qwen2 and warm-starts it on generated arithmetic (`warmstart.py`);
-2. writes generated GSM8K-format train / held-out parquet files (`data/arithmetic.py`);
+1. builds a byte-level Qwen2 and warm-starts it on generated arithmetic (`tiny/warmstart.py`);
+2. writes generated GSM8K-format train / held-out parquet files (`tiny/arithmetic.py`);
 3. trains with `python -m oar_verl.main_ppo --config-name cpu` (verl's v1 trainer, FSDP2
    on gloo, the hf rollout), validating on the held-out set before training and every
    `--test-freq` steps;
@@ -16,122 +16,21 @@ CPU, from nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-from oar_verl.data.arithmetic import write_split
 from oar_verl.integration.errors import SettingsError, exit_on_settings_error
-from oar_verl.warmstart import warm_start
-
-HELD_OUT_METRIC = "val-core/openai/gsm8k/acc/mean@1"
-TASK = {"max_steps": 1, "max_operand": 9}  # one-step single-digit sums: learnable in seconds
-
-
-def prepare(
-    workdir: Path,
-    *,
-    warm_start_steps: int = 300,
-    train_size: int = 512,
-    val_size: int = 64,
-    seed: int = 0,
-    task: dict = TASK,
-    slip_probability: float = 0.0,
-    wrap_slip_probability: float = 0.0,
-    warm_start_learning_rate: float = 3e-3,
-    warm_start_target_accuracy: float | None = None,
-) -> dict[str, Path]:
-    """The model and the data of a run, built under `workdir` (reused when present).
-
-    `task`: the arithmetic's shape (`max_steps`, `max_operand`, and optionally `min_steps`,
-    `modulus`: `data.arithmetic.make_problem`); `slip_probability`,
-    `wrap_slip_probability`: the warm-start traces' imperfections; `warm_start_target_accuracy`:
-    warm-start until that greedy accuracy (at most `warm_start_steps` steps; `warmstart.warm_start`).
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    paths = {"model": workdir / "model", "train": workdir / "train.parquet", "val": workdir / "val.parquet"}
-    if not (paths["model"] / "config.json").exists():
-        warm_start(paths["model"], steps=warm_start_steps, seed=seed, learning_rate=warm_start_learning_rate, slip_probability=slip_probability,
-                   wrap_slip_probability=wrap_slip_probability, target_accuracy=warm_start_target_accuracy, **task)  # fmt: skip
-    if not paths["train"].exists():
-        write_split(paths["train"], train_size, seed=seed + 1, split="train", **task)
-    if not paths["val"].exists():
-        write_split(paths["val"], val_size, seed=seed + 2, split="test", **task)
-    return paths
-
-
-CONFIG_DIR = Path(__file__).parent / "config"
-PRESETS = {"fsdp2": "cpu", "megatron": "cpu_megatron"}  # actor strategy -> CPU preset (config/)
-# verl's v1 trainer mode -> what it needs on the CPU beyond the preset: separate_async samples
-# on a standalone rollout replica (a logical GPU of its own), synced through the gloo
-# checkpoint engine (verl's need accelerators), and splits a step's 8 prompts into
-# parameter_sync_step updates of one mini-batch each.
-TRAINER_MODES = {
-    "sync": (),
-    "colocate_async": (),
-    "separate_async": (
-        "actor_rollout_ref.rollout.nnodes=1", "actor_rollout_ref.rollout.n_gpus_per_node=1", "ray_kwargs.ray_init.num_gpus=2",
-        "actor_rollout_ref.rollout.checkpoint_engine.backend=gloo", "trainer.v1.separate_async.parameter_sync_step=2",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-    ),
-}  # fmt: skip
-
-
-def train_command(
-    paths: dict[str, Path],
-    checkpoint_dir: Path,
-    *,
-    estimator: str,
-    steps: int,
-    overrides: list[str] = (),
-    stock_entry_point: bool = False,
-    loggers: tuple[str, ...] = ("console", "file"),
-    strategy: str = "fsdp2",
-) -> list[str]:
-    """The command line of a CPU run: `python -m oar_verl.main_ppo --config-name cpu` (or
-    `cpu_megatron` for `strategy="megatron"`), or verl's own `python -m
-    verl.trainer.main_ppo` on the same preset (then the environment must select the CPU
-    platform: `VERL_PLATFORM=cpu`)."""
-    entry = ["verl.trainer.main_ppo", "--config-path", str(CONFIG_DIR)] if stock_entry_point else ["oar_verl.main_ppo"]
-    return [
-        sys.executable, "-m", *entry, "--config-name", PRESETS[strategy],
-        f"data.train_files={paths['train']}",
-        f"data.val_files={paths['val']}",
-        f"actor_rollout_ref.model.path={paths['model']}",
-        f"algorithm.adv_estimator={estimator}",
-        f"trainer.total_training_steps={steps}",
-        f"trainer.default_local_dir={checkpoint_dir}",
-        f"trainer.logger=[{','.join(loggers)}]",
-        *overrides,
-    ]  # fmt: skip
-
-
-def run_training(command: list[str], metrics_file: Path, log_file: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs a training command with verl's file logger writing to `metrics_file`, its output
-    appended to `log_file` (or shown)."""
-    env = {**os.environ, **(env or {}), "VERL_FILE_LOGGER_PATH": str(metrics_file)}
-    if env.get("CUDA_VISIBLE_DEVICES") == "":  # an empty value makes Ray refuse logical GPUs
-        del env["CUDA_VISIBLE_DEVICES"]
-    if log_file is None:
-        return subprocess.run(command, env=env, check=False)
-    with open(log_file, "a") as log:
-        return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-
-
-def read_metrics(metrics_file: Path) -> dict[int, dict]:
-    """verl's file-logger lines, {step: metrics} (later lines of a step update earlier ones)."""
-    steps: dict[int, dict] = {}
-    for line in metrics_file.read_text().splitlines():
-        record = json.loads(line)
-        steps.setdefault(int(record["step"]), {}).update(record["data"])
-    return steps
-
-
-def mode_overrides(trainer_mode: str) -> list[str]:
-    """The overrides a run in `trainer_mode` needs on the CPU (`TRAINER_MODES`), with the mode."""
-    return [f"trainer.v1.trainer_mode={trainer_mode}", *TRAINER_MODES[trainer_mode]]
+from oar_verl.tiny.launch import (
+    CONFIG_DIR,
+    HELD_OUT_METRIC,
+    PRESETS,
+    TRAINER_MODES,
+    mode_overrides,
+    prepare,
+    read_metrics,
+    run_training,
+    train_command,
+)
 
 
 def check_command(estimator: str, strategy: str, overrides: list[str]) -> None:

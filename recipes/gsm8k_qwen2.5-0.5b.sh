@@ -14,7 +14,7 @@ ESTIMATOR=${ESTIMATOR:-grpo}              # grpo | oar_g | oar_p
 DATA_DIR=${DATA_DIR:-$HOME/data}
 MODEL=${MODEL:-Qwen/Qwen2.5-0.5B-Instruct}
 VERL_MAIN=${VERL_MAIN:-python3 -m verl.trainer.main_ppo}
-REWARD_FN=$(python3 -c 'import importlib.util as u; print(u.find_spec("oar_verl.rewards").origin)')  # the path, without importing verl
+REWARD_FN="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/rewards.py"  # beside this script
 
 # Optional OAR settings (with verl's entry point, new keys take a leading '+'):
 #   +algorithm.oar.answer_pattern=gsm8k      # auto finds '####' as well

@@ -21,7 +21,7 @@ fi
 DATA_DIR=${DATA_DIR:-$HOME/data}
 MODEL=${MODEL:-Qwen/Qwen2.5-Math-7B}
 VERL_MAIN=${VERL_MAIN:-python3 -m verl.trainer.main_ppo}
-REWARD_FN=$(python3 -c 'import importlib.util as u; print(u.find_spec("oar_verl.rewards").origin)')  # the path, without importing verl
+REWARD_FN="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/rewards.py"  # beside this script
 TRAIN_FILES="['$DATA_DIR/math/train.parquet','$DATA_DIR/gsm8k/train.parquet']"
 VAL_FILES="['$DATA_DIR/math500/test.parquet','$DATA_DIR/gsm8k/test.parquet','$DATA_DIR/aime2024/test.parquet','$DATA_DIR/amc2023/test.parquet']"
 

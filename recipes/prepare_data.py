@@ -1,4 +1,4 @@
-"""Writes the recipes' datasets in verl's parquet layout (`oar_verl.data.math_sets`).
+"""Writes the recipes' datasets in verl's parquet layout (`recipes.math_sets`).
 
     python recipes/prepare_data.py                                   # all, from the hub, to ~/data
     python recipes/prepare_data.py --sets gsm8k_train gsm8k_test --out ~/data
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from oar_verl.data.math_sets import SOURCES, DatasetError, prepare
+from math_sets import SOURCES, DatasetError, prepare
 
 
 def main(argv: list[str] | None = None) -> int:

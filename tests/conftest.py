@@ -71,7 +71,7 @@ def quickstart_inputs(tmp_path_factory, worker_id):
 
 
 def _quickstart_inputs(workdir: Path) -> dict[str, Path]:
-    from oar_verl.quickstart import prepare
+    from oar_verl.tiny.launch import prepare
 
     if not (workdir / "model").exists():
         shutil.copytree(QUICKSTART_MODEL, workdir / "model")

@@ -9,8 +9,9 @@ import sys
 import pandas as pd
 import pytest
 
-from oar_verl import cli
-from oar_verl.cli import main, parse_settings
+from oar_verl import explain as cli
+from oar_verl.cli import main
+from oar_verl.explain import parse_settings
 from oar_verl.tiny import byte_tokenizer, tiny_qwen2
 
 

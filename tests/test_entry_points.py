@@ -55,7 +55,8 @@ class EntryPoint:
 
 
 ENTRY_POINTS = (
-    EntryPoint("module", "oar_verl.cli", LIGHT_S, defaults=False, prog="oar-verl", unstated=("{explain}",)),  # the subcommands
+    EntryPoint("module", "oar_verl.cli", LIGHT_S, prog="oar-verl"),
+    EntryPoint("module", "oar_verl.explain", LIGHT_S, prog="oar-verl explain"),
     EntryPoint("module", "oar_verl.demo", LIGHT_S),
     EntryPoint("module", "oar_verl.dry_run", HEAVY_S),
     EntryPoint("module", "oar_verl.main_ppo", HEAVY_S),
@@ -63,7 +64,7 @@ ENTRY_POINTS = (
     EntryPoint("module", "oar_verl.study", LIGHT_S),
     EntryPoint("module", "oar_verl.study.stage0", LIGHT_S),
     EntryPoint("module", "oar_verl.integration.verl_internals", LIGHT_S),
-    EntryPoint("module", "oar_verl.warmstart", LIGHT_S),
+    EntryPoint("module", "oar_verl.tiny.warmstart", LIGHT_S),
     EntryPoint("module", "tests.fixtures.models.build", LIGHT_S, defaults=False),
     EntryPoint("script", "recipes/prepare_data.py", LIGHT_S),
     EntryPoint("script", "benchmarks/attribution.py", HEAVY_S),
@@ -75,9 +76,9 @@ ENTRY_POINTS = (
     EntryPoint("script", "benchmarks/segmentation.py", LIGHT_S),
     EntryPoint("script", "benchmarks/taylor_fidelity.py", LIGHT_S, defaults=False),
     EntryPoint("script", "benchmarks/verl_pass.py", LIGHT_S),
-    EntryPoint("console", "oar-verl", LIGHT_S, defaults=False, unstated=("{explain}",)),  # the subcommands
-    EntryPoint("console", "oar-verl", LIGHT_S, args=("explain",)),
-    EntryPoint("console", "oar-verl-demo", LIGHT_S),
+    EntryPoint("console", "oar-verl", LIGHT_S),
+    EntryPoint("console", "oar-verl", LIGHT_S, args=("explain",), prog="oar-verl explain"),
+    EntryPoint("console", "oar-verl", LIGHT_S, args=("demo",), prog="python -m oar_verl.demo"),
 )
 HYDRA_ENTRY_POINTS = ("oar_verl.main_ppo", "oar_verl.dry_run")  # their --help used to dump ~1,100 lines of config
 

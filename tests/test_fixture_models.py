@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oar_verl.demo import train_pivot_model
-from oar_verl.quickstart import TASK
-from oar_verl.warmstart import warm_start
+from oar_verl.tiny.launch import TASK
+from oar_verl.tiny.warmstart import warm_start
 from tests.fixtures.models import PIVOT_MODEL, QUICKSTART_MODEL, STUDY_SMOKE_MODEL, recorded_digests, weights_digest
 
 

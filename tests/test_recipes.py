@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from oar_verl.data.math_sets import SOURCES, DatasetError, prepare, to_verl_rows
 from oar_verl.dry_run import dry_run, summary
-from oar_verl.rewards import compute_score
+from recipes.math_sets import SOURCES, DatasetError, prepare, to_verl_rows
+from recipes.rewards import compute_score
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """The oracle of the study's arithmetic task: where a response first goes wrong.
 
-A response to a question such as `12+30-7` or `4+7-9 (mod 10)` (`oar_verl.data.arithmetic`)
+A response to a question such as `12+30-7` or `4+7-9 (mod 10)` (`oar_verl.tiny.arithmetic`)
 writes one line a step, `LEFT OP OPERAND=RESULT`, then `#### ANSWER`. Its first error is the first character
 that is wrong given what the response wrote before it: a line whose LEFT is not the previous
 line's RESULT (the question's first number on the first line: a copy error), whose OP or

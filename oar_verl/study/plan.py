@@ -21,7 +21,7 @@ METHOD_LABELS = {"grpo": "GRPO", "oracle": "oracle (perfect attribution)", "oar_
 class StudyPlan:
     """Task: `min_steps` to `max_steps` additions/subtractions of numbers up to
     `max_operand` (modulo `modulus` when set), chain of thought, GSM8K's `#### answer`
-    (`oar_verl.data.arithmetic`). Warm-start: supervised, `warm_start_steps` steps (or,
+    (`oar_verl.tiny.arithmetic`). Warm-start: supervised, `warm_start_steps` steps (or,
     with `warm_start_target_accuracy`, until that greedy accuracy, at most that many;
     learning rate `warm_start_learning_rate`) on traces of which `slip_probability` carry
     a step error, and whose wrapping steps slip with `wrap_slip_probability`; a plan with

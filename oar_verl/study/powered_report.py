@@ -64,7 +64,7 @@ def write_powered_report(results: dict, out_dir: Path, *, command: str) -> Path:
         "## Setup",
         "",
         f"- Task: {plan['min_steps']} to {plan['max_steps']} additions/subtractions of digits modulo {plan['modulus']} "
-        "(`4+7-9 (mod 10)`), one line per step, GSM8K's `#### answer` (`data/arithmetic.py`): with the byte-level tokenizer "
+        "(`4+7-9 (mod 10)`), one line per step, GSM8K's `#### answer` (`oar_verl/tiny/arithmetic.py`): with the byte-level tokenizer "
         "every value and the answer are one token. Errors concentrate in the steps whose true result wraps around the "
         f"modulus: the warm-start traces get those wrong with probability {plan['wrap_slip_probability']} (by 1, up or down), "
         f"the others never. {plan['train_size']} training problems, {plan['test_size']} fixed held-out problems.",

@@ -131,7 +131,7 @@ def write_first_report(results: dict, out_dir: Path, *, command: str) -> Path:
         "## Setup",
         "",
         f"- Task: generated arithmetic, 1 to {plan['max_steps']} additions/subtractions of numbers up to {plan['max_operand']}, "
-        "chain of thought, GSM8K's `#### answer` (`oar_verl/data/arithmetic.py`; reasoning-gym's arithmetic tasks have no "
+        "chain of thought, GSM8K's `#### answer` (`oar_verl/tiny/arithmetic.py`; reasoning-gym's arithmetic tasks have no "
         "step-by-step traces to warm-start on). Fixed held-out set of "
         f"{plan['test_size']} problems, {plan['train_size']} training problems.",
         f"- Model: byte-level Qwen2 (2 layers, hidden 64) trained from scratch, warm-started by {plan['warm_start_steps']} supervised "

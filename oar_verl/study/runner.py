@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from oar_verl.quickstart import HELD_OUT_METRIC, read_metrics, run_training, train_command
-from oar_verl.quickstart import prepare as prepare_run
 from oar_verl.study.analysis import error_lines_by_step, error_token_shares, uniform_error_token_shares
 from oar_verl.study.fidelity import rank_agreement
 from oar_verl.study.plan import METHODS, StudyPlan
 from oar_verl.study.statistics import gate_passed
+from oar_verl.tiny.launch import HELD_OUT_METRIC, read_metrics, run_training, train_command
+from oar_verl.tiny.launch import prepare as prepare_run
 
 TRAIN_SCORE_METRIC = "critic/score/mean"
 ENTROPY_METRIC = "actor/entropy"

@@ -95,9 +95,9 @@ def wrong_responses(model, tokenizer, count: int, seed: int, task: dict, max_new
     """(batch, segments, questions, [B] error token, responses sampled): `count` sampled
     responses (temperature 1) to problems of `task` whose first error lies in their reasoning."""
     from oar_verl.core import ResponseBatch, segment_responses
-    from oar_verl.data.arithmetic import make_problem
     from oar_verl.study.fidelity import sample_responses
     from oar_verl.study.oracle import oracle_scores
+    from oar_verl.tiny.arithmetic import make_problem
 
     rng = random.Random(seed)
     kept_prompts, kept_responses, questions, sampled = [], [], [], 0

@@ -5,7 +5,7 @@ import pytest
 
 from oar_verl.integration.command_line import CommandLine, compose_config
 from oar_verl.integration.trainer import OAR_TRAINER_NAMES, OARStep, oar_trainers
-from oar_verl.quickstart import CONFIG_DIR, TRAINER_MODES, mode_overrides
+from oar_verl.tiny.launch import CONFIG_DIR, TRAINER_MODES, mode_overrides
 
 
 def config(estimator: str, mode: str):

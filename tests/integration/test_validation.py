@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from oar_verl.data.arithmetic import write_split
 from oar_verl.integration.validation import check, oar_settings_errors, perturbation_cost_warning
 from oar_verl.main_ppo import SettingsError, check_and_prepare
+from oar_verl.tiny.arithmetic import write_split
 
 DATA = write_split(Path(tempfile.mkdtemp()) / "train.parquet", 8, seed=0, split="train")  # GSM8K-format rows
 

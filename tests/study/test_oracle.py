@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from oar_verl.core import ResponseBatch, segment_responses
-from oar_verl.data.arithmetic import make_problem
 from oar_verl.study.oracle import STEP_LINE, FirstError, Question, find_question, first_error, oracle_scores, parse_question
+from oar_verl.tiny.arithmetic import make_problem
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ def fake_run(gain: dict[str, float]):
 
 @pytest.fixture
 def stubbed(monkeypatch, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
     monkeypatch.setattr(runner, "prepare", lambda plan, workdir: {"model": tmp_path})
     monkeypatch.setattr(runner, "fidelity", lambda plan, model: {"responses": 0})
     return tmp_path
@@ -48,3 +49,23 @@ def test_a_rerun_resumes_and_past_gate_runs_the_rest(monkeypatch, stubbed):
     calls.clear()
     results = runner.run_study(plan, stubbed / "work", stubbed / "results.json", log=lambda m: None, past_gate=True)
     assert len(calls) == 6 and ("grpo", 0) not in calls and len(results["runs"]) == 10
+
+
+def test_a_resume_on_another_warm_start_or_plan_is_refused(monkeypatch, stubbed):
+    """Runs from two models (a warm start rebuilt on another machine) or two plans never mix."""
+    plan = dataclasses.replace(CHAINS, seeds=(0, 1))
+    run_one, calls = fake_run({})
+    monkeypatch.setattr(runner, "run_one", run_one)
+    runner.run_study(plan, stubbed / "work", stubbed / "results.json", log=lambda m: None)
+    (stubbed / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(ValueError, match="measured from the warm start with weights .* would mix runs from two models"):
+        runner.run_study(plan, stubbed / "work", stubbed / "results.json", log=lambda m: None)
+    with pytest.raises(ValueError, match="holds the results of another plan than 'chains'"):
+        runner.run_study(dataclasses.replace(plan, rl_steps=1), stubbed / "work", stubbed / "results.json", log=lambda m: None)
+    assert len(calls) == 4  # the gate's runs, once
+
+
+def test_the_chains_plan_ships_its_warm_start(tmp_path):
+    paths = runner.prepare(dataclasses.replace(CHAINS, train_size=4, test_size=4), tmp_path)
+    shipped = runner.STORED_WARM_STARTS / "chains" / "model.safetensors"
+    assert runner.weights_digest(paths["model"]) == runner.weights_digest(shipped.parent)

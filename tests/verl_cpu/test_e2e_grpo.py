@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from oar_verl.quickstart import read_metrics, run_training, train_command
+from oar_verl.tiny.launch import read_metrics, run_training, train_command
 from oar_verl.verl_cpu.hf_server import weights_digest
 from tests.verl_cpu.test_e2e_oar import check_oar_run
 

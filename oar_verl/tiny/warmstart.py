@@ -1,9 +1,9 @@
 """A small chat model for CPU training runs, built and warm-started locally.
 
-    python -m oar_verl.warmstart OUTPUT_DIR [--steps 300]
+    python -m oar_verl.tiny.warmstart OUTPUT_DIR [--steps 300]
 
-A byte-level Qwen2 (`tiny.py`) trained with teacher forcing on generated arithmetic
-solutions (`data/arithmetic.py`) in the ChatML format verl's agent loop builds, each
+A byte-level Qwen2 (`models.py`) trained with teacher forcing on generated arithmetic
+solutions (`arithmetic.py`) in the ChatML format verl's agent loop builds, each
 answer closed by `<|im_end|>` (the end-of-sequence id of its generation config). A short
 warm-start leaves it right on some problems and wrong on others: what GRPO needs to have
 groups with different rewards.
@@ -54,9 +54,9 @@ def warm_start(
     """
     import torch
 
-    from oar_verl.data.arithmetic import INSTRUCTION, make_problem
-    from oar_verl.sft import lm_batch, train_step
     from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+    from oar_verl.tiny.arithmetic import INSTRUCTION, make_problem
+    from oar_verl.tiny.sft import lm_batch, train_step
 
     tokenizer = byte_tokenizer()
     model = tiny_qwen2(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
@@ -109,7 +109,7 @@ def greedy_accuracy(model, tokenizer, task: dict, size: int, seed: int, max_new_
     answer (the number after `####`) is right."""
     import torch
 
-    from oar_verl.data.arithmetic import INSTRUCTION, make_problem
+    from oar_verl.tiny.arithmetic import INSTRUCTION, make_problem
 
     rng = random.Random(seed)
     problems = [
@@ -139,7 +139,7 @@ def greedy_accuracy(model, tokenizer, task: dict, size: int, seed: int, max_new_
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m oar_verl.warmstart", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m oar_verl.tiny.warmstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("output_dir", help="where the model and tokenizer are saved, a Hugging Face model directory (required)")
     parser.add_argument("--steps", type=int, default=300, help="warm-start training steps (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the generated problems (default: %(default)s)")

@@ -1,1 +1,0 @@
-"""Datasets in verl's parquet layout."""
