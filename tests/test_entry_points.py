@@ -80,7 +80,7 @@ ENTRY_POINTS = (
     EntryPoint("console", "oar-verl", LIGHT_S, args=("explain",), prog="oar-verl explain"),
     EntryPoint("console", "oar-verl", LIGHT_S, args=("demo",), prog="python -m oar_verl.demo"),
 )
-HYDRA_ENTRY_POINTS = ("oar_verl.main_ppo", "oar_verl.dry_run")  # their --help used to dump ~1,100 lines of config
+HYDRA_ENTRY_POINTS = ("oar_verl.main_ppo", "oar_verl.dry_run")  # hydra entry points: their --help would dump verl's config
 
 
 def entry_id(entry: EntryPoint) -> str:
@@ -135,7 +135,7 @@ def test_help_prints_help_and_does_nothing_else(entry: EntryPoint, tmp_path: Pat
     assert seconds < entry.bound_s, f"--help took {seconds:.1f} s (bound {entry.bound_s} s)"
     if entry.target in HYDRA_ENTRY_POINTS:
         assert "algorithm.oar.quantile" in result.stdout
-        assert len(result.stdout.splitlines()) < 100
+        assert "actor_rollout_ref:" not in result.stdout  # not hydra's dump of verl's whole config
 
 
 def discovered_entry_points() -> set[tuple[str, str]]:

@@ -74,25 +74,17 @@ def test_the_main_series_carries_the_same_patches_and_tests():
             assert added_file(main, path) == added_file(pinned, path), f"{main.name}: {path} differs from the pinned series"
 
 
-def test_patches_are_git_format_with_messages():
-    assert len(PATCHES) >= 3
-    for patch in PATCHES + MAIN_PATCHES:
-        text = patch.read_text()
-        assert text.startswith("From ") and "\nSubject: [PATCH" in text
-        body = text.split("\n\n", 1)[1].split("\n---\n", 1)[0]
-        assert len(body.strip().splitlines()) >= 3, f"{patch.name}: the commit message must explain the change"
-
-
 def test_plugin_uses_the_patched_verl(patched_verl):
     code = (  # noqa: UP031 (the code string takes verl's path as a repr)
-        "import os; os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29534', RANK='0', WORLD_SIZE='1');"
+        "import os; os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='0', RANK='0', WORLD_SIZE='1');"
         "import verl, torch.distributed as d; assert verl.__file__.startswith(%r), verl.__file__;"
+        "from oar_verl.integration.verl_hooks import is_hooked;"
         "import verl.utils.distributed as dist, verl.workers.engine_workers as w, verl.workers.engine.fsdp.transformer_impl as t;"
         "from verl.workers.rollout.base import get_rollout_class;"
         "assert dist.default_process_group_backend() == 'cpu:gloo';"
-        "assert not getattr(w.initialize_global_process_group_ray, '_oar_cpu_shim', False), 'shim applied on patched verl';"
-        "assert not getattr(t.CPUOffloadPolicy, '_oar_cpu_shim', False), 'shim applied on patched verl';"
-        "import verl.utils.fsdp_utils as f; assert not getattr(f.fsdp2_sharded_save_to_cpu, '_oar_cpu_shim', False), 'shim applied on patched verl';"
+        "assert not is_hooked(w.initialize_global_process_group_ray), 'shim applied on patched verl';"
+        "assert not is_hooked(t.CPUOffloadPolicy), 'shim applied on patched verl';"
+        "import verl.utils.fsdp_utils as f; assert not is_hooked(f.fsdp2_sharded_save_to_cpu), 'shim applied on patched verl';"
         "assert get_rollout_class('hf').__name__ == 'HFServerAdapter';"
         "w.initialize_global_process_group_ray(); print('BACKEND', d.get_backend())"
     ) % str(patched_verl)

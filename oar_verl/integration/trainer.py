@@ -336,7 +336,7 @@ class OARStep:
         self._oar_steps_done = 0
         batch = super().step(metrics, timing_raw)
         expected = int(getattr(self, "parameter_sync_step", 1))
-        if uses_oar(self.config) and self._oar_steps_done != expected:
+        if self._oar_steps_done != expected:
             raise OARStepBypassed(
                 f"algorithm.adv_estimator={self.config.algorithm.adv_estimator}: training step {self.global_steps} ran "
                 f"{self._oar_steps_done} OAR advantage step(s) for {expected} update(s): verl's {_verl_class(self).__name__}."
@@ -347,10 +347,9 @@ class OARStep:
 
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
-        if uses_oar(self.config):  # the actor workers gain the attribution role
-            for role in ACTOR_ROLES:
-                if role in self.role_worker_mapping:
-                    self.role_worker_mapping[role] = ray.remote(self._oar_worker_class)
+        for role in ACTOR_ROLES:  # the actor workers gain the attribution role
+            if role in self.role_worker_mapping:
+                self.role_worker_mapping[role] = ray.remote(self._oar_worker_class)
 
     def _old_policy_weights(self) -> contextlib.AbstractContextManager:
         """The actors hold pi_old's weights inside the block (they already do here)."""
@@ -358,8 +357,6 @@ class OARStep:
 
     def _fuses_log_probs(self) -> bool:
         estimator = self.config.algorithm.adv_estimator
-        if not uses_oar(self.config):
-            return False
         settings = OARSettings.from_algorithm_config(self.config.algorithm)
         if settings.oracle or not settings.fuses_log_probs(estimator):  # the oracle's scores need no pass
             return False
@@ -385,8 +382,6 @@ class OARStep:
         return output
 
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        if not uses_oar(self.config):
-            return super()._compute_advantage(batch, metrics)
         with _estimator(self.config, "grpo"):
             batch = super()._compute_advantage(batch, metrics)
         with marked_timer("oar_attribution", self.timing_raw):

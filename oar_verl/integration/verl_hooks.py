@@ -33,8 +33,8 @@ CPU backend (`install_cpu_backend`):
   `fsdp_utils.fsdp2_cpu_offload_policy`);
 - pi_old in host memory: `fsdp2_sharded_save_to_cpu` copies with `.cpu()`, a no-op for a
   host-memory shard, so separate_async's saved pi_old followed the optimizer; wrapped to
-  clone each saved shard (patch 0007 adds no attribute: on a verl that carries it the
-  shards are copied twice, which is correct).
+  clone each saved shard, when the function is a tested release's own (patch 0007 adds no
+  attribute; its fix changes the function, whose syntax-tree digest `verl_internals` keeps).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class HookError(RuntimeError):
     """verl's object is not the one oar_verl's change was written for."""
 
 
-def _marked(function) -> bool:
+def is_hooked(function) -> bool:
+    """True for a function (or class stand-in) this module put in verl's place."""
     return getattr(function, _MARK, False)
 
 
@@ -89,7 +90,7 @@ def add_settings_check(config_module) -> None:
     from oar_verl.integration import validation
 
     verl_validate = config_module.validate_config
-    if _marked(verl_validate):
+    if is_hooked(verl_validate):
         return
 
     @functools.wraps(verl_validate)
@@ -200,7 +201,7 @@ def _patch_process_group() -> None:
     import verl.workers.engine_workers as engine_workers
 
     original = distributed.initialize_global_process_group_ray
-    if _marked(original) or hasattr(distributed, "default_process_group_backend"):  # patch 0001
+    if is_hooked(original) or hasattr(distributed, "default_process_group_backend"):  # patch 0001
         return
     for module in (engine_workers, checkpoint_base):
         if getattr(module, "initialize_global_process_group_ray", None) is not original:
@@ -221,7 +222,7 @@ def _patch_offload_policy() -> None:
     import verl.workers.engine.fsdp.transformer_impl as transformer_impl
 
     current = transformer_impl.CPUOffloadPolicy
-    if _marked(current) or hasattr(fsdp_utils, "fsdp2_cpu_offload_policy"):  # patch 0002
+    if is_hooked(current) or hasattr(fsdp_utils, "fsdp2_cpu_offload_policy"):  # patch 0002
         return
     if current is not torch.distributed.fsdp.CPUOffloadPolicy:
         raise HookError("verl's transformer_impl.CPUOffloadPolicy is not torch's: cannot patch")
@@ -236,9 +237,11 @@ def _patch_offload_policy() -> None:
 def _patch_sharded_save() -> None:
     import verl.utils.fsdp_utils as fsdp_utils
 
+    from oar_verl.integration.verl_internals import is_tested_code
+
     original = fsdp_utils.fsdp2_sharded_save_to_cpu
-    if _marked(original):
-        return
+    if is_hooked(original) or not is_tested_code("verl.utils.fsdp_utils", "fsdp2_sharded_save_to_cpu"):
+        return  # hooked already, or not verl 0.9.1's aliasing copy (patch 0007)
 
     @functools.wraps(original)
     def fsdp2_sharded_save_to_cpu(model):

@@ -148,6 +148,14 @@ def digests(root: Path | None = None) -> dict[str, str | None]:
     return result
 
 
+def is_tested_code(module: str, qualname: str) -> bool:
+    """True when the installed `module.qualname` is, syntax tree for syntax tree, a tested
+    release's (e.g. verl 0.9.1's own, before an upstream fix changed it)."""
+    path = _module_file(module, None)
+    installed = digest_of(path.read_text(), qualname) if path is not None else None
+    return installed is not None and any(release.get(_key(module, qualname)) == installed for release in TESTED.values())
+
+
 def changed_internals(installed: dict[str, str | None] | None = None) -> list[str]:
     """The internals whose installed code matches no tested release's, by name."""
     installed = digests() if installed is None else installed

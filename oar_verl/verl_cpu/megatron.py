@@ -112,9 +112,12 @@ def _patch_rng_tracker() -> None:
 
     if _marked(megatron_random._get_cuda_rng_state):
         return
-    for name in ("_get_cuda_rng_state", "_set_cuda_rng_state"):
-        if "cuda" not in inspect.getsource(getattr(megatron_random, name)).split('"""')[-1]:
-            raise ShimError(f"megatron.core.tensor_parallel.random.{name} no longer reads the CUDA generator: cannot patch")
+    for name, parameters in (
+        ("_get_cuda_rng_state", ["device", "clone", "graph_safe"]),
+        ("_set_cuda_rng_state", ["new_state", "device", "graph_safe"]),
+    ):
+        if list(inspect.signature(getattr(megatron_random, name)).parameters) != parameters:
+            raise ShimError(f"megatron.core.tensor_parallel.random.{name} is not megatron-core 0.16's ({', '.join(parameters)}): cannot patch")
     torch.cuda.get_rng_state = _mark(lambda device="cuda": torch.get_rng_state())
     torch.cuda.set_rng_state = _mark(lambda new_state, device="cuda": torch.set_rng_state(new_state))
     torch.cuda.manual_seed = _mark(lambda seed: torch.manual_seed(seed))
@@ -157,8 +160,8 @@ def _patch_mbridge_layer_spec() -> None:
     original = llm_bridge.LLMBridge._get_transformer_layer_spec
     if _marked(original) or _transformer_engine_installed():
         return
-    if "use_transformer_engine=True" not in inspect.getsource(original):
-        return  # mbridge chooses the layers itself (patches/mbridge-0.15.1/0001)
+    if hasattr(llm_bridge, "HAVE_TE"):
+        return  # mbridge chooses the layers itself (patches/mbridge-0.15.1/0001 adds HAVE_TE)
 
     @functools.wraps(original)
     def _get_transformer_layer_spec(self, vp_stage=None):
@@ -180,11 +183,12 @@ LOCAL_NORM_NAMES = {
 
 
 def _patch_mbridge_norm_names() -> None:
+    from mbridge.core import bridge
     from mbridge.core.bridge import Bridge
 
     original = Bridge._weight_name_mapping_mcore_to_hf
-    if _marked(original) or "_LOCAL_NORM_NAMES" in inspect.getsource(original):
-        return  # mbridge maps the local norms itself (patches/mbridge-0.15.1/0002)
+    if _marked(original) or hasattr(bridge, "_LOCAL_NORM_NAMES"):
+        return  # mbridge maps the local norms itself (patches/mbridge-0.15.1/0002 adds _LOCAL_NORM_NAMES)
 
     @functools.wraps(original)
     def _weight_name_mapping_mcore_to_hf(self, mcore_weights_name: str) -> list[str]:

@@ -5,7 +5,6 @@ smaller than some weights; two syncs in a row."""
 
 import asyncio
 import queue
-import socket
 import time
 import traceback
 
@@ -52,8 +51,8 @@ def child(failures, role: str, *args) -> None:
         raise
 
 
-def actor(rank: int, port: int, inbox, prepared, _received) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def actor(rank: int, rendezvous: str, inbox, prepared, _received) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     engine = GlooCheckpointEngine(bucket_size=BUCKET, is_master=rank == 0)
     for version in (1, 2):
         prepared.put((rank, engine.prepare()))
@@ -78,12 +77,6 @@ def rollout(rank: int, inbox, prepared, received) -> None:
         engine.finalize()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def next_message(box, failures, processes, timeout: float = 300.0):
     """The next message in `box`; a child's failure (its traceback) or death fails the test."""
     deadline = time.monotonic() + timeout
@@ -99,12 +92,12 @@ def next_message(box, failures, processes, timeout: float = 300.0):
     raise AssertionError(f"no message within {timeout} s")
 
 
-def test_weights_arrive_whole_and_in_order_at_every_rollout_worker():
+def test_weights_arrive_whole_and_in_order_at_every_rollout_worker(tmp_path):
     context = mp.get_context("spawn")
     prepared, received, failures = context.Queue(), context.Queue(), context.Queue()
     inboxes = [context.Queue() for _ in range(4)]
-    port = free_port()  # the actors' default group
-    processes = [context.Process(target=child, args=(failures, "actor", rank, port, inboxes[rank], prepared, received)) for rank in range(2)]
+    rendezvous = str(tmp_path / "actors")  # the actors' default group meets in a file: no port to race for
+    processes = [context.Process(target=child, args=(failures, "actor", rank, rendezvous, inboxes[rank], prepared, received)) for rank in range(2)]
     processes += [context.Process(target=child, args=(failures, "rollout", rank, inboxes[2 + rank], prepared, received)) for rank in range(2)]
     for process in processes:
         process.start()

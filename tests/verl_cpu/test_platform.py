@@ -39,10 +39,8 @@ def test_plugin_installs_the_backend_only_on_request():
     )
     on_cpu = run_python(code, VERL_PLATFORM="cpu")
     assert "DEVICE cpu gloo True" in on_cpu.stdout, on_cpu.stderr[-3000:]
-    assert "CPU backend (platform cpu" in on_cpu.stderr
     default = run_python(code)
     assert "DEVICE cpu" not in default.stdout and "DEVICE" in default.stdout, default.stderr[-3000:]
-    assert "CPU backend" not in default.stderr
 
 
 def test_plugin_failure_is_logged_with_its_cause():
@@ -67,7 +65,7 @@ def test_device_module_answers_verls_calls():
 def test_process_group_backend_shim():
     """The patched initializer starts a gloo group where verl's string would raise."""
     code = (
-        "import os; os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='29533', RANK='0', WORLD_SIZE='1');"
+        "import os; os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT='0', RANK='0', WORLD_SIZE='1');"
         "import verl, torch.distributed as d, verl.workers.engine_workers as w;"
         "w.initialize_global_process_group_ray(); print('BACKEND', d.get_backend())"
     )
