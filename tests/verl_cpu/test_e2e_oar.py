@@ -12,11 +12,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from oar_verl import rewards
 from oar_verl.core import bilevel_weights, degenerate_rows, low_signal_rows
 from oar_verl.integration.config import OARSettings
 from oar_verl.tiny.arithmetic import make_problem, verl_row
 from oar_verl.tiny.launch import TASK, read_metrics, run_training, train_command
+from recipes import rewards
 from tests.core import reference
 
 pytestmark = pytest.mark.e2e
