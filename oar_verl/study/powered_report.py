@@ -68,7 +68,7 @@ def write_powered_report(results: dict, out_dir: Path, *, command: str) -> Path:
         "every value and the answer are one token. Errors concentrate in the steps whose true result wraps around the "
         f"modulus: the warm-start traces get those wrong with probability {plan['wrap_slip_probability']} (by 1, up or down), "
         f"the others never. {plan['train_size']} training problems, {plan['test_size']} fixed held-out problems.",
-        f"- Model: byte-level Qwen2 (2 layers, hidden 64) from scratch, {plan['warm_start_steps']} supervised warm-start steps.",
+        f"- Model: byte-level Qwen2 (2 layers, hidden 64) from scratch, {warm_start(plan)}.",
         f"- RL: verl's v1 trainer on the CPU backend, {plan['rl_steps']} steps of {plan['train_batch_size']} prompts x "
         f"{plan['rollout_n']} samples, learning rate {plan['learning_rate']}, seeds {', '.join(map(str, plan['seeds']))}.",
         "",
@@ -175,3 +175,11 @@ def _place_order(place: str) -> tuple[int, str]:
     if place.startswith("step"):
         return (1, f"{int(place.split()[1]):02d}{place}")
     return (2, place)
+
+
+def warm_start(plan: dict) -> str:
+    """How the plan's model was warm-started, as the setup states it."""
+    if plan.get("warm_start_target_accuracy") is None:
+        return f"{plan['warm_start_steps']} supervised warm-start steps"
+    return (f"warm-started (supervised) until its greedy accuracy on 128 problems of its own reached {plan['warm_start_target_accuracy']} "
+            f"(at most {plan['warm_start_steps']} steps), the model shipped in `oar_verl/study/warm_starts/{plan['name']}`")  # fmt: skip
