@@ -35,7 +35,7 @@ from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Seg
 from oar_verl.core.attribution import attribute, gradient, taylor  # noqa: E402
 from oar_verl.core.attribution.chunks import response_log_probs  # noqa: E402
 from oar_verl.core.models import log_probs_and_entropy, model_parts  # noqa: E402
-from oar_verl.tiny import tiny_qwen2  # noqa: E402
+from oar_verl.tiny.models import tiny_qwen2  # noqa: E402
 
 QWEN_0_5B = Shape("Qwen2.5-0.5B", 896, 24, 14, 2, 4864, 151936)
 

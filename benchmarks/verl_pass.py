@@ -66,7 +66,7 @@ def run(args) -> None:
     from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments
     from oar_verl.core.attribution import fused_attribution
     from oar_verl.integration.backends import engine_autocast, verl_log_prob_fn
-    from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+    from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 
     dist.init_process_group("gloo")
     torch.set_num_threads(1)

@@ -43,7 +43,7 @@ def train_pivot_model(steps: int = 400, seed: int = 0, batch_size: int = 64, log
     """
     import torch
 
-    from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+    from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
     from oar_verl.tiny.sft import lm_batch, train_step
 
     tokenizer = byte_tokenizer()

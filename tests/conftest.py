@@ -10,7 +10,7 @@ from filelock import FileLock
 from hypothesis import settings
 
 from oar_verl.core import ResponseBatch, Segments
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 from tests.fixtures.models import QUICKSTART_MODEL
 
 # Property tests draw the same examples on every run, so CI's verdict does not depend on the

@@ -12,7 +12,7 @@ import pytest
 from oar_verl import explain as cli
 from oar_verl.cli import main
 from oar_verl.explain import parse_settings
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 
 
 @pytest.fixture(scope="module")

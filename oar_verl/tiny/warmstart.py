@@ -54,8 +54,8 @@ def warm_start(
     """
     import torch
 
-    from oar_verl.tiny import byte_tokenizer, tiny_qwen2
     from oar_verl.tiny.arithmetic import INSTRUCTION, make_problem
+    from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
     from oar_verl.tiny.sft import lm_batch, train_step
 
     tokenizer = byte_tokenizer()

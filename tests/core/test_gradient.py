@@ -83,7 +83,7 @@ def test_no_parameter_gradient_and_mode_restored(model, batch_and_segments):
 
 def test_attribution_runs_in_eval_mode(tokenizer, batch_and_segments):
     """With dropout on, a train-mode pass would differ between two calls."""
-    from oar_verl.tiny import tiny_qwen2
+    from oar_verl.tiny.models import tiny_qwen2
 
     _, _, batch, segments = batch_and_segments
     model = tiny_qwen2(len(tokenizer), hidden_size=32, seed=1)

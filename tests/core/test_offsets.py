@@ -12,7 +12,7 @@ from oar_verl.core.offsets import (
     batch_token_offsets,
     token_offsets,
 )
-from oar_verl.tiny import byte_tokenizer
+from oar_verl.tiny.models import byte_tokenizer
 from tests.qwen_vocabulary import qwen_tokenizer
 
 

@@ -130,7 +130,7 @@ def test_bad_settings_name_the_setting(kwargs, name):
 
 def test_activation_checkpointing_gives_the_same_scores(tokenizer, batch_and_segments):
     """Several backward passes through one checkpointed graph (recomputed per backward)."""
-    from oar_verl.tiny import tiny_qwen2
+    from oar_verl.tiny.models import tiny_qwen2
 
     _, _, batch, segments = batch_and_segments
     plain = tiny_qwen2(len(tokenizer), hidden_size=32, seed=4, dtype=torch.float64).eval()

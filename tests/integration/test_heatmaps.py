@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from oar_verl.integration import heatmaps
 from oar_verl.integration.config import OARSettings
-from oar_verl.tiny import byte_tokenizer
+from oar_verl.tiny.models import byte_tokenizer
 
 
 def step_record(tokenizer):

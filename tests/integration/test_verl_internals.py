@@ -40,7 +40,7 @@ def test_an_untested_release_with_identical_internals_runs_with_a_warning(monkey
     with caplog.at_level(logging.WARNING, logger="oar_verl"):
         errors = oar_settings_errors(config())
     assert not any("verl 0.9.7" in error for error in errors), errors
-    assert [record.levelno for record in caplog.records if "verl 0.9.7" in record.getMessage()] == [logging.WARNING]
+    assert {record.levelno for record in caplog.records if "verl 0.9.7" in record.getMessage()} == {logging.WARNING}
 
 
 def test_an_untested_release_whose_internals_changed_is_refused(monkeypatch):

@@ -8,7 +8,7 @@ from torch.distributed.fsdp import fully_shard
 
 from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments
 from oar_verl.core.attribution import attribute, gradient
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 
 dist.init_process_group("gloo")
 tokenizer = byte_tokenizer()

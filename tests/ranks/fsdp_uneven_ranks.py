@@ -13,7 +13,7 @@ from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig, Resp
 from oar_verl.core.attribution import attribute, gradient
 from oar_verl.core.attribution.base import max_over_ranks
 from oar_verl.core.attribution.taylor import attribute_with_log_probs as taylor_fused
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 
 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=int(os.environ["COLLECTIVE_TIMEOUT"])))
 rank, world = dist.get_rank(), dist.get_world_size()

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from oar_verl.core import ResponseBatch, Segments
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 
 dist.init_process_group("gloo")
 path = os.path.join(os.environ["OK_DIR"], "model")

@@ -10,7 +10,7 @@ from mbridge.core.llm_bridge import LLMBridge
 from megatron.core import parallel_state, tensor_parallel
 
 from oar_verl.core.models import model_parts
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 from oar_verl.verl_cpu.megatron import install_model_shims, model_from_hf
 
 assert mbridge.__file__.startswith(os.environ["PATCHED"]), mbridge.__file__

@@ -9,7 +9,7 @@ from megatron.core import parallel_state, tensor_parallel
 from oar_verl.core import TARGET_MODES, GradientConfig, PerturbationConfig, ResponseBatch, Segments
 from oar_verl.core.attribution import attribute, gradient
 from oar_verl.core.models.megatron import megatron_parts
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 from oar_verl.verl_cpu.megatron import install_model_shims, model_from_hf
 from tests.core import reference
 

@@ -6,7 +6,7 @@ import torch
 from transformers import GenerationConfig
 from verl.workers.config import RolloutConfig
 
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 from oar_verl.verl_cpu.hf_server import HFRolloutServer, weights_digest
 
 

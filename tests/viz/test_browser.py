@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from oar_verl.core import explain
-from oar_verl.tiny import byte_tokenizer, tiny_qwen2
+from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 from oar_verl.viz import TokenHeatmap, render_html
 
 pytestmark = pytest.mark.browser

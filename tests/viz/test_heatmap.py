@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from PIL import Image
 
 from oar_verl.core import explain
-from oar_verl.tiny import byte_tokenizer
+from oar_verl.tiny.models import byte_tokenizer
 from oar_verl.viz import READING_GUIDE, TokenHeatmap, fallback_reason, render_html, render_png, weight_colour
 from oar_verl.viz.heatmap import BOOST, BYTE_PIECE, DAMP, weight_intensity
 
