@@ -4,45 +4,14 @@ import json
 import os
 
 import torch
-from tensordict import TensorDict
 from verl.trainer.config import CheckpointConfig
-from verl.utils import tensordict_utils as tu
 from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
 from verl.workers.engine import EngineRegistry
-from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
 from oar_verl.core import GradientConfig, PerturbationConfig
 from oar_verl.core.attribution import fused_attribution
 from oar_verl.integration.backends import engine_autocast, verl_log_prob_fn
-from tests.ranks.fused_batch import B, P, R, batch, largest, mask, path, segments, tokenizer
-
-
-def verl_pass(engine, temperature, micro):
-    data = TensorDict(
-        {
-            "input_ids": batch.input_ids,
-            "attention_mask": batch.attention_mask,
-            "position_ids": batch.position_ids,
-            "prompts": batch.input_ids[:, :P],
-            "responses": batch.responses,
-            "response_mask": mask.long(),
-        },
-        batch_size=[B],
-    )
-    data = left_right_2_no_padding(data)
-    tu.assign_non_tensor(
-        data,
-        temperature=temperature,
-        calculate_entropy=True,
-        compute_loss=False,
-        use_remove_padding=False,
-        use_dynamic_bsz=False,
-        micro_batch_size_per_gpu=micro,
-        use_fused_kernels=False,
-    )
-    with engine.eval_mode():
-        output = engine.infer_batch(data, loss_function=None)["model_output"]
-    return [no_padding_2_padding(output[key], data).float() * mask for key in ("log_probs", "entropy")]
+from tests.ranks.fused_batch import P, R, batch, largest, path, segments, tokenizer, verl_pass
 
 
 def fused_pass(engine, temperature, config):
@@ -77,7 +46,7 @@ for dtype in ("fp32", "bf16"):
     engine.initialize()
     assert engine._autocast_dtype == (torch.float32 if dtype == "fp32" else torch.bfloat16)
     for temperature in (0.6, 1.0, 1.2):
-        verl = [verl_pass(engine, temperature, micro) for micro in (1, 2, 3, 6)]
+        verl = [verl_pass(engine, temperature, micro, use_remove_padding=False) for micro in (1, 2, 3, 6)]
         fused = [fused_pass(engine, temperature, config) for config in FUSED]
         for k, name in enumerate(("log_probs", "entropy")):
             own = largest([(a[k], b[k]) for a in verl for b in verl])

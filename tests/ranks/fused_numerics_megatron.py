@@ -4,17 +4,14 @@ import json
 import os
 
 import torch.distributed as dist
-from tensordict import TensorDict
 from verl.trainer.config import CheckpointConfig
-from verl.utils import tensordict_utils as tu
 from verl.workers.config import HFModelConfig, McoreEngineConfig, McoreOptimizerConfig
 from verl.workers.engine import EngineRegistry
-from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
 from oar_verl.core import GradientConfig, PerturbationConfig
 from oar_verl.core.attribution import fused_attribution
 from oar_verl.integration.backends import engine_adapter
-from tests.ranks.fused_batch import B, P, R, batch, largest, mask, path, segments, tokenizer
+from tests.ranks.fused_batch import P, R, batch, largest, path, segments, tokenizer, verl_pass
 
 engine = EngineRegistry.new(
     model_type="language_model",
@@ -38,35 +35,6 @@ engine.initialize()
 adapter = engine_adapter(engine, use_remove_padding=True)
 
 
-def verl_pass(temperature, micro):
-    data = TensorDict(
-        {
-            "input_ids": batch.input_ids,
-            "attention_mask": batch.attention_mask,
-            "position_ids": batch.position_ids,
-            "prompts": batch.input_ids[:, :P],
-            "responses": batch.responses,
-            "response_mask": mask.long(),
-        },
-        batch_size=[B],
-    )
-    data = left_right_2_no_padding(data)
-    tu.assign_non_tensor(
-        data,
-        temperature=temperature,
-        calculate_entropy=True,
-        compute_loss=False,
-        use_remove_padding=True,
-        use_dynamic_bsz=False,
-        micro_batch_size_per_gpu=micro,
-        use_fused_kernels=False,
-        max_token_len_per_gpu=None,
-    )
-    with engine.eval_mode():
-        output = engine.infer_batch(data, loss_function=None)["model_output"]
-    return [no_padding_2_padding(output[key], data).float() * mask for key in ("log_probs", "entropy")]
-
-
 def fused_pass(temperature, config):
     with engine.eval_mode(), adapter.precision():
         result = fused_attribution(config)(adapter.model, batch, segments, config, temperature=temperature, log_prob_fn=adapter.log_prob_fn)
@@ -80,7 +48,7 @@ FUSED = [GradientConfig(max_tokens_per_pass=rows * (P + R)) for rows in (1, 2, 6
 
 report = {}
 for temperature in (0.6, 1.0):
-    verl = [verl_pass(temperature, micro) for micro in (1, 3, 6)]
+    verl = [verl_pass(engine, temperature, micro, use_remove_padding=True, max_token_len_per_gpu=None) for micro in (1, 3, 6)]
     fused = [fused_pass(temperature, config) for config in FUSED]
     for k, name in enumerate(("log_probs", "entropy")):
         own = largest([(a[k], b[k]) for a in verl for b in verl])
