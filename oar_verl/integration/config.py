@@ -90,7 +90,7 @@ class OARSettings:
     fuse_log_probs: bool = field(
         default=True,
         metadata={
-            "help": "oar_g, and oar_p with perturbation_mode taylor: answer verl's old-log-prob pass with the method's clean forward (old_log_probs, entropy and the clean target from one forward; answer_logprob's and taylor's gradients from it too), computed as verl computes them (its autocast, temperature rule, log-prob and entropy functions, micro-batch layout: equal to verl's own pass in fp32 and bf16 on the CPU backend). False: verl's log-prob pass, then attribution on its own. oar_p's other modes never fuse. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."
+            "help": "oar_g, and oar_p with perturbation_mode taylor: answer verl's old-log-prob pass with the method's clean forward (old_log_probs, entropy and the clean target from one forward; answer_logprob's and taylor's gradients from it too), computed as verl computes them (its autocast, temperature rule, log-prob and entropy functions, micro-batch layout: equal to verl's own pass in fp32 and bf16 on the CPU backend). False: verl's log-prob pass, then attribution on its own (also chosen, whatever this says, under rollout_correction.bypass_mode or an actor router_replay mode other than disabled). oar_p's other modes never fuse. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."
         },
     )
     perturbation_id: int | None = field(

@@ -74,6 +74,26 @@ def takes_rollout_log_probs(config) -> bool:
     return bool(correction and correction.get("bypass_mode", False))
 
 
+def replays_routes(config) -> bool:
+    """The actor's `router_replay.mode` (megatron, veomni; MoE models) is not "disabled": verl's
+    own old-log-prob pass records (R2) or replays (R3) the experts' routes, which a fused
+    attribution pass, running the model outside the engine's forward, would not."""
+    strategy = config.actor_rollout_ref.actor.strategy
+    engine = config.actor_rollout_ref.actor.get(strategy, None) if strategy in ("megatron", "veomni") else None
+    replay = engine.get("router_replay", None) if engine is not None else None
+    return replay is not None and replay.get("mode", "disabled") != "disabled"
+
+
+def fuses_log_probs(config) -> bool:
+    """Whether the OAR step answers verl's old-log-prob pass with fused attribution: the
+    settings fuse (`OARSettings.fuses_log_probs`), there is an old-log-prob pass to fuse with
+    (`takes_rollout_log_probs`) and it needs no route recording (`replays_routes`)."""
+    settings = OARSettings.from_algorithm_config(config.algorithm)
+    if settings.oracle or not settings.fuses_log_probs(config.algorithm.adv_estimator):  # the oracle's scores need no pass
+        return False
+    return not takes_rollout_log_probs(config) and not replays_routes(config)
+
+
 @dataclasses.dataclass(frozen=True)
 class AttributionRequest:
     """A step's rows prepared for attribution (see `prepare_attribution`).
@@ -306,8 +326,9 @@ class OARStep:
     before it (rewards are known by then), the actor workers return verl's `log_probs` /
     `entropy` and the scores from one clean pass, and verl's own code turns them into
     `old_log_probs`, `entropy` and its metrics; the advantage step then only reads the
-    scores. Unfused (other OAR-P modes, `fuse_log_probs=false`, or verl taking the rollout's
-    log-probs under `algorithm.rollout_correction.bypass_mode`), the advantage step runs
+    scores. Unfused (other OAR-P modes, `fuse_log_probs=false`, verl taking the rollout's
+    log-probs under `algorithm.rollout_correction.bypass_mode`, or an actor whose
+    `router_replay` records or replays MoE routes in its log-prob pass), the advantage step runs
     the attribution; the actor's weights are the same at both steps (the update comes after
     them), so either way the scores are those of the policy the update starts from, which in
     the async modes may be newer than the one that sampled the responses. In separate_async
@@ -355,16 +376,9 @@ class OARStep:
         """The actors hold pi_old's weights inside the block (they already do here)."""
         return contextlib.nullcontext()
 
-    def _fuses_log_probs(self) -> bool:
-        estimator = self.config.algorithm.adv_estimator
-        settings = OARSettings.from_algorithm_config(self.config.algorithm)
-        if settings.oracle or not settings.fuses_log_probs(estimator):  # the oracle's scores need no pass
-            return False
-        return not takes_rollout_log_probs(self.config)  # no old-log-prob pass to fuse with
-
     def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         self._oar_fused = None
-        if not self._fuses_log_probs():
+        if not fuses_log_probs(self.config):
             return super()._compute_old_log_prob(batch, metrics)
         with marked_timer("oar_attribution", self.timing_raw):
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores", "responses", "response_mask"])

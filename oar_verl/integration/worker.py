@@ -24,7 +24,10 @@ the trainer sends its old-log-prob request with `oar_fused` set;
 (at the request's `temperature`, nested [P_i + R_i] as verl's model outputs are) and
 `oar_scores` from the same clean pass. The numbers are verl's: the passes run in the
 precision the engine runs its forward in, and the log-probs and entropies come from verl's
-own functions (`backends`) on logits at the temperature taken as verl takes them.
+own functions (`backends`) on logits at the temperature taken as verl takes them. The fused
+pass runs the model outside the engine's forward, so it neither records nor replays MoE
+routes: the trainer never sends a fused request to an actor with `router_replay` on
+(`trainer.fuses_log_probs`), and unfused requests go to verl's own `compute_log_prob`.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ so verl's own workers); an OAR run gets the trainer with the OAR step."""
 import pytest
 
 from oar_verl.integration.command_line import CommandLine, compose_config
-from oar_verl.integration.trainer import OAR_TRAINER_NAMES, OARStep, oar_trainers
-from oar_verl.tiny.launch import CONFIG_DIR, TRAINER_MODES, mode_overrides
+from oar_verl.integration.trainer import OAR_TRAINER_NAMES, OARStep, fuses_log_probs, oar_trainers
+from oar_verl.tiny.launch import CONFIG_DIR, PRESETS, TRAINER_MODES, mode_overrides
 
 
 def config(estimator: str, mode: str):
@@ -43,3 +43,21 @@ def test_the_main_jobs_trainer_modes_need_no_extra_keys(mode):
     composed = compose_config(CommandLine.parse(["--config-name", "cpu", "algorithm.adv_estimator=oar_g", *mode_overrides(mode)], CONFIG_DIR, "cpu"))
     trainer = oar_trainers()[mode][1](config=composed)
     assert trainer.trainer_mode == mode
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra", "fused"),
+    [
+        ("fsdp2", [], True),
+        ("fsdp2", ["algorithm.oar.fuse_log_probs=false"], False),
+        ("fsdp2", ["algorithm.rollout_correction.bypass_mode=true"], False),
+        ("megatron", [], True),
+        ("megatron", ["actor_rollout_ref.actor.megatron.router_replay.mode=R2"], False),
+        ("megatron", ["actor_rollout_ref.actor.megatron.router_replay.mode=R3"], False),
+    ],
+)
+def test_fusion_only_where_verls_log_prob_pass_has_nothing_else_to_do(strategy, extra, fused):
+    """Fused attribution runs the model outside the engine's forward: where verl's own pass
+    must record or replay MoE routes (router replay) or is skipped (bypass mode), it is off."""
+    overrides = ["--config-name", PRESETS[strategy], "algorithm.adv_estimator=oar_g", *extra]
+    assert fuses_log_probs(compose_config(CommandLine.parse(overrides, CONFIG_DIR, PRESETS[strategy]))) is fused
