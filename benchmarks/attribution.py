@@ -316,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
                              "(default: %(default)s)")  # fmt: skip
     parser.add_argument("--skip-naive-above", type=int, default=1024,
                         help="response length above which the naive OAR-P baseline is not run (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="response lengths to measure (default: the config's)")  # fmt: skip
+    parser.add_argument("--skip-exact-above", type=int, default=None,
+                        help="response length above which exact and approximate OAR-P are not run (default: run at every length)")  # fmt: skip
     parser.add_argument("--backends", action="store_true",
                         help="instead, the Hugging Face and Megatron models side by side; needs the megatron extra "
                              "(default: off)")  # fmt: skip
@@ -333,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         f"device: {name}; model: hidden {setup.hidden}, {setup.layers} layers, vocab {setup.vocab}, {setup.dtype}; {setup.rows} rows, prompt ~{setup.prompt}"
     )
     exact_peaks: dict[int, int | None] = {}
-    for length in setup.responses:
+    for length in args.lengths or setup.responses:
         batch, segments = make_batch(setup, length, device)
         print(f"\nresponse length {length} (reasoning {length - setup.answer - 2} tokens per row)")
         log_probs, base_time, base_peak = gradient_meter(lambda: log_prob_pass(model, batch))
@@ -363,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
             directions = 1 if target == "answer_logprob" else taylor.taylor_top + taylor.taylor_samples
             print(f"  OAR-P taylor {target:<15} ({directions} backward)  {t_time:8.3f} s   {memory(t_peak)}   {ratio_text(taylor_ratios)}")
             print(f"  OAR-P taylor {target:<15} fused        {tf_time:8.3f} s   {memory(tf_peak)}   {ratio_text(taylor_fused_ratios, TAYLOR_BOUND)}")
+        if args.skip_exact_above is not None and length > args.skip_exact_above:
+            del log_probs
+            continue
         config = PerturbationConfig(target="first_answer", perturbation_id=0, max_tokens_per_pass=setup.token_budget)
         exact, p_time, p_peak = meter(lambda: attribute(model, batch, segments, config))
         exact_peaks[length] = p_peak
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
             versus = f"{n_time / a_time:6.1f}x faster than naive (target >= 20x)" if n_time else f"{p_time / a_time:6.1f}x faster than exact"
             print(f"  OAR-P {label:<34} {a_time:8.3f} s   {memory(a_peak)}   {versus}")
         del log_probs
-    if None not in exact_peaks.values():
+    if exact_peaks and None not in exact_peaks.values():
         peaks = ", ".join(f"{length}: {peak / 2**20:.1f} MiB" for length, peak in exact_peaks.items())
         lengths = sorted(exact_peaks)
         growth = exact_peaks[lengths[-1]] / exact_peaks[lengths[0]]

@@ -71,6 +71,7 @@ ENTRY_POINTS = (
     EntryPoint("script", "benchmarks/attribution_memory.py", HEAVY_S, defaults=False),
     EntryPoint("script", "benchmarks/bf16_fidelity.py", LIGHT_S, defaults=False),
     EntryPoint("script", "benchmarks/gpu_check.py", HEAVY_S),
+    EntryPoint("script", "benchmarks/mixed_lengths.py", HEAVY_S),
     EntryPoint("script", "benchmarks/pivot_spread.py", LIGHT_S),
     EntryPoint("script", "benchmarks/recipe_shapes.py", LIGHT_S),
     EntryPoint("script", "benchmarks/segmentation.py", LIGHT_S),
