@@ -58,7 +58,9 @@ def is_hooked(function) -> bool:
     return getattr(function, _MARK, False)
 
 
-def _mark(function):
+def mark_hooked(function):
+    """`function` marked as put in verl's (or megatron-core's, `verl_cpu.megatron`) place, so
+    that a second install sees it (`is_hooked`) and leaves it."""
     setattr(function, _MARK, True)
     return function
 
@@ -98,7 +100,7 @@ def add_settings_check(config_module) -> None:
         validation.check(config)
         return verl_validate(config, *args, **kwargs)
 
-    config_module.validate_config = _mark(validate_config)
+    config_module.validate_config = mark_hooked(validate_config)
 
 
 def install_oar_step(trainer_sync) -> None:
@@ -211,7 +213,7 @@ def _patch_process_group() -> None:
     def initialize_global_process_group_ray(timeout_second=None, backend=None):
         return original(timeout_second=timeout_second, backend=backend or CPU_PROCESS_GROUP_BACKEND)
 
-    _mark(initialize_global_process_group_ray)
+    mark_hooked(initialize_global_process_group_ray)
     for module in (distributed, engine_workers, checkpoint_base):
         module.initialize_global_process_group_ray = initialize_global_process_group_ray
 
@@ -231,7 +233,7 @@ def _patch_offload_policy() -> None:
         """Pinned memory needs an accelerator; on the CPU the offload target is unpinned."""
         return current(pin_memory=False, **kwargs)
 
-    transformer_impl.CPUOffloadPolicy = _mark(unpinned_offload_policy)
+    transformer_impl.CPUOffloadPolicy = mark_hooked(unpinned_offload_policy)
 
 
 def _patch_sharded_save() -> None:
@@ -249,4 +251,4 @@ def _patch_sharded_save() -> None:
         state, global_spec = original(model)
         return {name: (tensor.clone(), spec) for name, (tensor, spec) in state.items()}, global_spec
 
-    fsdp_utils.fsdp2_sharded_save_to_cpu = _mark(fsdp2_sharded_save_to_cpu)
+    fsdp_utils.fsdp2_sharded_save_to_cpu = mark_hooked(fsdp2_sharded_save_to_cpu)

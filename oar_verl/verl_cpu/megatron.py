@@ -48,19 +48,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from oar_verl.integration.megatron_extra import INSTALL_HINT, megatron_installed
+from oar_verl.integration.verl_hooks import is_hooked, mark_hooked, register_cpu_engine
 
 
 class ShimError(RuntimeError):
     """megatron-core or mbridge is not the release these shims were written for."""
-
-
-def _marked(function) -> bool:
-    return getattr(function, "_oar_cpu_shim", False)
-
-
-def _mark(function):
-    function._oar_cpu_shim = True
-    return function
 
 
 # The releases these shims were written against (the `megatron` extra's ranges).
@@ -102,15 +94,15 @@ def install_engine_shims() -> None:
 
 
 def _patch_current_device() -> None:
-    if _marked(torch.cuda.current_device):
+    if is_hooked(torch.cuda.current_device):
         return
-    torch.cuda.current_device = _mark(lambda: "cpu")
+    torch.cuda.current_device = mark_hooked(lambda: "cpu")
 
 
 def _patch_rng_tracker() -> None:
     from megatron.core.tensor_parallel import random as megatron_random
 
-    if _marked(megatron_random._get_cuda_rng_state):
+    if is_hooked(megatron_random._get_cuda_rng_state):
         return
     for name, parameters in (
         ("_get_cuda_rng_state", ["device", "clone", "graph_safe"]),
@@ -118,35 +110,35 @@ def _patch_rng_tracker() -> None:
     ):
         if list(inspect.signature(getattr(megatron_random, name)).parameters) != parameters:
             raise ShimError(f"megatron.core.tensor_parallel.random.{name} is not megatron-core 0.16's ({', '.join(parameters)}): cannot patch")
-    torch.cuda.get_rng_state = _mark(lambda device="cuda": torch.get_rng_state())
-    torch.cuda.set_rng_state = _mark(lambda new_state, device="cuda": torch.set_rng_state(new_state))
-    torch.cuda.manual_seed = _mark(lambda seed: torch.manual_seed(seed))
-    megatron_random._get_cuda_rng_state = _mark(lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state())
-    megatron_random._set_cuda_rng_state = _mark(lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state))
+    torch.cuda.get_rng_state = mark_hooked(lambda device="cuda": torch.get_rng_state())
+    torch.cuda.set_rng_state = mark_hooked(lambda new_state, device="cuda": torch.set_rng_state(new_state))
+    torch.cuda.manual_seed = mark_hooked(lambda seed: torch.manual_seed(seed))
+    megatron_random._get_cuda_rng_state = mark_hooked(lambda device="cuda", clone=False, graph_safe=False: torch.get_rng_state())
+    megatron_random._set_cuda_rng_state = mark_hooked(lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state))
 
 
 def _patch_module_cuda() -> None:
-    if _marked(torch.nn.Module.cuda):
+    if is_hooked(torch.nn.Module.cuda):
         return
 
     def cuda(self, device=None):
         """No-op: a CPU-only torch has no CUDA device to move to."""
         return self
 
-    torch.nn.Module.cuda = _mark(cuda)
+    torch.nn.Module.cuda = mark_hooked(cuda)
 
 
 def _patch_fused_softmax() -> None:
     from megatron.core.fusions.fused_softmax import FusedScaleMaskSoftmax
 
-    if _marked(FusedScaleMaskSoftmax.is_kernel_available):
+    if is_hooked(FusedScaleMaskSoftmax.is_kernel_available):
         return
 
     def is_kernel_available(self, mask, b, np, sq, sk):
         """False: megatron's fused softmax kernels are CUDA extensions."""
         return False
 
-    FusedScaleMaskSoftmax.is_kernel_available = _mark(is_kernel_available)
+    FusedScaleMaskSoftmax.is_kernel_available = mark_hooked(is_kernel_available)
 
 
 def _transformer_engine_installed() -> bool:
@@ -158,7 +150,7 @@ def _patch_mbridge_layer_spec() -> None:
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 
     original = llm_bridge.LLMBridge._get_transformer_layer_spec
-    if _marked(original) or _transformer_engine_installed():
+    if is_hooked(original) or _transformer_engine_installed():
         return
     if hasattr(llm_bridge, "HAVE_TE"):
         return  # mbridge chooses the layers itself (patches/mbridge-0.15.1/0001 adds HAVE_TE)
@@ -172,7 +164,7 @@ def _patch_mbridge_layer_spec() -> None:
         self.has_vp_stage = bool(extra)
         return get_gpt_decoder_block_spec(self.config, use_transformer_engine=False, normalization="RMSNorm", **extra)
 
-    llm_bridge.LLMBridge._get_transformer_layer_spec = _mark(_get_transformer_layer_spec)
+    llm_bridge.LLMBridge._get_transformer_layer_spec = mark_hooked(_get_transformer_layer_spec)
 
 
 # megatron's local layers keep the norms TransformerEngine fuses into the next linear layer.
@@ -187,7 +179,7 @@ def _patch_mbridge_norm_names() -> None:
     from mbridge.core.bridge import Bridge
 
     original = Bridge._weight_name_mapping_mcore_to_hf
-    if _marked(original) or hasattr(bridge, "_LOCAL_NORM_NAMES"):
+    if is_hooked(original) or hasattr(bridge, "_LOCAL_NORM_NAMES"):
         return  # mbridge maps the local norms itself (patches/mbridge-0.15.1/0002 adds _LOCAL_NORM_NAMES)
 
     @functools.wraps(original)
@@ -198,7 +190,7 @@ def _patch_mbridge_norm_names() -> None:
                 mcore_weights_name = mcore_weights_name[: -len(local)] + fused
         return original(self, mcore_weights_name)
 
-    Bridge._weight_name_mapping_mcore_to_hf = _mark(_weight_name_mapping_mcore_to_hf)
+    Bridge._weight_name_mapping_mcore_to_hf = mark_hooked(_weight_name_mapping_mcore_to_hf)
 
 
 def _as_cpu(device):
@@ -242,13 +234,13 @@ def _enter_cuda_as_cpu_mode() -> None:
 
 
 def _patch_cuda_synchronize() -> None:
-    if _marked(torch.cuda.synchronize):
+    if is_hooked(torch.cuda.synchronize):
         return
 
     def synchronize(device=None):
         """No-op: CPU work is synchronous."""
 
-    torch.cuda.synchronize = _mark(synchronize)
+    torch.cuda.synchronize = mark_hooked(synchronize)
 
 
 def _patch_optimizer_state_before_load() -> None:
@@ -256,7 +248,7 @@ def _patch_optimizer_state_before_load() -> None:
 
     cls = distrib_optimizer.DistributedOptimizer
     original = cls.sharded_state_dict
-    if _marked(original) or distrib_optimizer.HAVE_APEX_OR_TE:
+    if is_hooked(original) or distrib_optimizer.HAVE_APEX_OR_TE:
         return
     if "is_loading" not in inspect.signature(original).parameters or not hasattr(cls, "_init_optimizer_states_with_dummy_values"):
         raise ShimError("megatron's DistributedOptimizer.sharded_state_dict is not the one this shim knows: cannot patch")
@@ -269,7 +261,7 @@ def _patch_optimizer_state_before_load() -> None:
             self._init_optimizer_states_with_dummy_values()
         return original(self, model_sharded_state_dict, is_loading, *args, **kwargs)
 
-    cls.sharded_state_dict = _mark(sharded_state_dict)
+    cls.sharded_state_dict = mark_hooked(sharded_state_dict)
 
 
 def _patch_local_attention() -> None:
@@ -278,7 +270,7 @@ def _patch_local_attention() -> None:
 
     cls = dot_product_attention.DotProductAttention
     original = cls.forward
-    if _marked(original):
+    if is_hooked(original):
         return
     if "packed_seq_params" not in inspect.signature(original).parameters:
         raise ShimError("megatron's DotProductAttention.forward has no packed_seq_params: cannot patch")
@@ -302,7 +294,7 @@ def _patch_local_attention() -> None:
             out = torch.cat([out, out.new_zeros((query.shape[0] - out.shape[0], *out.shape[1:]))], dim=0)
         return out
 
-    cls.forward = _mark(forward)
+    cls.forward = mark_hooked(forward)
 
 
 def cpu_engine_class():
@@ -323,8 +315,6 @@ def register_engine() -> None:
     """Registers the CPU Megatron engine for device "cpu" (where megatron-core is installed)."""
     if not megatron_installed():
         return
-    from oar_verl.integration.verl_hooks import register_cpu_engine
-
     register_cpu_engine("language_model", ("megatron",), cpu_engine_class())
 
 

@@ -10,6 +10,7 @@ from mbridge.core.llm_bridge import LLMBridge
 from megatron.core import parallel_state, tensor_parallel
 
 from oar_verl.core.models import model_parts
+from oar_verl.integration.verl_hooks import is_hooked
 from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
 from oar_verl.verl_cpu.megatron import install_model_shims, model_from_hf
 
@@ -20,7 +21,7 @@ path = os.path.join(os.environ["OK_DIR"], "model")
 hf.save_pretrained(path)
 install_model_shims()
 for method in (LLMBridge._get_transformer_layer_spec, Bridge._weight_name_mapping_mcore_to_hf):
-    assert not getattr(method, "_oar_cpu_shim", False), f"{method.__qualname__}: the shim patched a patched mbridge"
+    assert not is_hooked(method), f"{method.__qualname__}: the shim patched a patched mbridge"
 parallel_state.initialize_model_parallel(tensor_model_parallel_size=1)
 tensor_parallel.model_parallel_cuda_manual_seed(0)
 (model,) = model_from_hf(path)
