@@ -153,7 +153,7 @@ def run_study(plan: StudyPlan, workdir: Path, results_file: Path, log=print, pas
         _save(results, results_file)
     done = {(run["method"], run["seed"]) for run in results["runs"]}
     for method, seed in plan.run_order():
-        if plan.gate_methods and method not in plan.gate_methods and not _gate(results, log) and not past_gate:
+        if plan.gate_methods and method not in plan.gate_methods and not _gate(results, results_file, log) and not past_gate:
             break
         if (method, seed) in done:
             continue
@@ -165,13 +165,14 @@ def run_study(plan: StudyPlan, workdir: Path, results_file: Path, log=print, pas
     return results
 
 
-def _gate(results: dict, log) -> bool:
-    """Records and returns whether the oracle beat GRPO beyond its interval."""
+def _gate(results: dict, results_file: Path, log) -> bool:
+    """Records (in `results` and its file) and returns whether the oracle beat GRPO beyond its interval."""
     passed, contrast = gate_passed(results["runs"])
     if results.get("gate") is None:
         results["gate"] = {"passed": passed, "mean": contrast.mean, "low": contrast.low, "high": contrast.high, "seeds": list(contrast.seeds)}
         log(f"gate: oracle - GRPO {100 * contrast.mean:+.1f} points, 95% interval [{100 * contrast.low:+.1f}, {100 * contrast.high:+.1f}]: "
             + ("passed, the other methods run" if passed else "not passed, the other methods do not run"))  # fmt: skip
+        _save(results, results_file)
     return passed
 
 

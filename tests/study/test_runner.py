@@ -2,6 +2,7 @@
 (the smoke test trains through verl)."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -38,6 +39,7 @@ def test_other_methods_run_only_past_the_gate(monkeypatch, stubbed, oracle_gain,
     assert calls[: len(gate_runs)] == gate_runs and results["gate"]["passed"] is passed
     assert len(calls) == (len(plan.methods) * len(plan.seeds) if passed else len(gate_runs))
     assert results["gate"]["mean"] == pytest.approx(oracle_gain + 0.001)
+    assert json.loads((stubbed / "results.json").read_text())["gate"] == results["gate"]  # the report-only page reads the file
 
 
 def test_a_rerun_resumes_and_past_gate_runs_the_rest(monkeypatch, stubbed):
