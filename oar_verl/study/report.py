@@ -12,7 +12,8 @@ from matplotlib.figure import Figure
 
 from oar_verl.study.plan import METHOD_LABELS
 
-COLOURS = {"grpo": "#7f7f7f", "oracle": "#2ca02c", "oar_g": "#d62728", "oar_p": "#1f77b4", "oar_p_taylor": "#9467bd", "oar_g_permuted": "#ff7f0e"}
+COLOURS = {"grpo": "#7f7f7f", "oracle": "#2ca02c", "oar_g": "#d62728", "oar_p": "#1f77b4", "oar_p_taylor": "#9467bd", "oar_g_permuted": "#ff7f0e",
+           "oracle_concentrated": "#17becf"}  # fmt: skip
 
 
 def by_method(results: dict) -> dict[str, list[dict]]:

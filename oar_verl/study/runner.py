@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oar_verl.study.analysis import error_lines_by_step, error_token_shares, uniform_error_token_shares
 from oar_verl.study.fidelity import rank_agreement
-from oar_verl.study.plan import METHODS, StudyPlan
+from oar_verl.study.plan import METHODS, SHARED_WARM_STARTS, StudyPlan
 from oar_verl.study.statistics import gate_passed
 from oar_verl.tiny.launch import HELD_OUT_METRIC, read_metrics, run_training, train_command
 from oar_verl.tiny.launch import prepare as prepare_run
@@ -37,7 +37,7 @@ machine trains from the same weights (a warm start rebuilt there is another mode
 def prepare(plan: StudyPlan, workdir: Path) -> dict[str, Path]:
     """The warm-started model (the shipped one where the plan has one) and the train / fixed
     held-out parquet files (reused when present)."""
-    stored, model = STORED_WARM_STARTS / plan.name, workdir / "model"
+    stored, model = STORED_WARM_STARTS / SHARED_WARM_STARTS.get(plan.name, plan.name), workdir / "model"
     if stored.is_dir() and not (model / "config.json").exists():
         shutil.copytree(stored, model, dirs_exist_ok=True)
     return prepare_run(workdir, warm_start_steps=plan.warm_start_steps, train_size=plan.train_size, val_size=plan.test_size, seed=plan.warm_start_seed,

@@ -94,3 +94,12 @@ def test_the_gate_runs_first():
     order = CHAINS.run_order()
     assert order[: 2 * len(CHAINS.seeds)] == [(m, s) for s in CHAINS.seeds for m in ("grpo", "oracle")]
     assert len(order) == len(set(order)) == len(CHAINS.methods) * len(CHAINS.seeds) >= 5 * 6
+
+
+def test_powered_report_when_the_gate_stops_the_study(tmp_path):
+    results = powered_results({"grpo": 0.0, "oracle": -0.01})
+    results["runs"] = [run for run in results["runs"] if run["method"] in ("grpo", "oracle")]
+    results["gate"] = {"passed": False, "mean": -0.01, "low": -0.04, "high": 0.02, "seeds": list(range(6))}
+    text = write_report(results, tmp_path, command="python -m oar_verl.study --plan chains").read_text()
+    assert "12 of 30 planned runs, the gate's; the gate was not passed, so the other 18 were not run" in text
+    assert "-1.00 points, 95% interval [-4.00, +2.00]: not passed: the task cannot show credit assignment" in text
