@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from oar_verl.study.pages import write_report
-from oar_verl.study.plan import CHAINS, FULL, PLANS, SMOKE, StudyPlan
+from oar_verl.study.plan import CHAINS, CHAINS_FOLLOWUP, FULL, PLANS, SMOKE, StudyPlan
 from oar_verl.study.report import HAND_NOTES, verdict
 
 
@@ -84,7 +84,7 @@ def test_plan_checks_and_overrides():
     overrides = FULL.verl_overrides("oar_g_permuted", 2)
     assert "algorithm.oar.permute_weights=true" in overrides and "actor_rollout_ref.rollout.seed=2" in overrides and "data.seed=2" in overrides
     assert not any("permute" in o for o in FULL.verl_overrides("oar_g", 2))
-    assert {"grpo", "oracle", "oar_g_permuted"} == set(SMOKE.methods) and set(PLANS) == {"first", "smoke", "chains"}
+    assert {"grpo", "oracle", "oar_g_permuted"} == set(SMOKE.methods) and set(PLANS) == {"first", "smoke", "chains", "chains_followup"}
     with pytest.raises(ValueError, match="gate_methods"):
         StudyPlan(methods=("grpo", "oar_g"), gate_methods=("grpo", "oracle"))
     assert "algorithm.oar.oracle=true" in CHAINS.verl_overrides("oracle", 0) and "trainer.resume_mode=auto" in CHAINS.verl_overrides("grpo", 0)
@@ -103,3 +103,28 @@ def test_powered_report_when_the_gate_stops_the_study(tmp_path):
     text = write_report(results, tmp_path, command="python -m oar_verl.study --plan chains").read_text()
     assert "12 of 30 planned runs, the gate's; the gate was not passed, so the other 18 were not run" in text
     assert "-1.00 points, 95% interval [-4.00, +2.00]: not passed: the task cannot show credit assignment" in text
+
+
+def test_a_follow_up_is_a_section_of_the_page_of_the_study_it_follows(tmp_path):
+    """The follow-up's runs are paired with the study's GRPO and oracle runs of the same seeds,
+    on the study's page, whichever plan's results the page is written from."""
+    import json
+
+    study = powered_results({"grpo": 0.0, "oracle": -0.01})
+    study["gate"] = {"passed": False, "mean": -0.01, "low": -0.04, "high": 0.02, "seeds": list(range(6))}
+    follow_up = powered_results({"oracle_concentrated": 0.03})
+    follow_up["plan"] = {**CHAINS_FOLLOWUP.__dict__, "seeds": list(range(6))}
+    for results, digest in ((study, "abc"), (follow_up, "abc")):
+        results["warm_start_sha256"] = digest
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "chains.json").write_text(json.dumps(study))
+    (tmp_path / "results" / "chains_followup.json").write_text(json.dumps(follow_up))
+    path = write_report(follow_up, tmp_path, command="python -m oar_verl.study --plan chains_followup")
+    text = path.read_text()
+    assert path == tmp_path / "results.md" and "## Follow-up after the gate" in text and "6 of 6 runs" in text
+    assert "| oracle, boost 40 (concentrated) - GRPO | 6 | +3.00 |" in text and "| oracle, boost 40 (concentrated) - oracle (perfect attribution) | 6 | +4.00 |" in text
+    assert "| oracle, boost 40 (concentrated) | 6 |" in text and Image.open(tmp_path / "results" / "chains_followup_accuracy.png").size[0] > 400
+    follow_up["warm_start_sha256"] = "another model"
+    (tmp_path / "results" / "chains_followup.json").write_text(json.dumps(follow_up))
+    with pytest.raises(ValueError, match="another warm start"):
+        write_report(study, tmp_path, command="python -m oar_verl.study --plan chains")

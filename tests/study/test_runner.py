@@ -71,3 +71,14 @@ def test_the_chains_plan_ships_its_warm_start(tmp_path):
     paths = runner.prepare(dataclasses.replace(CHAINS, train_size=4, test_size=4), tmp_path)
     shipped = runner.STORED_WARM_STARTS / "chains" / "model.safetensors"
     assert runner.weights_digest(paths["model"]) == runner.weights_digest(shipped.parent)
+
+
+def test_a_follow_up_starts_from_the_warm_start_of_the_study_it_follows(monkeypatch, tmp_path):
+    """`chains_followup` ships no model of its own: it copies the chains study's, so that its
+    runs pair with the study's (same weights, recorded and checked by the page)."""
+    from oar_verl.study.plan import CHAINS_FOLLOWUP
+
+    copied = []
+    monkeypatch.setattr(runner, "prepare_run", lambda workdir, **settings: copied.append(sorted(p.name for p in (workdir / "model").iterdir())) or {})
+    runner.prepare(CHAINS_FOLLOWUP, tmp_path)
+    assert copied == [sorted(p.name for p in (runner.STORED_WARM_STARTS / "chains").iterdir())] and "model.safetensors" in copied[0]
