@@ -122,7 +122,10 @@ def test_a_follow_up_is_a_section_of_the_page_of_the_study_it_follows(tmp_path):
     path = write_report(follow_up, tmp_path, command="python -m oar_verl.study --plan chains_followup")
     text = path.read_text()
     assert path == tmp_path / "results.md" and "## Follow-up after the gate" in text and "6 of 6 runs" in text
-    assert "| oracle, boost 40 (concentrated) - GRPO | 6 | +3.00 |" in text and "| oracle, boost 40 (concentrated) - oracle (perfect attribution) | 6 | +4.00 |" in text
+    assert (
+        "| oracle, boost 40 (concentrated) - GRPO | 6 | +3.00 |" in text
+        and "| oracle, boost 40 (concentrated) - oracle (perfect attribution) | 6 | +4.00 |" in text
+    )
     assert "| oracle, boost 40 (concentrated) | 6 |" in text and Image.open(tmp_path / "results" / "chains_followup_accuracy.png").size[0] > 400
     follow_up["warm_start_sha256"] = "another model"
     (tmp_path / "results" / "chains_followup.json").write_text(json.dumps(follow_up))
