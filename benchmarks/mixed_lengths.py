@@ -84,8 +84,8 @@ def log_prob_pass(model, micro: list[tuple[list[int], ResponseBatch]]) -> list[t
     return outputs
 
 
-def methods(budget: int) -> list[tuple[str, object, float]]:
-    """(label, config, the cost bound beyond the pass the issue set) of each fused method."""
+def methods(budget: int) -> list[tuple[str, GradientConfig | PerturbationConfig, float | None]]:
+    """(label, config, the bound set for its cost beyond the pass, if any) of each fused method."""
     taylor = PerturbationConfig(target="answer_mean", perturbation_id=0, max_tokens_per_pass=budget, mode="taylor")
     return [
         ("OAR-G answer_mean (KL)", GradientConfig(target="answer_mean", max_tokens_per_pass=budget), 2.3),

@@ -13,17 +13,13 @@ from scipy.stats import spearmanr
 
 from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, segment_responses
 from oar_verl.core.attribution import attribute, gradient
-from oar_verl.tiny.arithmetic import INSTRUCTION, make_problem
+from oar_verl.tiny.arithmetic import make_problem
+from oar_verl.tiny.warmstart import prompt_ids
 
 
 def sample_responses(model, tokenizer, questions: list[str], *, max_new_tokens: int, seed: int) -> ResponseBatch:
     """One sampled response (temperature 1) per question, in verl's layout [B, P + R]."""
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{q} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        for q in questions
-    ]
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
     stop_ids = list(model.generation_config.eos_token_id or [tokenizer.eos_token_id])
     stop_ids = stop_ids if isinstance(stop_ids, list) else [stop_ids]
     responses = []

@@ -83,10 +83,15 @@ def make_problem(
     return Problem(question, "\n".join(lines) + f"\n#### {written}", value)
 
 
+def chat_prompt(question: str) -> list[dict]:
+    """A question as the chat messages the model is prompted with (the question, then `INSTRUCTION`)."""
+    return [{"role": "user", "content": f"{question} {INSTRUCTION}"}]
+
+
 def verl_row(problem: Problem, split: str, index: int) -> dict:
     return {
         "data_source": DATA_SOURCE,
-        "prompt": [{"role": "user", "content": f"{problem.question} {INSTRUCTION}"}],
+        "prompt": chat_prompt(problem.question),
         "ability": "math",
         "reward_model": {"style": "rule", "ground_truth": str(problem.answer)},
         "extra_info": {"split": split, "index": index, "question": problem.question, "answer": problem.solution},

@@ -54,7 +54,7 @@ def warm_start(
     """
     import torch
 
-    from oar_verl.tiny.arithmetic import INSTRUCTION, make_problem
+    from oar_verl.tiny.arithmetic import make_problem
     from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
     from oar_verl.tiny.sft import lm_batch, train_step
 
@@ -71,12 +71,7 @@ def warm_start(
             )
             for _ in range(batch_size)
         ]
-        prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": f"{p.question} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-            for p in problems
-        ]
+        prompts = [prompt_ids(tokenizer, p.question) for p in problems]
         responses = [tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [end_id] for p in problems]
         loss = train_step(model, optimizer, *lm_batch(prompts, responses, tokenizer.pad_token_id))
         if log_every and (step + 1) % log_every == 0:
@@ -104,12 +99,19 @@ def warm_start(
     return output_dir
 
 
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """The token ids the model is prompted with for `question` (`arithmetic.chat_prompt`, the chat template applied)."""
+    from oar_verl.tiny.arithmetic import chat_prompt
+
+    return tokenizer.apply_chat_template(chat_prompt(question), add_generation_prompt=True, tokenize=True, return_dict=False)
+
+
 def greedy_accuracy(model, tokenizer, task: dict, size: int, seed: int, max_new_tokens: int = 64, batch_size: int = 64) -> float:
     """Share of `size` generated problems (`make_problem(**task)`, exact traces) whose greedy
     answer (the number after `####`) is right."""
     import torch
 
-    from oar_verl.tiny.arithmetic import INSTRUCTION, make_problem
+    from oar_verl.tiny.arithmetic import make_problem
 
     rng = random.Random(seed)
     problems = [
@@ -120,12 +122,7 @@ def greedy_accuracy(model, tokenizer, task: dict, size: int, seed: int, max_new_
     right = 0
     for start in range(0, size, batch_size):
         chunk = problems[start : start + batch_size]
-        prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": f"{p.question} {INSTRUCTION}"}], add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-            for p in chunk
-        ]
+        prompts = [prompt_ids(tokenizer, p.question) for p in chunk]
         width = max(map(len, prompts))
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
