@@ -13,7 +13,9 @@ CPU, where the learning shows in about 5 minutes on 2 cores.
 3. trains with `python -m oar_verl.main_ppo --config-name cpu` (verl's v1 trainer, FSDP2
    on gloo, the hf rollout), validating on the 256 held-out problems before training and
    every `--test-freq` steps;
-4. prints the held-out accuracy at each validation with its 95% noise band.
+4. prints each step's training reward and the held-out accuracy at each validation with its
+   95% noise band as they come (verl's own output goes to WORKDIR/train_RUN.log; `--verbose`
+   shows it instead), then the accuracies side by side.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--trainer-mode", choices=sorted(TRAINER_MODES), default="sync", help="verl's v1 trainer mode, set up for the CPU (default: %(default)s)"
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help="show verl's own output (default: off, written to WORKDIR/train_RUN.log; the steps and evaluations printed as they come)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides for verl, e.g. algorithm.oar.quantile=0.3")
     args = parser.parse_args(argv)
     overrides = [*TASK_PLAN.verl_overrides("grpo", seed=0), *mode_overrides(args.trainer_mode), *args.overrides]
@@ -102,9 +106,15 @@ def main(argv: list[str] | None = None) -> None:
         strategy=args.strategy,
     )
     print("running:", " ".join(command), flush=True)
-    result = run_training(command, metrics_file)
+    log_file = None if args.verbose else args.workdir / f"train_{run}.log"
+    if log_file is not None:
+        log_file.unlink(missing_ok=True)
+        print(f"verl's output: {log_file}", flush=True)
+    result = run_training(command, metrics_file, log_file, on_record=Progress(args.steps, TASK_PLAN.test_size))
     if result.returncode != 0:
-        sys.exit(f"training failed (exit code {result.returncode})")
+        if log_file is not None:
+            print("".join(log_file.read_text().splitlines(keepends=True)[-FAILURE_TAIL_LINES:]), file=sys.stderr)
+        sys.exit(f"training failed (exit code {result.returncode}){f'; its output: {log_file}' if log_file else ''}")
     problems = TASK_PLAN.test_size
     print(f"\nheld-out accuracy ({HELD_OUT_METRIC}, {problems} problems, greedy), estimator {args.estimator}:")
     accuracy = {step: metrics[HELD_OUT_METRIC] for step, metrics in sorted(read_metrics(metrics_file).items()) if HELD_OUT_METRIC in metrics}
@@ -115,6 +125,26 @@ def main(argv: list[str] | None = None) -> None:
         beyond = 1.96 * math.sqrt(2 * 0.25 / problems)  # two independent evaluations at accuracy 0.5: the widest band
         print(f"change: {last - first:+.3f} (noise: a change within +-{beyond:.3f} could be chance)")
     print(f"per-step metrics (oar/*, timing_s/*, ...): {metrics_file}")
+
+
+FAILURE_TAIL_LINES = 40  # of verl's output, printed when the training fails
+
+
+class Progress:
+    """Prints each training step (reward, seconds) and each held-out evaluation (with its
+    noise band) as verl's file logger writes them (`run_training`'s `on_record`)."""
+
+    def __init__(self, steps: int, problems: int):
+        self.steps, self.problems = steps, problems
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        if HELD_OUT_METRIC in metrics:
+            value = metrics[HELD_OUT_METRIC]
+            print(f"  held-out accuracy at step {step}: {value:.3f} +- {noise_band(value, self.problems):.3f}", flush=True)
+        if "critic/score/mean" in metrics:
+            seconds = metrics.get("timing_s/step")
+            timing = f", {seconds:.1f} s" if seconds is not None else ""
+            print(f"  step {step}/{self.steps}: training reward {metrics['critic/score/mean']:.3f}{timing}", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ def commands(tmp_path, monkeypatch) -> list[list[str]]:
     recorded = []
     monkeypatch.setattr(quickstart, "prepare", lambda workdir: {"model": tmp_path / "m", "train": tmp_path / "t", "val": tmp_path / "v"})
 
-    def run_training(command, metrics_file, log_file=None, env=None):
+    def run_training(command, metrics_file, log_file=None, env=None, on_record=None):
         recorded.append(command)
         metrics_file.write_text('{"step": 0, "data": {"val-core/openai/gsm8k/acc/mean@1": 0.5}}\n')
         return subprocess.CompletedProcess(command, 0)
@@ -37,3 +37,24 @@ def test_strategy_selects_its_preset(tmp_path, commands, strategy, preset):
     assert command[command.index("--config-name") + 1] == preset
     assert f"trainer.default_local_dir={tmp_path / ('checkpoints_oar_g' if strategy == 'fsdp2' else 'checkpoints_oar_g_megatron')}" in command
     assert "trainer.v1.trainer_mode=sync" in command
+
+
+def test_progress_prints_steps_and_evaluations_as_they_come(capsys):
+    progress = quickstart.Progress(steps=20, problems=256)
+    progress(0, {"val-core/openai/gsm8k/acc/mean@1": 0.48})
+    progress(3, {"critic/score/mean": 0.25, "timing_s/step": 8.14})
+    assert capsys.readouterr().out.splitlines() == ["  held-out accuracy at step 0: 0.480 +- 0.061", "  step 3/20: training reward 0.250, 8.1 s"]
+
+
+def test_a_failed_training_shows_the_end_of_verls_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(quickstart, "prepare", lambda workdir: {"model": tmp_path / "m", "train": tmp_path / "t", "val": tmp_path / "v"})
+
+    def run_training(command, metrics_file, log_file=None, env=None, on_record=None):
+        log_file.write_text("".join(f"line {i}\n" for i in range(100)) + "ValueError: the cause\n")
+        return subprocess.CompletedProcess(command, 1)
+
+    monkeypatch.setattr(quickstart, "run_training", run_training)
+    with pytest.raises(SystemExit, match=r"training failed \(exit code 1\); its output: .*train_oar_g\.log"):
+        quickstart.main(["--workdir", str(tmp_path), "--steps", "2"])
+    err = capsys.readouterr().err
+    assert "ValueError: the cause" in err and "line 99" in err and "line 50" not in err

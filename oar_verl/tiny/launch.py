@@ -5,10 +5,12 @@ The main job (`oar_verl.quickstart`), the studies and the end-to-end tests use t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from oar_verl.tiny.arithmetic import write_split
@@ -96,24 +98,43 @@ def train_command(
     ]  # fmt: skip
 
 
-def run_training(command: list[str], metrics_file: Path, log_file: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_training(
+    command: list[str], metrics_file: Path, log_file: Path | None = None, env: dict | None = None, on_record=None, poll_s: float = 1.0
+) -> subprocess.CompletedProcess:
     """Runs a training command with verl's file logger writing to `metrics_file`, its output
-    appended to `log_file` (or shown)."""
+    appended to `log_file` (or shown). `on_record(step, metrics)`: called for each logger line
+    as it is written (polled every `poll_s` seconds while the command runs)."""
     env = {**os.environ, **(env or {}), "VERL_FILE_LOGGER_PATH": str(metrics_file)}
     if env.get("CUDA_VISIBLE_DEVICES") == "":  # an empty value makes Ray refuse logical GPUs
         del env["CUDA_VISIBLE_DEVICES"]
-    if log_file is None:
-        return subprocess.run(command, env=env, check=False)
-    with open(log_file, "a") as log:
-        return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    with contextlib.ExitStack() as stack:
+        output = {} if log_file is None else {"stdout": stack.enter_context(open(log_file, "a")), "stderr": subprocess.STDOUT}
+        process = subprocess.Popen(command, env=env, **output)
+        seen = 0
+        while True:
+            finished = process.poll() is not None  # read once more after the end: the last lines
+            if on_record is not None and metrics_file.exists():
+                records = complete_records(metrics_file)
+                for step, metrics in records[seen:]:
+                    on_record(step, metrics)
+                seen = len(records)
+            if finished:
+                return subprocess.CompletedProcess(command, process.returncode)
+            time.sleep(poll_s)
+
+
+def complete_records(metrics_file: Path) -> list[tuple[int, dict]]:
+    """verl's file-logger lines written so far, (step, metrics) each; a line still being written
+    (no newline yet) is left for the next read."""
+    text = metrics_file.read_text()
+    return [(int(record["step"]), record["data"]) for record in map(json.loads, text[: text.rfind("\n") + 1].splitlines())]
 
 
 def read_metrics(metrics_file: Path) -> dict[int, dict]:
     """verl's file-logger lines, {step: metrics} (later lines of a step update earlier ones)."""
     steps: dict[int, dict] = {}
-    for line in metrics_file.read_text().splitlines():
-        record = json.loads(line)
-        steps.setdefault(int(record["step"]), {}).update(record["data"])
+    for step, metrics in complete_records(metrics_file):
+        steps.setdefault(step, {}).update(metrics)
     return steps
 
 
