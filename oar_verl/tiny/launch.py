@@ -109,18 +109,22 @@ def run_training(
         del env["CUDA_VISIBLE_DEVICES"]
     with contextlib.ExitStack() as stack:
         output = {} if log_file is None else {"stdout": stack.enter_context(open(log_file, "a")), "stderr": subprocess.STDOUT}
-        process = subprocess.Popen(command, env=env, **output)
+        process = stack.enter_context(subprocess.Popen(command, env=env, **output))
         seen = 0
-        while True:
-            finished = process.poll() is not None  # read once more after the end: the last lines
-            if on_record is not None and metrics_file.exists():
-                records = complete_records(metrics_file)
-                for step, metrics in records[seen:]:
-                    on_record(step, metrics)
-                seen = len(records)
-            if finished:
-                return subprocess.CompletedProcess(command, process.returncode)
-            time.sleep(poll_s)
+        try:
+            while True:
+                finished = process.poll() is not None  # read once more after the end: the last lines
+                if on_record is not None and metrics_file.exists():
+                    records = complete_records(metrics_file)
+                    for step, metrics in records[seen:]:
+                        on_record(step, metrics)
+                    seen = len(records)
+                if finished:
+                    return subprocess.CompletedProcess(command, process.returncode)
+                time.sleep(poll_s)
+        except BaseException:  # Ctrl-C or a failing callback: the training stops too, as with subprocess.run
+            process.kill()
+            raise
 
 
 def complete_records(metrics_file: Path) -> list[tuple[int, dict]]:
