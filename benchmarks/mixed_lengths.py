@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attribution import CONFIGS, build, paired_ratios, ratio_text, synchronize  # noqa: E402
+from attribution import CONFIGS, Meter, build, memory, paired_ratios, ratio_text  # noqa: E402
 from recipe_shapes import SHAPES, sample_lengths  # noqa: E402
 
 from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, Segments  # noqa: E402
@@ -95,31 +94,6 @@ def methods(budget: int) -> list[tuple[str, GradientConfig | PerturbationConfig,
     ]
 
 
-def median_time(fn, repeats: int, device: str) -> float:
-    """Median wall time of `fn` over `repeats` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def peak_gib(fn, device: str) -> str:
-    """', peak X GiB' of one run of `fn` above what was allocated before it (CUDA only)."""
-    if device != "cuda":
-        return ""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return f", peak {(torch.cuda.max_memory_allocated() - base) / 2**30:.1f} GiB"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python benchmarks/mixed_lengths.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu", help="model shape and dtype, as attribution.py's (default: %(default)s)")
@@ -147,17 +121,17 @@ def main(argv: list[str] | None = None) -> None:
           f"gradient checkpointing {'on' if args.checkpointing else 'off'}")  # fmt: skip
     print(f"batch: {args.rows} rows, responses mean {lengths.mean():.0f} (min {lengths.min():.0f}, max {lengths.max():.0f}), {real:,} real tokens")
     print(f"baseline: {len(micro)} micro-batches of <= {args.budget} tokens, {padded:,} tokens ({padded / real:.3f}x the real ones)")
+    per_micro_batch, base, base_peak = Meter(device, repeats=args.pairs)(lambda: log_prob_pass(model, micro))
     reference = torch.zeros(batch.responses.shape, device=device)
-    for (rows, m), log_probs in zip(micro, log_prob_pass(model, micro)):
+    for (rows, m), log_probs in zip(micro, per_micro_batch):
         reference[rows, : m.response_length] = log_probs * m.response_mask
-    base = median_time(lambda: log_prob_pass(model, micro), args.pairs, device)
-    print(f"  log-prob pass: {base:.3f} s{peak_gib(lambda: log_prob_pass(model, micro), device)}")
+    print(f"  log-prob pass: {base:.3f} s, {memory(base_peak)}")
     for label, config, bound in methods(args.budget):
         fused = fused_attribution(config)
         ratios = paired_ratios(lambda: log_prob_pass(model, micro), lambda: fused(model, batch, segments, config), args.pairs, device)
-        difference = float((fused(model, batch, segments, config).log_probs - reference).abs().max())
-        peak = peak_gib(lambda: fused(model, batch, segments, config), device)
-        print(f"  {label:<40} {ratio_text(ratios, bound)}{peak}; log-probs max diff {difference:.2e}")
+        output, _, peak = Meter(device, repeats=1)(lambda: fused(model, batch, segments, config))
+        difference = float((output.log_probs - reference).abs().max())
+        print(f"  {label:<40} {ratio_text(ratios, bound)}, {memory(peak)}; log-probs max diff {difference:.2e}")
     print(f"verl's pass with remove-padding computes the {real:,} real tokens only: scaling the baseline by its token count, "
           f"the cost beyond that pass is about (ratio x {padded / real:.3f}) - 1")  # fmt: skip
 
