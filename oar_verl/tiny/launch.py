@@ -110,15 +110,16 @@ def run_training(
     with contextlib.ExitStack() as stack:
         output = {} if log_file is None else {"stdout": stack.enter_context(open(log_file, "a")), "stderr": subprocess.STDOUT}
         process = stack.enter_context(subprocess.Popen(command, env=env, **output))
-        seen = 0
         try:
+            if on_record is None:
+                return subprocess.CompletedProcess(command, process.wait())
+            offset = 0
             while True:
                 finished = process.poll() is not None  # read once more after the end: the last lines
-                if on_record is not None and metrics_file.exists():
-                    records = complete_records(metrics_file)
-                    for step, metrics in records[seen:]:
+                if metrics_file.exists():
+                    records, offset = complete_records(metrics_file, offset)
+                    for step, metrics in records:
                         on_record(step, metrics)
-                    seen = len(records)
                 if finished:
                     return subprocess.CompletedProcess(command, process.returncode)
                 time.sleep(poll_s)
@@ -127,17 +128,20 @@ def run_training(
             raise
 
 
-def complete_records(metrics_file: Path) -> list[tuple[int, dict]]:
-    """verl's file-logger lines written so far, (step, metrics) each; a line still being written
-    (no newline yet) is left for the next read."""
-    text = metrics_file.read_text()
-    return [(int(record["step"]), record["data"]) for record in map(json.loads, text[: text.rfind("\n") + 1].splitlines())]
+def complete_records(metrics_file: Path, offset: int = 0) -> tuple[list[tuple[int, dict]], int]:
+    """verl's file-logger lines written from byte `offset` on, (step, metrics) each, and the
+    offset to read from next: a line still being written (no newline yet) is left for then."""
+    with open(metrics_file, "rb") as file:
+        file.seek(offset)
+        text = file.read()
+    end = text.rfind(b"\n") + 1
+    return [(int(record["step"]), record["data"]) for record in map(json.loads, text[:end].splitlines())], offset + end
 
 
 def read_metrics(metrics_file: Path) -> dict[int, dict]:
     """verl's file-logger lines, {step: metrics} (later lines of a step update earlier ones)."""
     steps: dict[int, dict] = {}
-    for step, metrics in complete_records(metrics_file):
+    for step, metrics in complete_records(metrics_file)[0]:
         steps.setdefault(step, {}).update(metrics)
     return steps
 
