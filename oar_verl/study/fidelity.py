@@ -13,8 +13,7 @@ from scipy.stats import spearmanr
 
 from oar_verl.core import GradientConfig, PerturbationConfig, ResponseBatch, segment_responses
 from oar_verl.core.attribution import attribute, gradient
-from oar_verl.tiny.arithmetic import make_problem
-from oar_verl.tiny.warmstart import prompt_ids
+from oar_verl.tiny.arithmetic import make_problem, prompt_ids
 
 
 def sample_responses(model, tokenizer, questions: list[str], *, max_new_tokens: int, seed: int) -> ResponseBatch:

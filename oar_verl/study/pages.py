@@ -20,8 +20,9 @@ def write_report(results: dict, out_dir: Path, *, command: str) -> Path:
     if study is not None:
         return write_report(_results(out_dir, study), out_dir, command=f"python -m oar_verl.study --plan {study}")
     if results["plan"].get("gate_methods"):
-        follow_up = _results(out_dir, FOLLOW_UPS[name]) if (out_dir / "results" / f"{FOLLOW_UPS.get(name)}.json").exists() else None
-        return write_powered_report(results, out_dir, command=command, follow_up=follow_up)
+        follow_up = FOLLOW_UPS.get(name)
+        recorded = follow_up is not None and (out_dir / "results" / f"{follow_up}.json").exists()
+        return write_powered_report(results, out_dir, command=command, follow_up=_results(out_dir, follow_up) if recorded else None)
     return write_first_report(results, out_dir, command=command)
 
 

@@ -88,6 +88,11 @@ def chat_prompt(question: str) -> list[dict]:
     return [{"role": "user", "content": f"{question} {INSTRUCTION}"}]
 
 
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """The token ids the model is prompted with for `question`: `chat_prompt` through the tokenizer's chat template."""
+    return tokenizer.apply_chat_template(chat_prompt(question), add_generation_prompt=True, tokenize=True, return_dict=False)
+
+
 def verl_row(problem: Problem, split: str, index: int) -> dict:
     return {
         "data_source": DATA_SOURCE,

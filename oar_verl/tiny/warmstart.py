@@ -54,7 +54,7 @@ def warm_start(
     """
     import torch
 
-    from oar_verl.tiny.arithmetic import make_problem
+    from oar_verl.tiny.arithmetic import make_problem, prompt_ids
     from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
     from oar_verl.tiny.sft import lm_batch, train_step
 
@@ -99,19 +99,12 @@ def warm_start(
     return output_dir
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    """The token ids the model is prompted with for `question` (`arithmetic.chat_prompt`, the chat template applied)."""
-    from oar_verl.tiny.arithmetic import chat_prompt
-
-    return tokenizer.apply_chat_template(chat_prompt(question), add_generation_prompt=True, tokenize=True, return_dict=False)
-
-
 def greedy_accuracy(model, tokenizer, task: dict, size: int, seed: int, max_new_tokens: int = 64, batch_size: int = 64) -> float:
     """Share of `size` generated problems (`make_problem(**task)`, exact traces) whose greedy
     answer (the number after `####`) is right."""
     import torch
 
-    from oar_verl.tiny.arithmetic import make_problem
+    from oar_verl.tiny.arithmetic import make_problem, prompt_ids
 
     rng = random.Random(seed)
     problems = [
