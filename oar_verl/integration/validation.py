@@ -7,7 +7,9 @@ role does not support (and Megatron settings it cannot honour), and training dat
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 from oar_verl.integration import ESTIMATORS
 from oar_verl.integration.config import METHOD_DEFAULT_TARGETS, OARSettings
@@ -63,23 +65,55 @@ def oar_settings_errors(config) -> list[str]:
                 f"actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype={precision}: {method}'s gradient passes have no loss "
                 "scaling, and fp16 gradients of the attribution objective underflow; use bf16 (verl's default) or fp32"
             )
-    if actor.get("ulysses_sequence_parallel_size", 1) > 1:
-        errors.append(
-            f"actor_rollout_ref.actor.ulysses_sequence_parallel_size={actor.ulysses_sequence_parallel_size}: {method} needs whole sequences on each rank; set it to 1"
-        )
+    errors += engine_setting_errors(config, method)
     samples = config.actor_rollout_ref.rollout.get("n", 1)
     if samples < 2:
         errors.append(
             f"actor_rollout_ref.rollout.n={samples}: {method} keeps GRPO's group baseline, which needs >= 2 responses a prompt (with 1 every advantage is 0)"
         )
-    model = config.actor_rollout_ref.model
-    if model.get("use_fused_kernels", False):
-        errors.append(
-            f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False"
-        )
     if not errors:
         errors += data_errors(config, OARSettings.from_algorithm_config(config.algorithm).answer_pattern)
     return errors
+
+
+def engine_setting_errors(config, method: str) -> list[str]:
+    """The actor engine's settings attribution cannot honour (docs/verl_settings.md), one
+    message each, naming the key."""
+    errors = []
+    actor, model = config.actor_rollout_ref.actor, config.actor_rollout_ref.model
+    for key, value in (
+        ("actor_rollout_ref.actor.ulysses_sequence_parallel_size", actor.get("ulysses_sequence_parallel_size", 1)),
+        ("actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size", (actor.get("fsdp_config") or {}).get("ulysses_sequence_parallel_size", 1)),
+    ):
+        if int(value or 1) > 1:
+            errors.append(f"{key}={value}: {method} reads each row's answer positions on one rank; Ulysses splits sequences over ranks: set it to 1")
+    if model.get("use_fused_kernels", False):
+        errors.append(f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False")
+    if model.get("use_liger", False):
+        errors.append(f"actor_rollout_ref.model.use_liger=True: {method} is not tested with Liger's kernels in the actor; set it to False")
+    if model.get("enable_activation_offload", False):
+        errors.append(
+            f"actor_rollout_ref.model.enable_activation_offload=True turns off the activation checkpointing {method}'s backward relies on "
+            "(memory then grows with every layer's activations); set it to False"
+        )
+    lora_rank = model.get("lora_rank", 0) or (model.get("lora") or {}).get("rank", 0)
+    if int(lora_rank or 0) > 0:
+        errors.append(f"actor_rollout_ref.model.lora_rank={lora_rank}: {method} is not tested through a LoRA adapter; train without LoRA (lora_rank=0)")
+    vision = vision_model_error(model.get("path"), method)
+    if vision:
+        errors.append(vision)
+    return errors
+
+
+def vision_model_error(path, method: str) -> str | None:
+    """A refusal when the local model at `path` is a vision-language model (its config has a
+    `vision_config`): attribution reads text tokens only."""
+    if path is None:
+        return None
+    config_file = Path(str(path)).expanduser() / "config.json"
+    if not config_file.is_file() or "vision_config" not in json.loads(config_file.read_text()):
+        return None
+    return f"actor_rollout_ref.model.path={path}: a vision-language model ({config_file} has a vision_config); {method} attributes text-only models"
 
 
 COSTLY_PASS_RATIO = 50  # warn when a mode's perturbed tokens exceed the log-prob pass's this many times

@@ -50,6 +50,7 @@ from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.spans import Segments
 from oar_verl.integration.backends import engine_adapter
 from oar_verl.integration.config import OARSettings
+from oar_verl.integration.engine_attribution import EngineAttribution, RowSpec, row_fields
 
 SEGMENTS_FIELD = "oar_segments"
 SCORES_FIELD = "oar_scores"
@@ -63,22 +64,34 @@ def _rows(nested: torch.Tensor) -> list[list[int]]:
     return [row.tolist() for row in nested.unbind(0)]
 
 
+def _method_config(worker, data: TensorDict, method: str, settings: OARSettings):
+    """The request's core config; OAR-G's seed fresh each step and on each rank."""
+    config = settings.method_config(method, worker.actor.model_config.tokenizer.pad_token_id)
+    if method == "oar_g":
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        step = int(tu.get(data, key="oar_step", default=0))
+        config = dataclasses.replace(config, seed=settings.seed + 1_000_003 * step + rank)
+    return config
+
+
+def _segments(data: TensorDict) -> torch.Tensor:
+    """[b, 4] int64 `oar_segments` of the request's rows."""
+    segments = data[SEGMENTS_FIELD]
+    return (segments.to_padded_tensor(0) if segments.is_nested else segments).long()
+
+
 def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> TensorDict | None:
-    """OAR scores of this rank's rows with `worker`'s actor engine (see the module docstring)."""
+    """OAR scores of this rank's rows with `worker`'s actor engine, by the project's own
+    forward (`oar_verl.core`): unfused requests, and fused ones on Megatron actors."""
     method = tu.get(data, key="oar_method")
     settings = OARSettings(**tu.get(data, key="oar_settings"))
-    step = int(tu.get(data, key="oar_step", default=0))
     engine = worker.actor.engine
     adapter = engine_adapter(engine, worker.actor.model_config.get("use_remove_padding", False))
-    tokenizer = worker.actor.model_config.tokenizer
-    config = settings.method_config(method, tokenizer.pad_token_id)
-    if method == "oar_g":  # fresh noise each step and on each rank
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        config = dataclasses.replace(config, seed=settings.seed + 1_000_003 * step + rank)
+    config = _method_config(worker, data, method, settings)
 
     prompts, responses = _rows(data["prompts"]), _rows(data["responses"])
-    segments = data[SEGMENTS_FIELD]
-    segments = (segments.to_padded_tensor(0) if segments.is_nested else segments).long()  # [b, 4]
+    segments = _segments(data)
+    tokenizer = worker.actor.model_config.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = get_device_id()
     batch = ResponseBatch.from_token_lists(prompts, [r or [pad] for r in responses], pad_token_id=pad, device=device)
@@ -118,6 +131,37 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
     return output if engine.is_mp_src_rank_with_outputs() else None
 
 
+def engine_log_prob_with_scores(worker: ActorRolloutRefWorker, data: TensorDict, verl_log_prob) -> TensorDict | None:
+    """A fused request on an FSDP actor: verl's own log-prob pass (`verl_log_prob(data)`,
+    recording the clean targets) and the attribution passes, both through verl's engine
+    (`engine_attribution`); verl's output with `oar_scores` and `oar_dp_rank` added."""
+    method = tu.get(data, key="oar_method")
+    settings = OARSettings(**tu.get(data, key="oar_settings"))
+    config = _method_config(worker, data, method, settings)
+    engine = worker.actor.engine
+    tokenizer = worker.actor.model_config.tokenizer
+    prompts, responses = _rows(data["prompts"]), _rows(data["responses"])
+    segments = _segments(data)
+    for key, values in row_fields([len(p) for p in prompts], segments).items():
+        data[key] = values
+    packed = bool(worker.actor.model_config.get("use_remove_padding", False))
+    attribution = EngineAttribution(engine, config, packed, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    with attribution.recording_clean_targets() as recorder:
+        output = verl_log_prob(data)
+    rows = [
+        RowSpec(b, p + r, len(p), *segments[b, :3].tolist())
+        for b, (p, r, flag) in enumerate(zip(prompts, responses, segments[:, 3].tolist()))
+        if flag
+    ]
+    R = max((len(r) for r in responses), default=1)
+    scores = attribution.scores(rows, len(prompts), R, recorder.clean if recorder is not None else None)
+    if output is None:
+        return None
+    output[SCORES_FIELD] = _nested_responses(scores, [len(r) for r in responses])
+    output[RANK_FIELD] = torch.full((len(prompts),), engine.get_data_parallel_rank())
+    return output
+
+
 def _nested_responses(values: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     """[b, R] padded per-response values -> nested [R_i]."""
     return torch.nested.as_nested_tensor([row[:n] for row, n in zip(values.cpu(), lengths)], layout=torch.jagged)
@@ -151,7 +195,9 @@ class OARWorkerRole:
 
     @DistProfiler.annotate(color="blue", role="actor_compute_log_prob")  # as verl's compute_log_prob is profiled
     def _fused_log_prob(self, data: TensorDict) -> TensorDict | None:
-        return compute_oar_scores(self, data)
+        if self.actor.engine.engine_config.strategy == "megatron":
+            return compute_oar_scores(self, data)
+        return engine_log_prob_with_scores(self, data, super().compute_log_prob)
 
 
 class OARActorRolloutRefWorker(OARWorkerRole, ActorRolloutRefWorker):

@@ -1,0 +1,22 @@
+"""Attribution through verl's own FSDP2 engine (`integration/engine_attribution.py`) on the
+CPU backend: pi_old bit-equal to verl's pass, scores equal to the definition, rows in a pack
+independent, no parameter gradient or reduce-scatter; remove-padding on and off, fp32 and
+bf16, fixed and dynamic micro-batches; 1 rank, and 3 ranks where one has nothing to
+attribute and one a single row (the rank script: tests/ranks/engine_attribution.py)."""
+
+import json
+
+import pytest
+
+from tests.torchrun import run_ranks
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_attribution_through_verls_engine(tmp_path, world_size):
+    result = run_ranks("tests.ranks.engine_attribution", tmp_path, world_size=world_size, env={"VERL_PLATFORM": "cpu"})
+    reports = [json.loads(line.split("REPORT", 1)[1]) for line in result.stdout.splitlines() if "REPORT" in line]
+    assert sorted(report["rank"] for report in reports) == list(range(world_size))
+    first = next(report for report in reports if report["rank"] == 0)
+    assert any(key.startswith("fp32 packed") for key in first) and any(key.startswith("fp32 padded") for key in first)
