@@ -28,12 +28,6 @@ def cpu_settings_errors(config: DictConfig) -> list[str]:
             f"actor_rollout_ref.model.override_config.attn_implementation={attention} needs a GPU (verl's default); "
             "set +actor_rollout_ref.model.override_config.attn_implementation=sdpa"
         )
-    strategies = {config.actor_rollout_ref[role].strategy for role in ("actor", "ref")}
-    if model.get("use_remove_padding", False) and strategies & {"fsdp", "fsdp2"}:
-        errors.append(
-            "actor_rollout_ref.model.use_remove_padding=True packs sequences, which only flash attention keeps apart: "
-            "on CPU (sdpa/eager) packed sequences would attend to each other; set it to False"
-        )
     if model.get("use_fused_kernels", False):
         errors.append("actor_rollout_ref.model.use_fused_kernels=True runs GPU kernels; set it to False")
     if model.get("use_liger", False):

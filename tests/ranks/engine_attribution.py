@@ -124,6 +124,17 @@ for dtype in ("fp32", "bf16"):
                 assert torch.equal(log_probs, reference_log_probs), f"{label}: pi_old with {config} differs from verl's pass"
                 assert all(p.grad is None for p in engine.module.parameters()), f"{label}: a parameter gradient after {config}"
         assert collectives["reduce_scatter"] == 0, f"{label}: {collectives['reduce_scatter']} reduce-scatters"
+        # the update's first forward (another token limit, as the recipes set) against pi_old with
+        # and without OAR: the per-token ratios must be the same, whatever their gap to 1
+        update = request(order, True, packed)
+        tu.assign_non_tensor(update, max_token_len_per_gpu=120)
+        update_log_probs = verl_pass(engine, update)
+        grpo_old = verl_pass(engine, request(order, True, packed))
+        for config in (CONFIGS[0], CONFIGS[5]):
+            oar_old, _ = engine_scores(engine, config, packed, order, dynamic=True)
+            grpo_ratio, oar_ratio = (torch.exp(update_log_probs - old)[mask] for old in (grpo_old, oar_old))
+            assert torch.equal(grpo_ratio, oar_ratio), f"{label}: the first update's ratios differ with {config}"
+            report[f"{label} max |ratio - 1| {getattr(config, 'mode', 'oar_g')}"] = float((oar_ratio - 1).abs().max())
         if dtype == "fp32":
             for config in CONFIGS:
                 _, scores = engine_scores(engine, config, packed, order)
@@ -144,6 +155,7 @@ for dtype in ("fp32", "bf16"):
                 report[f"{label} neighbours {getattr(config, 'mode', 'oar_g')} {config.target}"] = float((alone[0] - mixed[2]).abs().max())
                 assert torch.allclose(alone[0], mixed[2], rtol=1e-5, atol=1e-9), f"{label}: row 3's scores change with its neighbours"
                 assert torch.allclose(alone_lp[0], mixed_lp[2], rtol=1e-5, atol=1e-6), f"{label}: row 3's log-probs change with its neighbours"
-print("REPORT", json.dumps({"rank": rank, **report}), flush=True)
+with open(os.path.join(os.environ["OK_DIR"], f"report{rank}.json"), "w") as file:
+    json.dump({"rank": rank, **report}, file)
 dist.barrier()
 open(os.path.join(os.environ["OK_DIR"], f"rank{rank}.ok"), "w").close()

@@ -18,7 +18,6 @@ def test_preset_passes(cpu_config, monkeypatch):
         ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=vllm"),
         ("actor_rollout_ref.rollout.name=sglang", "actor_rollout_ref.rollout.name=sglang"),
         ("actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2", "attn_implementation=flash_attention_2"),
-        ("actor_rollout_ref.model.use_remove_padding=true", "use_remove_padding=True"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
         ("actor_rollout_ref.actor.strategy=megatron", "use the Megatron preset (--config-name cpu_megatron)"),
         ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", "tensor_model_parallel_size"),
@@ -40,9 +39,6 @@ def test_megatron_preset_passes_and_its_cpu_limits_are_named(cpu_config, monkeyp
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     megatron = "actor_rollout_ref.actor.megatron"
     assert cpu_settings_errors(cpu_config(name="cpu_megatron")) == []
-    assert cpu_settings_errors(cpu_config("actor_rollout_ref.model.use_remove_padding=true", name="cpu_megatron")) == [], (
-        "packed sequences run per sequence on Megatron"
-    )
     for override, named in (
         (f"{megatron}.vanilla_mbridge=false", f"{megatron}.vanilla_mbridge=False"),
         (

@@ -4,8 +4,8 @@
         hf.HFParts              a Hugging Face causal LM, plain or FSDP2-sharded (verl's FSDP engines)
         megatron.MegatronParts  a megatron-core GPTModel (verl's Megatron engine; the megatron extra)
 
-`shared.py` holds what both adapters use; `fsdp_internals.py` the FSDP2 internals the HF
-adapter reads.
+`shared.py` holds what both adapters use. Under FSDP2 the HF adapter uses public FSDP2
+APIs only (the root's forward, `unshard` / `reshard`, `set_reshard_after_backward`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,7 +15,6 @@ import torch.utils.checkpoint
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from oar_verl.core.models import fsdp_internals
 from oar_verl.core.models.shared import gather_columns, real_tokens_first
 
 
@@ -60,7 +60,7 @@ class HFParts:
         if not modules:
             yield
             return
-        fsdp_internals.lazy_init_root(self.model)  # what the root's pre-forward runs first
+        _forward_root_once(self.model)
         for module in modules:
             module.unshard()
         try:
@@ -73,18 +73,17 @@ class HFParts:
     def gathered_through_backward(self) -> Iterator[None]:
         """Inside `materialized()`: every FSDP2 group stays gathered when a backward ends, so
         one forward's graph can be backpropagated several times (each backward then runs
-        the same collectives on every rank: none for the groups already gathered); the
-        groups are resharded, and their setting restored, on exit."""
+        the same collectives on every rank: none for the groups already gathered); on exit
+        the groups are resharded and set back to FSDP2's default, resharding after each
+        backward (`FSDPModule.set_reshard_after_backward`; verl never changes it)."""
         groups = [module for module in self.model.modules() if hasattr(module, "set_reshard_after_backward")]
-        settings = [[group.reshard_after_backward for group in fsdp_internals.param_groups(module)] for module in groups]
         for module in groups:
             module.set_reshard_after_backward(False, recurse=False)
         try:
             yield
         finally:
-            for module, previous in zip(groups, settings):
-                for group, value in zip(fsdp_internals.param_groups(module), previous):
-                    group.reshard_after_backward = value
+            for module in groups:
+                module.set_reshard_after_backward(True, recurse=False)
                 module.reshard()
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -174,6 +173,21 @@ def hf_parts(model: nn.Module) -> HFParts:
         raise ValueError(f"model: {type(model).__name__} exposes no input embeddings or no output head")
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     return HFParts(backbone, embeddings, head, softcap, model)
+
+
+_ROOTS_RUN: weakref.WeakSet = weakref.WeakSet()
+
+
+def _forward_root_once(model: nn.Module) -> None:
+    """FSDP2 initialises a root module's state on its first forward; attribution calls the
+    sub-modules directly, so each root runs one forward of its own first (one token, no
+    gradient, once per process: the same on every rank, which enter `materialized` in step)."""
+    if model in _ROOTS_RUN:
+        return
+    device = torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")  # FSDP2 computes there, offloaded or not
+    with torch.no_grad():
+        model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False)
+    _ROOTS_RUN.add(model)
 
 
 @contextlib.contextmanager
