@@ -48,7 +48,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=int, default=8, help="lengths and budgets divided by this (default: %(default)s)")
     args = parser.parse_args(argv)
     if "RANK" not in os.environ:  # one gloo rank under torch.distributed.run, as verl's engine expects
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", __file__, *(argv if argv is not None else sys.argv[1:])]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            __file__,
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
         raise SystemExit(subprocess.run(command, env={**os.environ, "VERL_PLATFORM": "cpu"}, check=False).returncode)
     run(args)
 
@@ -118,8 +126,13 @@ def run(args) -> None:
         real = int((prompt_lengths + response_lengths).sum())
         needed = [len(row.needed) for row in rows]
         before, chunks = length_aware_tokens(prompt_lengths, response_lengths - 2, oar_tokens)  # the own forward's padded chunks, to the answer
-        print(f"\n{shape}, / {args.scale}: {len(rows)} rows, real tokens {real}; verl {verl_tokens} tokens a micro-batch, OAR {oar_tokens} a pass", flush=True)
-        print(f"  attribution pass tokens / real tokens: engine (packed) {sum(needed) / real:.3f}, own forward before (padded chunks) {before / real:.3f}")
+        print(
+            f"\n{shape}, / {args.scale}: {len(rows)} rows, real tokens {real}; verl {verl_tokens} tokens a micro-batch, OAR {oar_tokens} a pass",
+            flush=True,
+        )
+        print(
+            f"  attribution pass tokens / real tokens: engine (packed) {sum(needed) / real:.3f}, own forward before (padded chunks) {before / real:.3f}"
+        )
         full_prompts, full_responses = sample_lengths(SHAPES[shape][0], mean, maximum, torch.Generator().manual_seed(0))
         full_lengths = (full_prompts + full_responses).tolist()
         full_needed = (full_prompts + full_responses - 2).tolist()

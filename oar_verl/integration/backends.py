@@ -3,8 +3,9 @@ the attribution methods drive (`oar_verl.core.models.model_parts` picks its part
 context the engine runs its forward in, and verl's own log-prob and entropy functions for
 the fused log-prob pass. The OAR step and the attribution methods are the same for all.
 
-- FSDP (`fsdp`, `fsdp2`): the FSDP-wrapped Hugging Face model; the engine's autocast;
-  `logprobs_from_logits` and the engine's entropy function (`prepare_model_outputs`).
+- FSDP (`fsdp`, `fsdp2`): the FSDP-wrapped Hugging Face model and the engine's autocast,
+  for the unfused requests (a fused request runs through verl's engine itself:
+  `engine_attribution`).
 - Megatron: the engine's single model chunk (a megatron-core `GPTModel` in megatron's DDP
   and Float16Module wrappers; virtual pipeline stages are refused); no autocast (megatron
   holds its parameters in the compute dtype and returns float32 logits); verl's
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from verl.utils import torch_functional as verl_F
 from verl.utils.device import get_device_name
 
 from oar_verl.core.attribution.chunks import LogProbFn
@@ -30,18 +30,19 @@ from oar_verl.core.attribution.chunks import LogProbFn
 class EngineAdapter:
     """model: what the attribution methods run on; precision: a new context of the
     engine's forward precision per call; log_prob_fn: verl's log-probs and entropies of
-    logits at the temperature (the fused pass)."""
+    logits at the temperature, for the project's own fused pass (Megatron; None on FSDP,
+    whose fused pass is verl's own: `engine_attribution`)."""
 
     model: nn.Module
     precision: Callable[[], contextlib.AbstractContextManager]
-    log_prob_fn: LogProbFn
+    log_prob_fn: LogProbFn | None
 
 
-def engine_adapter(engine, use_remove_padding: bool) -> EngineAdapter:
+def engine_adapter(engine) -> EngineAdapter:
     """The adapter of a verl actor engine (FSDP or Megatron)."""
     if engine.engine_config.strategy == "megatron":
         return _megatron_adapter(engine)
-    return EngineAdapter(engine.module, lambda: engine_autocast(engine), verl_log_prob_fn(engine, use_remove_padding))
+    return EngineAdapter(engine.module, lambda: engine_autocast(engine), None)
 
 
 def engine_autocast(engine) -> contextlib.AbstractContextManager:
@@ -49,30 +50,6 @@ def engine_autocast(engine) -> contextlib.AbstractContextManager:
     precision's parameter dtype, none for float32."""
     dtype = getattr(engine, "_autocast_dtype", torch.bfloat16)
     return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device_type=get_device_name(), dtype=dtype)
-
-
-def verl_log_prob_fn(engine, use_remove_padding: bool) -> LogProbFn:
-    """verl's log-probs and entropies of logits at the temperature, by the functions its FSDP
-    engine uses (`prepare_model_outputs`): `logprobs_from_logits`; for the entropy, with
-    remove-padding, the engine's `compute_entropy_from_logits` (`entropy_from_logits` or,
-    with `entropy_from_logits_with_chunking`, the chunked one with the engine's
-    `entropy_from_logits_chunk_size`; compiled under `use_torch_compile`) on the logits as
-    rows [N, V], as the engine calls it on its packed tokens; without, `entropy_from_logits`."""
-    config = engine.engine_config
-
-    def packed_entropy(logits: torch.Tensor) -> torch.Tensor:
-        """[N, S] entropies of logits [N, S, V], computed on the [N S, V] rows."""
-        rows = logits.reshape(-1, logits.shape[-1])
-        if config.entropy_from_logits_with_chunking:
-            return engine.compute_entropy_from_logits(rows, chunk_size=config.entropy_from_logits_chunk_size).reshape(logits.shape[:-1])
-        return engine.compute_entropy_from_logits(rows).reshape(logits.shape[:-1])
-
-    entropy_fn = packed_entropy if use_remove_padding else verl_F.entropy_from_logits
-
-    def log_prob_fn(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return verl_F.logprobs_from_logits(logits, tokens), entropy_fn(logits)
-
-    return log_prob_fn
 
 
 def _megatron_adapter(engine) -> EngineAdapter:

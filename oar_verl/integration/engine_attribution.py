@@ -38,7 +38,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id
@@ -115,9 +114,7 @@ def _row_starts(micro_batch: TensorDict, packed: bool) -> list[tuple[int, int]]:
     return [(0, offsets[b]) if packed else (b, 0) for b in range(len(offsets) - 1)]
 
 
-def answer_target(
-    logits: torch.Tensor, micro_batch: TensorDict, packed: bool, rows: list[int], mode: str
-) -> torch.Tensor:
+def answer_target(logits: torch.Tensor, micro_batch: TensorDict, packed: bool, rows: list[int], mode: str) -> torch.Tensor:
     """The target (`core.targets.compute_target`) of the micro-batch's rows `rows` (their
     indices in the micro-batch) from the head's logits [1, T, V] or [b, L, V]: [N, V] log-probs
     ([N, A, V] for `every_answer`) or [N] phi, float32."""

@@ -83,12 +83,17 @@ def engine_setting_errors(config, method: str) -> list[str]:
     actor, model = config.actor_rollout_ref.actor, config.actor_rollout_ref.model
     for key, value in (
         ("actor_rollout_ref.actor.ulysses_sequence_parallel_size", actor.get("ulysses_sequence_parallel_size", 1)),
-        ("actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size", (actor.get("fsdp_config") or {}).get("ulysses_sequence_parallel_size", 1)),
+        (
+            "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+            (actor.get("fsdp_config") or {}).get("ulysses_sequence_parallel_size", 1),
+        ),
     ):
         if int(value or 1) > 1:
             errors.append(f"{key}={value}: {method} reads each row's answer positions on one rank; Ulysses splits sequences over ranks: set it to 1")
     if model.get("use_fused_kernels", False):
-        errors.append(f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False")
+        errors.append(
+            f"actor_rollout_ref.model.use_fused_kernels=True: fused kernels never materialise logits, which {method} reads; set it to False"
+        )
     if model.get("use_liger", False):
         errors.append(f"actor_rollout_ref.model.use_liger=True: {method} is not tested with Liger's kernels in the actor; set it to False")
     if model.get("enable_activation_offload", False):
@@ -98,7 +103,9 @@ def engine_setting_errors(config, method: str) -> list[str]:
         )
     lora_rank = model.get("lora_rank", 0) or (model.get("lora") or {}).get("rank", 0)
     if int(lora_rank or 0) > 0:
-        errors.append(f"actor_rollout_ref.model.lora_rank={lora_rank}: {method} is not tested through a LoRA adapter; train without LoRA (lora_rank=0)")
+        errors.append(
+            f"actor_rollout_ref.model.lora_rank={lora_rank}: {method} is not tested through a LoRA adapter; train without LoRA (lora_rank=0)"
+        )
     vision = vision_model_error(model.get("path"), method)
     if vision:
         errors.append(vision)

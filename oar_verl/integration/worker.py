@@ -86,7 +86,7 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
     method = tu.get(data, key="oar_method")
     settings = OARSettings(**tu.get(data, key="oar_settings"))
     engine = worker.actor.engine
-    adapter = engine_adapter(engine, worker.actor.model_config.get("use_remove_padding", False))
+    adapter = engine_adapter(engine)
     config = _method_config(worker, data, method, settings)
 
     prompts, responses = _rows(data["prompts"]), _rows(data["responses"])

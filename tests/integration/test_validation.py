@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 
-from oar_verl.integration.validation import check, oar_settings_errors, perturbation_cost_warning
+from oar_verl.integration.validation import check, oar_settings_errors, perturbation_cost_warning, vision_model_error
 from oar_verl.main_ppo import SettingsError, check_and_prepare
 from oar_verl.tiny.arithmetic import write_split
 
@@ -47,7 +47,14 @@ def test_defaults_pass():
         ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp"),
         ("actor_rollout_ref.actor.strategy=megatron", "actor_rollout_ref.actor.megatron: missing"),
         ("+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp16", "mixed_precision.param_dtype=fp16"),
-        ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "ulysses_sequence_parallel_size=2"),
+        ("actor_rollout_ref.actor.ulysses_sequence_parallel_size=2", "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"),
+        (
+            "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=2",
+            "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=2",
+        ),
+        ("actor_rollout_ref.model.enable_activation_offload=true", "actor_rollout_ref.model.enable_activation_offload=True"),
+        ("actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_rank=8"),
+        ("actor_rollout_ref.model.use_liger=true", "actor_rollout_ref.model.use_liger=True"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
         ("data.train_files=/nowhere/train.parquet", "data.train_files[0] (/nowhere/train.parquet): no such file"),
         (
@@ -61,6 +68,13 @@ def test_refusals_name_the_setting(override, named):
     assert len(errors) == 1 and named in errors[0], errors
     with pytest.raises(SettingsError, match="algorithm.adv_estimator=oar_g"):
         check_and_prepare(config(override))
+
+
+def test_vision_language_models_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_5_vl", "vision_config": {"depth": 2}}')
+    assert "a vision-language model" in (vision_model_error(tmp_path, "oar_g") or "")
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')
+    assert vision_model_error(tmp_path, "oar_g") is None
 
 
 def test_megatron_defaults_pass():

@@ -32,7 +32,7 @@ engine = EngineRegistry.new(
     ),
 )
 engine.initialize()
-adapter = engine_adapter(engine, use_remove_padding=True)
+adapter = engine_adapter(engine)
 
 
 def fused_pass(temperature, config):
