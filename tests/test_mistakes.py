@@ -151,7 +151,7 @@ MISTAKES = [
     (
         "verl-micro-batch",
         "dry_run",
-        lambda d, t: preset(d, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null"),
+        lambda d, t: preset(d, "actor_rollout_ref.actor.use_dynamic_bsz=false", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null"),
         "verl's config check: [actor] Please set",
     ),
     ("rollout-name-unset", "dry_run", lambda d, t: ["--config-name", "ppo", *preset(d)[2:]], "actor_rollout_ref.rollout.name: no value"),
