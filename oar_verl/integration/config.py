@@ -90,7 +90,7 @@ class OARSettings:
     fuse_log_probs: bool = field(
         default=True,
         metadata={
-            "help": "oar_g, and oar_p with perturbation_mode taylor: answer verl's old-log-prob pass with the method's clean forward (old_log_probs, entropy and the clean target from one forward; answer_logprob's and taylor's gradients from it too), computed as verl computes them (its autocast, temperature rule, log-prob and entropy functions, micro-batch layout: equal to verl's own pass in fp32 and bf16 on the CPU backend). False: verl's log-prob pass, then attribution on its own (also chosen, whatever this says, under rollout_correction.bypass_mode or an actor router_replay mode other than disabled). oar_p's other modes never fuse. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."
+            "help": "oar_g, and oar_p with perturbation_mode taylor: attribute inside verl's old-log-prob request. FSDP actors: verl's own pass (old_log_probs and entropy are verl's, bit for bit; it also records the clean targets), then the attribution passes through verl's engine on the attributed rows (docs/verl_settings.md). Megatron actors: the method's clean forward gives old_log_probs, entropy and the clean target, computed as verl computes them. False: verl's log-prob pass, then attribution on its own (also chosen, whatever this says, under rollout_correction.bypass_mode or an actor router_replay mode other than disabled). oar_p's other modes never fuse. Applies on verl 0.9.1 as released (the trainer subclass), not through the upstream patches' pre-advantage step."
         },
     )
     perturbation_id: int | None = field(
@@ -127,7 +127,7 @@ class OARSettings:
     max_tokens_per_pass: int = field(
         default=16384,
         metadata={
-            "help": "Token budget of one attribution pass on a worker (sequences x length): bounds its memory whatever the batch (docs/benchmarks.md: about 0.46 MiB per token for a 7B model in bf16 with the actor's gradient checkpointing, 6.3 MiB without; recipes/README.md gives the budget per GPU size). It must hold one prompt plus response; scores do not depend on it."
+            "help": "Token budget of one attribution pass on a worker (with use_remove_padding the rows' real tokens, else rows x the longest): bounds its memory whatever the batch; verl's log-prob pass keeps its own limit (log_prob_max_token_len_per_gpu), the attribution passes after it use this one (docs/verl_settings.md; docs/benchmarks.md: about 0.46 MiB per token for a 7B model in bf16 with the actor's gradient checkpointing, 6.3 MiB without; recipes/README.md gives the budget per GPU size). It must hold one prompt plus response; scores do not depend on it."
         },
     )
     permute_weights: bool = field(

@@ -101,60 +101,61 @@ for name in ("reduce_scatter_tensor", "reduce_scatter"):
 
 plain = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", torch_dtype=torch.float32).eval()
 report = {}
-for dtype in ("fp32", "bf16"):
-    for packed in (True, False):
-        engine = EngineRegistry.new(
-            model_type="language_model",
-            backend="fsdp2",
-            checkpoint_config=CheckpointConfig(),
-            optimizer_config=FSDPOptimizerConfig(lr=1e-5),
-            model_config=HFModelConfig(path=path, use_remove_padding=packed, enable_gradient_checkpointing=True, override_config={"attn_implementation": "sdpa"}),
-            engine_config=FSDPEngineConfig(
-                strategy="fsdp2", forward_only=False, model_dtype="fp32", use_torch_compile=False,
-                mixed_precision={"param_dtype": dtype, "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
-            ),
-        )  # fmt: skip
-        engine.initialize()
-        label = f"{dtype} {'packed' if packed else 'padded'}"
-        order = list(range(B))
-        for dynamic in (False, True):
-            reference_log_probs = verl_pass(engine, request(order, dynamic, packed))
-            for config in CONFIGS:
-                log_probs, scores = engine_scores(engine, config, packed, order, dynamic)
-                assert torch.equal(log_probs, reference_log_probs), f"{label}: pi_old with {config} differs from verl's pass"
-                assert all(p.grad is None for p in engine.module.parameters()), f"{label}: a parameter gradient after {config}"
-        assert collectives["reduce_scatter"] == 0, f"{label}: {collectives['reduce_scatter']} reduce-scatters"
-        # the update's first forward (another token limit, as the recipes set) against pi_old with
-        # and without OAR: the per-token ratios must be the same, whatever their gap to 1
-        update = request(order, True, packed)
-        tu.assign_non_tensor(update, max_token_len_per_gpu=120)
-        update_log_probs = verl_pass(engine, update)
-        grpo_old = verl_pass(engine, request(order, True, packed))
-        for config in (CONFIGS[0], CONFIGS[5]):
-            oar_old, _ = engine_scores(engine, config, packed, order, dynamic=True)
-            grpo_ratio, oar_ratio = (torch.exp(update_log_probs - old)[mask] for old in (grpo_old, oar_old))
-            assert torch.equal(grpo_ratio, oar_ratio), f"{label}: the first update's ratios differ with {config}"
-            report[f"{label} max |ratio - 1| {getattr(config, 'mode', 'oar_g')}"] = float((oar_ratio - 1).abs().max())
-        if dtype == "fp32":
-            for config in CONFIGS:
-                _, scores = engine_scores(engine, config, packed, order)
-                if isinstance(config, GradientConfig):
-                    expected = torch.zeros_like(scores)
-                    for b in ATTRIBUTED:
-                        expected[b, : int(segments.reasoning_end[b])] = definition(plain, config, b)
-                else:
-                    with engine.eval_mode(), engine_autocast(engine):
-                        expected = attribute(engine.module, batch, segments, config, rows=flags.bool(), sync_passes=max_over_ranks)
-                error = float((scores - expected).abs().max() / expected.abs().max().clamp(min=1e-30)) if ATTRIBUTED else float(scores.abs().max())
-                report[f"{label} {getattr(config, 'mode', 'oar_g')} {config.target}"] = error
-                assert error < 1e-4, f"{label}: {config} scores {error} from the definition"
-            # neighbours: row 3 packed with other rows, in another order
-            for config in CONFIGS[3:5]:
-                alone_lp, alone = engine_scores(engine, config, packed, [3, 0, 1, 2, 4, 5])
-                mixed_lp, mixed = engine_scores(engine, config, packed, [5, 4, 3, 2, 1, 0])
-                report[f"{label} neighbours {getattr(config, 'mode', 'oar_g')} {config.target}"] = float((alone[0] - mixed[2]).abs().max())
-                assert torch.allclose(alone[0], mixed[2], rtol=1e-5, atol=1e-9), f"{label}: row 3's scores change with its neighbours"
-                assert torch.allclose(alone_lp[0], mixed_lp[2], rtol=1e-5, atol=1e-6), f"{label}: row 3's log-probs change with its neighbours"
+ENGINES = [(dtype, packed, -1) for dtype in ("fp32", "bf16") for packed in (True, False)]
+ENGINES += [("fp32", True, 1)] if world > 1 else []  # fsdp_size 1: parameters replicated, not sharded (hybrid sharding's sub-mesh)
+for dtype, packed, fsdp_size in ENGINES:
+    engine = EngineRegistry.new(
+        model_type="language_model",
+        backend="fsdp2",
+        checkpoint_config=CheckpointConfig(),
+        optimizer_config=FSDPOptimizerConfig(lr=1e-5),
+        model_config=HFModelConfig(path=path, use_remove_padding=packed, enable_gradient_checkpointing=True, override_config={"attn_implementation": "sdpa"}),
+        engine_config=FSDPEngineConfig(
+            strategy="fsdp2", forward_only=False, model_dtype="fp32", use_torch_compile=False, fsdp_size=fsdp_size,
+            mixed_precision={"param_dtype": dtype, "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
+        ),
+    )  # fmt: skip
+    engine.initialize()
+    label = f"{dtype} {'packed' if packed else 'padded'}" + (f" fsdp_size={fsdp_size}" if fsdp_size > 0 else "")
+    order = list(range(B))
+    for dynamic in (False, True):
+        reference_log_probs = verl_pass(engine, request(order, dynamic, packed))
+        for config in CONFIGS:
+            log_probs, scores = engine_scores(engine, config, packed, order, dynamic)
+            assert torch.equal(log_probs, reference_log_probs), f"{label}: pi_old with {config} differs from verl's pass"
+            assert all(p.grad is None for p in engine.module.parameters()), f"{label}: a parameter gradient after {config}"
+    assert collectives["reduce_scatter"] == 0, f"{label}: {collectives['reduce_scatter']} reduce-scatters"
+    # the update's first forward (another token limit, as the recipes set) against pi_old with
+    # and without OAR: the per-token ratios must be the same, whatever their gap to 1
+    update = request(order, True, packed)
+    tu.assign_non_tensor(update, max_token_len_per_gpu=120)
+    update_log_probs = verl_pass(engine, update)
+    grpo_old = verl_pass(engine, request(order, True, packed))
+    for config in (CONFIGS[0], CONFIGS[5]):
+        oar_old, _ = engine_scores(engine, config, packed, order, dynamic=True)
+        grpo_ratio, oar_ratio = (torch.exp(update_log_probs - old)[mask] for old in (grpo_old, oar_old))
+        assert torch.equal(grpo_ratio, oar_ratio), f"{label}: the first update's ratios differ with {config}"
+        report[f"{label} max |ratio - 1| {getattr(config, 'mode', 'oar_g')}"] = float((oar_ratio - 1).abs().max())
+    if dtype == "fp32":
+        for config in CONFIGS:
+            _, scores = engine_scores(engine, config, packed, order)
+            if isinstance(config, GradientConfig):
+                expected = torch.zeros_like(scores)
+                for b in ATTRIBUTED:
+                    expected[b, : int(segments.reasoning_end[b])] = definition(plain, config, b)
+            else:
+                with engine.eval_mode(), engine_autocast(engine):
+                    expected = attribute(engine.module, batch, segments, config, rows=flags.bool(), sync_passes=max_over_ranks)
+            error = float((scores - expected).abs().max() / expected.abs().max().clamp(min=1e-30)) if ATTRIBUTED else float(scores.abs().max())
+            report[f"{label} {getattr(config, 'mode', 'oar_g')} {config.target}"] = error
+            assert error < 1e-4, f"{label}: {config} scores {error} from the definition"
+        # neighbours: row 3 packed with other rows, in another order
+        for config in CONFIGS[3:5]:
+            alone_lp, alone = engine_scores(engine, config, packed, [3, 0, 1, 2, 4, 5])
+            mixed_lp, mixed = engine_scores(engine, config, packed, [5, 4, 3, 2, 1, 0])
+            report[f"{label} neighbours {getattr(config, 'mode', 'oar_g')} {config.target}"] = float((alone[0] - mixed[2]).abs().max())
+            assert torch.allclose(alone[0], mixed[2], rtol=1e-5, atol=1e-9), f"{label}: row 3's scores change with its neighbours"
+            assert torch.allclose(alone_lp[0], mixed_lp[2], rtol=1e-5, atol=1e-6), f"{label}: row 3's log-probs change with its neighbours"
 with open(os.path.join(os.environ["OK_DIR"], f"report{rank}.json"), "w") as file:
     json.dump({"rank": rank, **report}, file)
 dist.barrier()
