@@ -44,11 +44,14 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     # the actor worker whose log-prob method fused attribution answers (worker.py)
     ("verl.workers.engine_workers", "ActorRolloutRefWorker.compute_log_prob"),
     ("verl.experimental.separation.engine_workers", "DetachActorWorker"),
-    # the FSDP engine's numerics fused attribution reproduces (worker.py, core/attribution/gradient.py)
+    # the FSDP engine attribution runs through (engine_attribution.py): the loss function the
+    # log-prob pass is given, how a micro-batch reaches the model and the loss, the passes
+    ("verl.workers.engine_workers", "TrainingWorker.infer_batch"),
+    ("verl.workers.engine.base", "BaseEngine.infer_batch"),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine.forward_backward_batch"),
+    ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.prepare_model_inputs"),
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.prepare_model_outputs"),
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngineWithLMHead.forward_step"),
-    ("verl.utils.torch_functional", "logprobs_from_logits"),
-    ("verl.utils.torch_functional", "entropy_from_logits"),
     # the Megatron engine's numerics fused attribution reproduces there (integration/backends.py)
     ("verl.workers.engine.megatron.transformer_impl", "MegatronEngineWithLMHead._lm_head_logits_processor"),
     ("verl.utils.megatron.tensor_parallel", "vocab_parallel_log_probs_from_logits"),
@@ -85,10 +88,12 @@ TESTED: dict[str, dict[str, str]] = {
         "verl.workers.utils.padding:response_to_nested": "af8924bb3876a698",
         "verl.workers.engine_workers:ActorRolloutRefWorker.compute_log_prob": "b3745893e925d033",
         "verl.experimental.separation.engine_workers:DetachActorWorker": "f702971cd31fe346",
+        "verl.workers.engine_workers:TrainingWorker.infer_batch": "f23cd4d7098eb7ad",
+        "verl.workers.engine.base:BaseEngine.infer_batch": "385edf89498f56ef",
+        "verl.workers.engine.fsdp.transformer_impl:FSDPEngine.forward_backward_batch": "237c0e9c228c8a62",
+        "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.prepare_model_inputs": "436b4ccc80e8445a",
         "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.prepare_model_outputs": "fe47e79d4faf569f",
         "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.forward_step": "0c246a287aafd34a",
-        "verl.utils.torch_functional:logprobs_from_logits": "d070215c02e9fc47",
-        "verl.utils.torch_functional:entropy_from_logits": "7f9fb7dd0b6d13c2",
         "verl.workers.engine.megatron.transformer_impl:MegatronEngineWithLMHead._lm_head_logits_processor": "008adad999987df1",
         "verl.utils.megatron.tensor_parallel:vocab_parallel_log_probs_from_logits": "991ecfd5a480261a",
         "verl.utils.megatron.tensor_parallel:vocab_parallel_entropy": "33a6f18c85676379",

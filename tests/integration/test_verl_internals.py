@@ -57,7 +57,7 @@ def test_an_untested_release_whose_internals_changed_is_refused(monkeypatch):
 
 def test_verl_0_9_0_differs_where_oar_verl_depends_on_it(tmp_path):
     """verl 0.9.0 (PyPI's wheel): its trainer step, worker pool set-up, its three
-    trainers, the FSDP engine's log-prob numerics, how the Megatron engine builds its model
+    trainers, the FSDP engine's passes, how the Megatron engine builds its model
     and the config check differ
     from 0.9.1's, so it is outside the supported range."""
     command = [sys.executable, "-m", "pip", "download", "verl==0.9.0", "--no-deps", "--only-binary", ":all:", "-d", str(tmp_path), "-q"]
@@ -73,6 +73,8 @@ def test_verl_0_9_0_differs_where_oar_verl_depends_on_it(tmp_path):
         "verl.trainer.ppo.v1.trainer_sync:PPOTrainerSync",
         "verl.trainer.ppo.v1.trainer_colocate_async:PPOTrainerColocateAsync",
         "verl.trainer.ppo.v1.trainer_separate_async:PPOTrainerSeparateAsync",
+        "verl.workers.engine.fsdp.transformer_impl:FSDPEngine.forward_backward_batch",
+        "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.prepare_model_inputs",
         "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.prepare_model_outputs",
         "verl.workers.engine.fsdp.transformer_impl:FSDPEngineWithLMHead.forward_step",
         "verl.utils.megatron_utils:make_megatron_module",
