@@ -10,8 +10,10 @@
 (b) memory: peak bytes of OAR-G's noisy pass at two budgets on a Qwen2.5-0.5B-shaped model
     (random weights, bf16, gradient checkpointing), their slope per token against the
     memory model of `benchmarks/attribution_memory.py`, and the peak at 16384 tokens;
-Not yet here: fused old_log_probs against verl's FSDP2 engine built on one GPU without Ray
-(`tests/verl_cpu/test_fused_numerics.py` does it on the CPU backend). Every figure goes to the JSON file; a check that cannot run records why. Never part of CI.
+Not yet here: attribution through verl's FSDP2 engine built on one GPU without Ray (pi_old
+against the engine's own pass, packed, bf16; `tests/verl_cpu/test_engine_attribution.py`
+does it on the CPU backend): the device machine has no verl, and Ray's wheel is over what a
+run can carry. Every figure goes to the JSON file; a check that cannot run records why. Never part of CI.
 """
 
 from __future__ import annotations
