@@ -155,15 +155,15 @@ def run(args) -> None:
                                  use_dynamic_bsz=True, max_token_len_per_gpu=verl_tokens, use_fused_kernels=False)  # fmt: skip
             return data
 
-        def verl_pass() -> None:
+        def verl_pass(loss_function=None) -> None:
             with engine.eval_mode():
-                engine.infer_batch(request(), loss_function=None)
+                engine.infer_batch(request(), loss_function=loss_function)
 
         def with_attribution(config):
             def run_both() -> None:
                 attribution = EngineAttribution(engine, config, True, tokenizer.pad_token_id)
-                with attribution.recording_clean_targets() as recorder:
-                    verl_pass()
+                with attribution.clean_target_recorder() as recorder:
+                    verl_pass(recorder)
                 attribution.scores(rows, len(rows), int(response_lengths.max()), recorder.clean if recorder else None)
 
             return run_both

@@ -5,11 +5,12 @@ The fused old-log-prob request is answered in two parts, both run by the actor e
 1. **verl's own log-prob pass** (`ActorRolloutRefWorker.compute_log_prob`, unchanged:
    its micro-batching, dynamic batch sizes, remove-padding, precision), so `old_log_probs`
    and `entropy` are verl's by construction. For the distribution targets it also records
-   each attributed row's clean target P0: the engine's `infer_batch` is given a loss
-   function (`CleanTargets`) that reads the head's raw logits (a forward hook on the
-   output embeddings: temperature 1, before verl scales them) at the row's answer
-   positions; the loss function is where the engine hands over the micro-batch, whose
-   `oar_*` fields say which rows it holds, whatever order dynamic batching chose.
+   each attributed row's clean target P0: the pass is given a loss function
+   (`CleanTargets`, through verl's own `set_loss_fn` and `compute_loss`: `log_prob_pass_loss`)
+   that reads the head's raw logits (a forward hook on the output embeddings: temperature 1,
+   before verl scales them) at the row's answer positions; the loss function is where the
+   engine hands over the micro-batch, whose `oar_*` fields say which rows it holds, whatever
+   order dynamic batching chose.
 2. **The attribution passes**: `engine.forward_backward_batch` on the attributed rows
    alone, in chunks under `algorithm.oar.max_tokens_per_pass` tokens (each chunk one
    micro-batch, in the layout the engine runs: packed with remove-padding, else padded),
@@ -175,28 +176,23 @@ class CleanTargets:
             targets = answer_target(logits, data, self.packed, rows, self.mode).detach()
             for b, target in zip(rows, targets):
                 self.clean[int(data["oar_row"][b])] = target
-        return torch.zeros((), device=logits.device), {}
+        return torch.ones((), device=logits.device), {}  # what the engine reports for a pass without a loss function
 
 
 @contextlib.contextmanager
-def loss_function_for_infer_batch(engine, recorder) -> Iterator[None]:
-    """verl's worker gives its log-prob pass no loss function (`TrainingWorker.infer_batch`,
-    `compute_loss=False`); inside the block the engine's `infer_batch` gets `recorder` as its loss function
-    (set on the engine instance, removed on exit)."""
-    original = engine.infer_batch
-
-    def infer_batch(data, loss_function=None):
-        if loss_function is not None:
-            raise RuntimeError("verl's log-prob pass came with a loss function of its own (compute_loss=True): OAR cannot record its clean targets")
-        return original(data, loss_function=recorder)
-
-    engine.infer_batch = infer_batch
+def log_prob_pass_loss(training_worker, data: TensorDict, loss_function) -> Iterator[None]:
+    """verl's own extension point for a loss in its log-prob pass: a `TrainingWorker`
+    computes its loss function (`set_loss_fn`) there when the request has `compute_loss`
+    (verl's SFT evaluation uses it); inside the block `loss_function` is that loss function
+    and `data` asks for it, both restored on exit."""
+    previous, asked = training_worker.loss_fn, tu.get(data, key="compute_loss", default=True)
+    training_worker.set_loss_fn(loss_function)
+    tu.assign_non_tensor(data, compute_loss=True)
     try:
         yield
     finally:
-        del engine.infer_batch
-        if engine.infer_batch != original:
-            raise RuntimeError("verl's engine.infer_batch was replaced on the instance while attribution ran")
+        training_worker.set_loss_fn(previous)
+        tu.assign_non_tensor(data, compute_loss=asked)
 
 
 @contextlib.contextmanager
@@ -278,17 +274,16 @@ class EngineAttribution:
         self.needs_clean_pass = not self.taylor and config.target != "answer_logprob"
 
     @contextlib.contextmanager
-    def recording_clean_targets(self) -> Iterator[CleanTargets | None]:
-        """Around verl's log-prob pass: records P0 for the distribution targets of OAR-G
-        (yields None where the attribution pass needs no clean target)."""
+    def clean_target_recorder(self) -> Iterator[CleanTargets | None]:
+        """The loss function verl's log-prob pass is given to record P0 for OAR-G's
+        distribution targets, its head hook installed inside the block (None where the
+        attribution passes need no clean target)."""
         if not self.needs_clean_pass:
             yield None
             return
         head = HeadLogits(self.engine.module)
-        recorder = CleanTargets(head, self.packed, self.config.target)
         try:
-            with loss_function_for_infer_batch(self.engine, recorder):
-                yield recorder
+            yield CleanTargets(head, self.packed, self.config.target)
         finally:
             head.remove()
 

@@ -32,6 +32,7 @@ routes: the trainer never sends a fused request to an actor with `router_replay`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -50,7 +51,7 @@ from oar_verl.core.layout import ResponseBatch
 from oar_verl.core.spans import Segments
 from oar_verl.integration.backends import engine_adapter
 from oar_verl.integration.config import OARSettings
-from oar_verl.integration.engine_attribution import EngineAttribution, RowSpec, row_fields
+from oar_verl.integration.engine_attribution import EngineAttribution, RowSpec, log_prob_pass_loss, row_fields
 
 SEGMENTS_FIELD = "oar_segments"
 SCORES_FIELD = "oar_scores"
@@ -146,7 +147,10 @@ def engine_log_prob_with_scores(worker: ActorRolloutRefWorker, data: TensorDict,
         data[key] = values
     packed = bool(worker.actor.model_config.get("use_remove_padding", False))
     attribution = EngineAttribution(engine, config, packed, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-    with attribution.recording_clean_targets() as recorder:
+    with (
+        attribution.clean_target_recorder() as recorder,
+        log_prob_pass_loss(worker.actor, data, recorder) if recorder is not None else contextlib.nullcontext(),
+    ):
         output = verl_log_prob(data)
     rows = [
         RowSpec(b, p + r, len(p), *segments[b, :3].tolist())

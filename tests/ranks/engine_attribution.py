@@ -65,9 +65,10 @@ def request(order: list[int], dynamic: bool, packed: bool) -> TensorDict:
     return data
 
 
-def verl_pass(engine, data: TensorDict) -> torch.Tensor:
+def verl_pass(engine, data: TensorDict, loss_function=None) -> torch.Tensor:
+    """[b, R] log-probs of verl's pass; `loss_function` as verl's worker gives it with `compute_loss`."""
     with engine.eval_mode():
-        output = engine.infer_batch(data, loss_function=None)["model_output"]
+        output = engine.infer_batch(data, loss_function=loss_function)["model_output"]
     return no_padding_2_padding(output["log_probs"], data)
 
 
@@ -75,8 +76,8 @@ def engine_scores(engine, config, packed: bool, order: list[int], dynamic: bool 
     """(pi_old [b, R] of verl's pass with the clean targets recorded, scores [b, R]) of rows `order`."""
     attribution = EngineAttribution(engine, config, packed, tokenizer.pad_token_id)
     data = request(order, dynamic, packed)
-    with attribution.recording_clean_targets() as recorder:
-        log_probs = verl_pass(engine, data)
+    with attribution.clean_target_recorder() as recorder:
+        log_probs = verl_pass(engine, data, recorder)
     specs = [RowSpec(i, prompts[b] + responses[b], len(prompts[b]), *segment_field[b, :3].tolist()) for i, b in enumerate(order) if flags[b]]
     return log_probs, attribution.scores(specs, len(order), R, recorder.clean if recorder else None)
 
