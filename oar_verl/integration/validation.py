@@ -101,10 +101,11 @@ def engine_setting_errors(config, method: str) -> list[str]:
             f"actor_rollout_ref.model.enable_activation_offload=True turns off the activation checkpointing {method}'s backward relies on "
             "(memory then grows with every layer's activations); set it to False"
         )
-    lora_rank = model.get("lora_rank", 0) or (model.get("lora") or {}).get("rank", 0)
-    if int(lora_rank or 0) > 0:
+    megatron_lora = int((model.get("lora") or {}).get("rank", 0) or 0)
+    if actor.strategy == "megatron" and megatron_lora > 0:
         errors.append(
-            f"actor_rollout_ref.model.lora_rank={lora_rank}: {method} is not tested through a LoRA adapter; train without LoRA (lora_rank=0)"
+            f"actor_rollout_ref.model.lora.rank={megatron_lora}: {method} on Megatron actors is not tested through a LoRA adapter "
+            "(FSDP2 actors attribute through it: lora_rank); set it to 0"
         )
     vision = vision_model_error(model.get("path"), method)
     if vision:

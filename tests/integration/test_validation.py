@@ -53,7 +53,6 @@ def test_defaults_pass():
             "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size=2",
         ),
         ("actor_rollout_ref.model.enable_activation_offload=true", "actor_rollout_ref.model.enable_activation_offload=True"),
-        ("actor_rollout_ref.model.lora_rank=8", "actor_rollout_ref.model.lora_rank=8"),
         ("actor_rollout_ref.model.use_liger=true", "actor_rollout_ref.model.use_liger=True"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
         ("data.train_files=/nowhere/train.parquet", "data.train_files[0] (/nowhere/train.parquet): no such file"),
@@ -68,6 +67,12 @@ def test_refusals_name_the_setting(override, named):
     assert len(errors) == 1 and named in errors[0], errors
     with pytest.raises(SettingsError, match="algorithm.adv_estimator=oar_g"):
         check_and_prepare(config(override))
+
+
+def test_lora_is_honoured_on_fsdp_and_refused_on_megatron():
+    assert oar_settings_errors(config("actor_rollout_ref.model.lora_rank=8")) == []
+    errors = oar_settings_errors(config("actor_rollout_ref.model.lora.rank=8", name="ppo_megatron"))
+    assert len(errors) == 1 and "actor_rollout_ref.model.lora.rank=8" in errors[0], errors
 
 
 def test_vision_language_models_are_refused(tmp_path):
