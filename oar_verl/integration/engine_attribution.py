@@ -115,23 +115,34 @@ def _row_starts(micro_batch: TensorDict, packed: bool) -> list[tuple[int, int]]:
     return [(0, offsets[b]) if packed else (b, 0) for b in range(len(offsets) - 1)]
 
 
-def answer_target(logits: torch.Tensor, micro_batch: TensorDict, packed: bool, rows: list[int], mode: str) -> torch.Tensor:
+def answer_positions(micro_batch: TensorDict, packed: bool, b: int) -> tuple[int, torch.Tensor]:
+    """(batch index, [A_b] positions) of the logits predicting row b's answer tokens in the
+    engine's layout: [1, T, .] packed, [b, L, .] padded."""
+    batch_index, start = _row_starts(micro_batch, packed)[b]
+    first, last = int(micro_batch["oar_answer_start"][b]), int(micro_batch["oar_answer_end"][b])
+    return batch_index, start + int(micro_batch["oar_prompt_length"][b]) + torch.arange(first, last) - 1
+
+
+def answer_target(logits: torch.Tensor, micro_batch: TensorDict, packed: bool, rows: list[int], mode: str, compact: bool = False) -> torch.Tensor:
     """The target (`core.targets.compute_target`) of the micro-batch's rows `rows` (their
-    indices in the micro-batch) from the head's logits [1, T, V] or [b, L, V]: [N, V] log-probs
-    ([N, A, V] for `every_answer`) or [N] phi, float32."""
-    starts = _row_starts(micro_batch, packed)
+    indices in the micro-batch) from the head's logits [1, T, V] or [b, L, V] (`compact`:
+    [1, N, V], the answer positions of every row of the micro-batch one after the other):
+    [N, V] log-probs ([N, A, V] for `every_answer`) or [N] phi, float32."""
     prompt = micro_batch["oar_prompt_length"].tolist()
     first = micro_batch["oar_answer_start"].tolist()
     last = micro_batch["oar_answer_end"].tolist()
     ids, offsets = micro_batch["input_ids"].values(), micro_batch["input_ids"].offsets().tolist()
     width = max(last[b] - first[b] for b in rows)
+    cursor = [0, *torch.tensor([last[b] - first[b] for b in range(len(prompt))]).cumsum(0).tolist()]
     gathered, tokens, mask = [], [], []
     for b in rows:
-        batch_index, start = starts[b]
-        length = last[b] - first[b]
-        positions = start + prompt[b] + torch.arange(first[b], last[b], device=logits.device) - 1  # predicting the answer tokens
-        pad = width - length
-        gathered.append(torch.nn.functional.pad(logits[batch_index, positions], (0, 0, 0, pad)))  # [A, V]
+        length, pad = last[b] - first[b], width - last[b] + first[b]
+        if compact:
+            row_logits = logits[0, cursor[b] : cursor[b + 1]]
+        else:
+            batch_index, positions = answer_positions(micro_batch, packed, b)
+            row_logits = logits[batch_index, positions.to(logits.device)]
+        gathered.append(torch.nn.functional.pad(row_logits, (0, 0, 0, pad)))  # [A, V]
         row_tokens = ids[offsets[b] + prompt[b] + first[b] : offsets[b] + prompt[b] + last[b]]
         tokens.append(torch.nn.functional.pad(row_tokens, (0, pad)))
         mask.append(torch.arange(width, device=logits.device) < length)
@@ -141,12 +152,28 @@ def answer_target(logits: torch.Tensor, micro_batch: TensorDict, packed: bool, r
 
 
 class HeadLogits:
-    """The output head's raw logits of the engine's last forward (a forward hook on the
-    model's output embeddings, while `recording`)."""
+    """The output head's raw logits of the engine's last forward (hooks on the model's output
+    embeddings).
 
-    def __init__(self, module: torch.nn.Module):
+    With `positions` ([N] indices into a packed sequence [1, T]) the head runs on those
+    positions alone: a forward pre-hook selects their hidden states, so the model's logits
+    are [1, N, V] instead of the whole vocabulary at every token. An attribution pass asks
+    verl for no log-probs and no entropy (`distillation_only`, `calculate_entropy=False`), and
+    verl's packed path then reads nothing of the logits; the backward runs through the head
+    on those N positions only.
+    """
+
+    def __init__(self, module: torch.nn.Module, positions: torch.Tensor | None = None):
         self.logits: torch.Tensor | None = None
-        self._handle = module.get_output_embeddings().register_forward_hook(self._keep)
+        self.positions = positions
+        head = module.get_output_embeddings()
+        self._handles = [head.register_forward_hook(self._keep)]
+        if positions is not None:
+            self._handles.append(head.register_forward_pre_hook(self._select))
+
+    def _select(self, module, args):
+        hidden, *rest = args
+        return (hidden[:, self.positions.to(hidden.device)], *rest)
 
     def _keep(self, module, args, output) -> None:
         self.logits = output
@@ -158,7 +185,8 @@ class HeadLogits:
         return logits
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 class CleanTargets:
@@ -324,6 +352,11 @@ class EngineAttribution:
         )  # fmt: skip
         return data
 
+    @staticmethod
+    def _answer_index(data: TensorDict) -> torch.Tensor:
+        """[N] the positions of the packed sequence predicting the chunk's answer tokens, row by row."""
+        return torch.cat([answer_positions(data, True, b)[1] for b in range(data.batch_size[0])])
+
     def _noise_fn(self, data: TensorDict):
         """(shape of the embeddings) -> OAR-G's noise on the chunk's reasoning positions, or
         None (taylor, answer_logprob: the clean embeddings)."""
@@ -346,7 +379,7 @@ class EngineAttribution:
 
     def _pass(self, chunk: list[RowSpec] | None, clean: dict[int, torch.Tensor] | None, scores: torch.Tensor) -> None:
         data = self._request(chunk)
-        head = HeadLogits(self.engine.module)
+        head = HeadLogits(self.engine.module, self._answer_index(data) if self.packed else None)
         embeddings = _InputEmbeddings(self.engine.module, self._noise_fn(data), self.config.perturbation_id if self.taylor else None)
         objective = _Objective(self, head, embeddings, clean, chunk is not None)
         try:
@@ -377,7 +410,7 @@ class _Objective:
         logits = self.head.take()
         config = self.owner.config
         if self.real:
-            target = answer_target(logits, data, self.owner.packed, list(range(data.batch_size[0])), config.target)
+            target = answer_target(logits, data, self.owner.packed, list(range(data.batch_size[0])), config.target, compact=self.owner.packed)
         else:
             target = logits[..., :1].float().sum() * 0.0
         if self.owner.taylor:
