@@ -13,8 +13,9 @@ micro-batch, OAR's 16384 a pass), prints
   computes (engine path: the attributed rows packed, each up to its last answer token; the
   project's own forward, the path before: length-aware padded chunks), as ratios;
 - FLOPs of one step at the real models' sizes (Qwen2.5-0.5B for GSM8K, -7B for MATH),
-  counted from the token counts: a forward is 2 x (non-embedding parameters + head) per
-  token plus attention, an input-only backward the same again (no weight gradients);
+  counted from the token counts: a forward is 2 x the non-embedding parameters per token
+  plus attention, plus the head (verl's pass: every token; attribution: the 3 answer
+  positions of each row), an input-only backward the same again (no weight gradients);
 - time: median [quartiles] of interleaved pairs (`attribution.paired_ratios`) of verl's
   pass alone and verl's pass followed by the engine's attribution passes (OAR-G
   `answer_mean`, `answer_logprob`, OAR-P taylor top 4), on a Qwen2 of hidden 256, 4 layers
@@ -61,19 +62,23 @@ def main(argv: list[str] | None = None) -> None:
     run(args)
 
 
-def step_flops(model: str, lengths: list[int], needed: list[int], passes: dict[str, float]) -> dict[str, float]:
-    """FLOPs of verl's pass over rows of `lengths` tokens, and of each method's attribution
-    passes over the `needed` tokens (passes: forwards + input-only backwards per row)."""
+def step_flops(model: str, lengths: list[int], needed: list[int], answers: int, passes: dict[str, float]) -> dict[str, float]:
+    """FLOPs of verl's pass over rows of `lengths` tokens (the head on every token), and of
+    each method's attribution passes over the `needed` tokens (`passes`: forwards +
+    input-only backwards per row; the head on each row's `answers` answer positions only)."""
     hidden, layers, intermediate, heads, kv_heads, vocab = REAL_MODELS[model]
     head_dim = hidden // heads
     per_layer = 2 * (hidden * hidden * 2 + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate)  # projections and MLP
-    per_token = layers * per_layer + 2 * hidden * vocab
+    head = 2 * hidden * vocab
 
-    def forward(rows: list[int]) -> float:
-        return sum(n * per_token + layers * 2 * 2 * hidden * n * n / 2 for n in rows)  # causal attention: QK and AV, half the square
+    def forward(rows: list[int], head_tokens) -> float:
+        return sum(
+            n * layers * per_layer + head_tokens(n) * head + layers * 2 * 2 * hidden * n * n / 2 for n in rows
+        )  # causal attention: half the square
 
-    verl = forward(lengths)
-    return {"verl": verl, **{name: count * forward(needed) for name, count in passes.items()}}
+    verl = forward(lengths, lambda n: n)
+    attribution = forward(needed, lambda n: answers)
+    return {"verl": verl, **{name: count * attribution for name, count in passes.items()}}
 
 
 def run(args) -> None:
@@ -136,7 +141,7 @@ def run(args) -> None:
         full_prompts, full_responses = sample_lengths(SHAPES[shape][0], mean, maximum, torch.Generator().manual_seed(0))
         full_lengths = (full_prompts + full_responses).tolist()
         full_needed = (full_prompts + full_responses - 2).tolist()
-        flops = step_flops(SHAPE_MODELS[shape], full_lengths, full_needed, {name: count for name, (_, count) in methods.items()})
+        flops = step_flops(SHAPE_MODELS[shape], full_lengths, full_needed, 3, {name: count for name, (_, count) in methods.items()})
         print(f"  FLOPs of a step at full size ({SHAPE_MODELS[shape]}, {len(full_lengths)} rows): verl's pass {flops['verl']:.3g}; "
               + ", ".join(f"{name} {(flops['verl'] + flops[name]) / flops['verl']:.2f}x" for name in methods))  # fmt: skip
 
