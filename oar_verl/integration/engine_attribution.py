@@ -85,15 +85,24 @@ def row_fields(prompt_lengths: list[int], segments: torch.Tensor) -> dict[str, t
     )
 
 
-class _Logits:
-    """`core.targets`' view of logits already computed: `logits` is the identity (upcast to
-    float32), the reductions over the whole vocabulary are a single rank's."""
+@dataclass(frozen=True)
+class HeadOutput:
+    """`core.targets`' view of the head's raw output: `logits` upcasts it to float32 and
+    applies the model's final logit soft-cap (`final_logit_softcapping`, e.g. Gemma 2),
+    which the model's forward applies after the head; the reductions are over the whole
+    vocabulary on one rank."""
 
+    softcap: float | None = None
     vocab_parallel = False
 
     @staticmethod
-    def logits(values: torch.Tensor, upcast: bool = True) -> torch.Tensor:
-        return values.float() if upcast else values
+    def of(module: torch.nn.Module) -> HeadOutput:
+        """The view for the model `module` (its config's soft-cap, if any)."""
+        return HeadOutput(getattr(getattr(module, "config", None), "final_logit_softcapping", None))
+
+    def logits(self, values: torch.Tensor, upcast: bool = True) -> torch.Tensor:
+        values = values.float() if upcast else values
+        return torch.tanh(values / self.softcap) * self.softcap if self.softcap else values
 
     @staticmethod
     def log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -123,9 +132,11 @@ def answer_positions(micro_batch: TensorDict, packed: bool, b: int) -> tuple[int
     return batch_index, start + int(micro_batch["oar_prompt_length"][b]) + torch.arange(first, last) - 1
 
 
-def answer_target(logits: torch.Tensor, micro_batch: TensorDict, packed: bool, rows: list[int], mode: str, compact: bool = False) -> torch.Tensor:
+def answer_target(
+    head: HeadOutput, logits: torch.Tensor, micro_batch: TensorDict, packed: bool, rows: list[int], mode: str, compact: bool = False
+) -> torch.Tensor:
     """The target (`core.targets.compute_target`) of the micro-batch's rows `rows` (their
-    indices in the micro-batch) from the head's logits [1, T, V] or [b, L, V] (`compact`:
+    indices in the micro-batch) from the head's output [1, T, V] or [b, L, V] (`compact`:
     [1, N, V], the answer positions of every row of the micro-batch one after the other):
     [N, V] log-probs ([N, A, V] for `every_answer`) or [N] phi, float32."""
     prompt = micro_batch["oar_prompt_length"].tolist()
@@ -148,7 +159,7 @@ def answer_target(logits: torch.Tensor, micro_batch: TensorDict, packed: bool, r
         mask.append(torch.arange(width, device=logits.device) < length)
     mask = torch.stack(mask)
     answer = AnswerPositions(torch.where(mask, torch.arange(width, device=logits.device)[None], 0), torch.stack(tokens).long(), mask)
-    return compute_target(_Logits, torch.stack(gathered), answer, mode)
+    return compute_target(head, torch.stack(gathered), answer, mode)
 
 
 class HeadLogits:
@@ -193,15 +204,15 @@ class CleanTargets:
     """The loss function of verl's log-prob pass while it records P0: for each micro-batch,
     the attributed rows' targets from the head's raw logits (`clean[row]`, detached)."""
 
-    def __init__(self, head: HeadLogits, packed: bool, mode: str):
-        self.head, self.packed, self.mode = head, packed, mode
+    def __init__(self, head: HeadLogits, output: HeadOutput, packed: bool, mode: str):
+        self.head, self.output, self.packed, self.mode = head, output, packed, mode
         self.clean: dict[int, torch.Tensor] = {}
 
     def __call__(self, model_output=None, data: TensorDict | None = None, dp_group=None, **_):
         logits = self.head.take()
         rows = [b for b, flag in enumerate(data["oar_attribute"].tolist()) if flag]
         if rows:
-            targets = answer_target(logits, data, self.packed, rows, self.mode).detach()
+            targets = answer_target(self.output, logits, data, self.packed, rows, self.mode).detach()
             for b, target in zip(rows, targets):
                 self.clean[int(data["oar_row"][b])] = target
         return torch.ones((), device=logits.device), {}  # what the engine reports for a pass without a loss function
@@ -298,6 +309,7 @@ class EngineAttribution:
         if isinstance(config, PerturbationConfig) and config.mode != "taylor":
             raise ValueError(f"perturbation_mode={config.mode}: only taylor runs through the engine's passes")
         self.engine, self.config, self.packed, self.pad = engine, config, packed, pad_token_id
+        self.head = HeadOutput.of(engine.module)
         self.taylor = isinstance(config, PerturbationConfig)
         self.needs_clean_pass = not self.taylor and config.target != "answer_logprob"
 
@@ -311,7 +323,7 @@ class EngineAttribution:
             return
         head = HeadLogits(self.engine.module)
         try:
-            yield CleanTargets(head, self.packed, self.config.target)
+            yield CleanTargets(head, self.head, self.packed, self.config.target)
         finally:
             head.remove()
 
@@ -410,7 +422,8 @@ class _Objective:
         logits = self.head.take()
         config = self.owner.config
         if self.real:
-            target = answer_target(logits, data, self.owner.packed, list(range(data.batch_size[0])), config.target, compact=self.owner.packed)
+            rows = list(range(data.batch_size[0]))
+            target = answer_target(self.owner.head, logits, data, self.owner.packed, rows, config.target, compact=self.owner.packed)
         else:
             target = logits[..., :1].float().sum() * 0.0
         if self.owner.taylor:
@@ -420,7 +433,7 @@ class _Objective:
         if config.target == "answer_logprob":
             return -target.sum(), {}  # J = phi0 - phi at the clean embeddings
         clean = torch.stack([self.clean[int(row)] for row in data["oar_row"].tolist()])
-        return target_shift(_Logits, clean, target, config.target).sum(), {}
+        return target_shift(self.owner.head, clean, target, config.target).sum(), {}
 
     def _taylor(self, target: torch.Tensor, data: TensorDict) -> torch.Tensor:
         """taylor's objective: phi's sum (answer_logprob, one backward: the engine's); else the
