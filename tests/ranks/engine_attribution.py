@@ -119,9 +119,9 @@ for dtype, packed, fsdp_size in ENGINES:
     engine.initialize()
     label = f"{dtype} {'packed' if packed else 'padded'}" + (f" fsdp_size={fsdp_size}" if fsdp_size > 0 else "")
     order = list(range(B))
-    for dynamic in (False, True):
+    for dynamic in (False, True):  # every config with dynamic batches; fixed ones: a recorded KL target and taylor's several backwards
         reference_log_probs = verl_pass(engine, request(order, dynamic, packed))
-        for config in CONFIGS:
+        for config in CONFIGS if dynamic else (CONFIGS[0], CONFIGS[5]):
             log_probs, scores = engine_scores(engine, config, packed, order, dynamic)
             assert torch.equal(log_probs, reference_log_probs), f"{label}: pi_old with {config} differs from verl's pass"
             assert all(p.grad is None for p in engine.module.parameters()), f"{label}: a parameter gradient after {config}"
