@@ -43,8 +43,9 @@ from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id
 
-from oar_verl.core.attribution.base import max_over_ranks, row_seed
+from oar_verl.core.attribution.base import max_over_ranks
 from oar_verl.core.attribution.configs import GradientConfig, PerturbationConfig
+from oar_verl.core.attribution.gradient import row_noise
 from oar_verl.core.attribution.taylor import directions
 from oar_verl.core.models.hf import activation_checkpointing
 from oar_verl.core.targets import AnswerPositions, compute_target, target_shift
@@ -285,13 +286,14 @@ def plan_chunks(lengths: list[int], budget: int, packed: bool) -> list[list[int]
             f"algorithm.oar.max_tokens_per_pass={budget}: one attribution pass cannot hold a sequence of {lengths[order[0]]} tokens; "
             f"raise it to at least {lengths[order[0]]}"
         )
-    chunks, current = [], []
+    chunks, current, tokens = [], [], 0  # tokens: the current chunk's real tokens
     for i in order:
-        cost = sum(lengths[j] for j in current) + lengths[i] if packed else (len(current) + 1) * (lengths[current[0]] if current else lengths[i])
+        cost = tokens + lengths[i] if packed else (len(current) + 1) * lengths[(current or [i])[0]]  # longest first: the first is the widest
         if current and cost > budget:
             chunks.append(current)
-            current = []
+            current, tokens = [], 0
         current.append(i)
+        tokens += lengths[i]
     return chunks + ([current] if current else [])
 
 
@@ -380,12 +382,10 @@ class EngineAttribution:
         def noise(shape: torch.Size) -> torch.Tensor:
             values = torch.zeros(shape, dtype=torch.float32, device=get_device_id())
             for b, (batch_index, start) in enumerate(starts):
-                if rows[b] < 0:
-                    continue
-                generator = torch.Generator(device=values.device).manual_seed(row_seed(self.config.seed, rows[b]))
-                first = start + prompt[b]
-                values[batch_index, first : first + end[b]] = torch.randn((end[b], shape[-1]), generator=generator, device=values.device)
-            return values * self.config.noise_std
+                if rows[b] >= 0:  # the row's draws as `core.attribution.gradient.row_noise` makes them
+                    row = row_noise(torch.tensor([rows[b]], device=values.device), torch.tensor([end[b]]), end[b], 0, shape[-1], self.config)
+                    values[batch_index, start + prompt[b] : start + prompt[b] + end[b]] = row[0]
+            return values
 
         return noise
 

@@ -72,10 +72,11 @@ def context_warning(config) -> str | None:
     """A warning when a local model's `max_position_embeddings` is shorter than
     `data.max_prompt_length + data.max_response_length` (rollouts would be cut or refused)."""
     path = _select(config, "actor_rollout_ref.model.path")
-    config_file = Path(str(path)).expanduser() / "config.json" if path is not None else None
-    if config_file is None or not config_file.is_file():
+    model_config = local_model_config(path)
+    if model_config is None:
         return None
-    context = json.loads(config_file.read_text()).get("max_position_embeddings")
+    config_file = Path(str(path)).expanduser() / "config.json"
+    context = model_config.get("max_position_embeddings")
     prompt, response = int(config.data.max_prompt_length), int(config.data.max_response_length)
     if context is None or prompt + response <= int(context):
         return None
@@ -83,6 +84,15 @@ def context_warning(config) -> str | None:
         f"data.max_prompt_length={prompt} + data.max_response_length={response} = {prompt + response} tokens exceed the model's "
         f"context (max_position_embeddings={context} in {config_file}): long rollouts will be cut or refused"
     )
+
+
+def local_model_config(path) -> dict | None:
+    """The Hugging Face config (config.json) of a local model directory; None for a hub id,
+    an unset path or a directory without one."""
+    config_file = Path(str(path)).expanduser() / "config.json" if path is not None else None
+    if config_file is None or not config_file.is_file():
+        return None
+    return json.loads(config_file.read_text())
 
 
 def _select(config, key: str):

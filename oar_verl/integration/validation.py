@@ -7,15 +7,13 @@ role does not support (and Megatron settings it cannot honour), and training dat
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 from oar_verl.integration import ESTIMATORS
 from oar_verl.integration.config import METHOD_DEFAULT_TARGETS, OARSettings
 from oar_verl.integration.data_check import data_errors
 from oar_verl.integration.errors import SettingsError
-from oar_verl.integration.launch_checks import context_warning, estimator_errors, missing_value_errors, model_path_errors
+from oar_verl.integration.launch_checks import context_warning, estimator_errors, local_model_config, missing_value_errors, model_path_errors
 from oar_verl.integration.megatron_extra import INSTALL_HINT, megatron_installed
 from oar_verl.integration.verl_internals import support_problem
 
@@ -116,12 +114,9 @@ def engine_setting_errors(config, method: str) -> list[str]:
 def vision_model_error(path, method: str) -> str | None:
     """A refusal when the local model at `path` is a vision-language model (its config has a
     `vision_config`): attribution reads text tokens only."""
-    if path is None:
+    if "vision_config" not in (local_model_config(path) or {}):
         return None
-    config_file = Path(str(path)).expanduser() / "config.json"
-    if not config_file.is_file() or "vision_config" not in json.loads(config_file.read_text()):
-        return None
-    return f"actor_rollout_ref.model.path={path}: a vision-language model ({config_file} has a vision_config); {method} attributes text-only models"
+    return f"actor_rollout_ref.model.path={path}: a vision-language model (its config.json has a vision_config); {method} attributes text-only models"
 
 
 COSTLY_PASS_RATIO = 50  # warn when a mode's perturbed tokens exceed the log-prob pass's this many times

@@ -75,6 +75,12 @@ def _method_config(worker, data: TensorDict, method: str, settings: OARSettings)
     return config
 
 
+def _pad_id(worker) -> int:
+    """The tokenizer's pad id (0 when it has none): fills empty responses and dummy rows."""
+    pad = worker.actor.model_config.tokenizer.pad_token_id
+    return pad if pad is not None else 0
+
+
 def _segments(data: TensorDict) -> torch.Tensor:
     """[b, 4] int64 `oar_segments` of the request's rows."""
     segments = data[SEGMENTS_FIELD]
@@ -92,8 +98,7 @@ def compute_oar_scores(worker: ActorRolloutRefWorker, data: TensorDict) -> Tenso
 
     prompts, responses = _rows(data["prompts"]), _rows(data["responses"])
     segments = _segments(data)
-    tokenizer = worker.actor.model_config.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = _pad_id(worker)
     device = get_device_id()
     batch = ResponseBatch.from_token_lists(prompts, [r or [pad] for r in responses], pad_token_id=pad, device=device)
     spans = Segments(segments[:, 0], segments[:, 1], segments[:, 2], segments[:, 2] > 0).to(device)
@@ -140,13 +145,12 @@ def engine_log_prob_with_scores(worker: ActorRolloutRefWorker, data: TensorDict,
     settings = OARSettings(**tu.get(data, key="oar_settings"))
     config = _method_config(worker, data, method, settings)
     engine = worker.actor.engine
-    tokenizer = worker.actor.model_config.tokenizer
     prompts, responses = _rows(data["prompts"]), _rows(data["responses"])
     segments = _segments(data)
     for key, values in row_fields([len(p) for p in prompts], segments).items():
         data[key] = values
     packed = bool(worker.actor.model_config.get("use_remove_padding", False))
-    attribution = EngineAttribution(engine, config, packed, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    attribution = EngineAttribution(engine, config, packed, _pad_id(worker))
     with (
         attribution.clean_target_recorder() as recorder,
         log_prob_pass_loss(worker.actor, data, recorder) if recorder is not None else contextlib.nullcontext(),

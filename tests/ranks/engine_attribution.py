@@ -60,7 +60,7 @@ def request(order: list[int], dynamic: bool, packed: bool) -> TensorDict:
     settings = dict(temperature=1.0, calculate_entropy=True, compute_loss=False, use_fused_kernels=False, use_remove_padding=packed)
     settings.update(use_dynamic_bsz=True, max_token_len_per_gpu=60) if dynamic else settings.update(use_dynamic_bsz=False, micro_batch_size_per_gpu=2)
     tu.assign_non_tensor(data, **settings)
-    for key, values in row_fields([prompts[b].__len__() for b in order], segment_field[order]).items():
+    for key, values in row_fields([len(prompts[b]) for b in order], segment_field[order]).items():
         data[key] = values
     return data
 
