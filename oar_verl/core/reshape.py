@@ -15,6 +15,8 @@ reasoning token, max l = min l, or any non-finite score on a reasoning token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -103,6 +105,38 @@ def bilevel_weights(
         total = torch.where(active, weights, 0.0).sum(dim=1, keepdim=True)
         weights = weights * torch.where(count > 0, count / total, 1.0)
     return torch.where(active, weights, 1.0).float()
+
+
+@dataclass(frozen=True)
+class RowWeights:
+    """What `row_weights` gives: weights [B, T] float32 (1 wherever nothing is reweighted),
+    and [B] bool the reweighted rows left at weight 1, `degenerate` (Bi-Level's fallback:
+    empty reasoning, constant or non-finite scores) and `low_signal` (`low_signal_rows`)."""
+
+    weights: torch.Tensor
+    degenerate: torch.Tensor
+    low_signal: torch.Tensor
+
+
+def row_weights(
+    scores: torch.Tensor,
+    reasoning_mask: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    quantile: float = 0.25,
+    beta: float = 1.0,
+    min_weight: float = 0.1,
+    preserve_mass: bool = True,
+    min_signal: float = 0.0,
+) -> RowWeights:
+    """The trainer's weights for the rows it reweights: `bilevel_weights` on `rows` ([B]
+    bool) over `reasoning_mask` ([B, T] bool), with low-signal rows (`min_signal`) back at
+    weight 1; scores [B, T] as `bilevel_weights` takes them."""
+    reasoning = reasoning_mask & rows[:, None]
+    weights = bilevel_weights(scores, reasoning, quantile=quantile, beta=beta, min_weight=min_weight, preserve_mass=preserve_mass)
+    degenerate = rows & degenerate_rows(scores, reasoning)  # [B]
+    low_signal = rows & ~degenerate & low_signal_rows(scores, reasoning & ~degenerate[:, None], min_signal)  # [B]
+    return RowWeights(torch.where(low_signal[:, None], 1.0, weights), degenerate, low_signal)
 
 
 def permute_within_rows(weights: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

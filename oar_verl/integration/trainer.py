@@ -44,7 +44,7 @@ from verl.trainer.ppo.utils import Role
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
 
-from oar_verl.core.reshape import bilevel_weights, degenerate_rows, low_signal_rows, permute_within_rows
+from oar_verl.core.reshape import permute_within_rows, row_weights
 from oar_verl.core.spans import Segments, segment_responses
 from oar_verl.integration import ESTIMATORS, WEIGHTS_FIELD
 from oar_verl.integration.config import OARSettings
@@ -201,13 +201,10 @@ def weights_from_scores(
     segments, attribute, nonzero = request.segments, request.attribute, request.nonzero
     R = request.response_mask.shape[1]
     reasoning = segments.reasoning_mask(R) & attribute[:, None]  # [B, R]
-    weights = bilevel_weights(
-        scores, reasoning, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight, preserve_mass=settings.preserve_mass
-    )
-    degenerate = nonzero & (~segments.usable | (attribute & degenerate_rows(scores, reasoning)))  # [B]
-    low_signal = attribute & ~degenerate & low_signal_rows(scores, reasoning & ~degenerate[:, None], settings.min_signal)  # [B]
-    weights = torch.where(low_signal[:, None], 1.0, weights)
-    degenerate = degenerate | low_signal  # left at GRPO weights from here on
+    reshaped = row_weights(scores, reasoning, attribute, quantile=settings.quantile, beta=settings.beta, min_weight=settings.min_weight,
+                           preserve_mass=settings.preserve_mass, min_signal=settings.min_signal)  # fmt: skip
+    weights, low_signal = reshaped.weights, reshaped.low_signal
+    degenerate = nonzero & (~segments.usable | reshaped.degenerate) | low_signal  # [B], left at GRPO weights from here on
     if settings.permute_weights:  # the study's control: same weights, shuffled within each response
         generator = torch.Generator().manual_seed(settings.seed + int(trainer.global_steps))
         weights = permute_within_rows(weights, reasoning & ~degenerate[:, None], generator)

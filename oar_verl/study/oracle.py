@@ -28,6 +28,7 @@ from oar_verl.core.spans import Segments
 STEP_LINE = re.compile(r"(-?\d+)([+-])(\d+)=(-?\d+)")
 ANSWER_LINE = re.compile(r"####\s*(-?\d+)")
 QUESTION = re.compile(r"(\d+)((?:[+-]\d+)+)(?: \(mod (\d+)\))?")
+FILLER = re.compile(r" [a-z]*$")  # a step line's filler (`tiny.arithmetic.make_problem(filler=...)`)
 ERROR_KINDS = ("copy", "operator", "operand", "result", "missing_step", "extra_step", "format", "answer")
 
 
@@ -67,14 +68,16 @@ def find_question(text: str) -> str | None:
     return match.group(0) if match else None
 
 
-def first_error(question: str, text: str) -> FirstError | None:
-    """The first error of response `text` to `question`, or None when it has none."""
+def first_error(question: str, text: str, filler: bool = False) -> FirstError | None:
+    """The first error of response `text` to `question`, or None when it has none; with
+    `filler`, a step line's trailing filler (a space and lowercase letters) is no error."""
     parsed = parse_question(question)
     value, steps = parsed.first, parsed.steps
     lines = text.split("\n")
     offset = 0
     for index, (operator, operand) in enumerate(steps):
-        line = lines[index] if index < len(lines) else ""
+        written = lines[index] if index < len(lines) else ""
+        line = FILLER.sub("", written) if filler else written
         if line.startswith("####") or index >= len(lines):
             return FirstError(offset, "missing_step")
         match = STEP_LINE.fullmatch(line)
@@ -89,7 +92,7 @@ def first_error(question: str, text: str) -> FirstError | None:
         if int(result) != true:
             return FirstError(offset + match.start(4) + _first_difference(result, str(true)), "result")
         value = true
-        offset += len(line) + 1
+        offset += len(written) + 1
     answer_line = lines[len(steps)] if len(steps) < len(lines) else ""
     match = ANSWER_LINE.match(answer_line)
     if match is None:
@@ -117,28 +120,35 @@ def _parsed_prefix(line: str) -> int:
 
 
 def oracle_scores(
-    tokenizer, responses: torch.Tensor, response_mask: torch.Tensor, segments: Segments, questions: list[str], epsilon: float = 1e-3
+    tokenizer,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+    segments: Segments,
+    questions: list[str],
+    epsilon: float = 1e-3,
+    filler: bool = False,
 ) -> torch.Tensor:
     """[B, R] scores of the responses ([B, R] ids and mask, right-padded) to `questions`: 1 on the token of each row's first error, `epsilon` on its other
     reasoning tokens, 0 elsewhere. A row without an error in its reasoning (correct, or
     wrong only on its answer line) has `epsilon` on every reasoning token: constant scores,
-    which the Bi-Level rule leaves at weight 1."""
+    which the Bi-Level rule leaves at weight 1. `filler`: responses in the filler format
+    (`first_error`)."""
     R = responses.shape[1]
     scores = segments.reasoning_mask(R).float() * epsilon
     lengths = response_mask.bool().sum(dim=1).tolist()
     rows = [ids[:length] for ids, length in zip(responses.tolist(), lengths)]
     for row, (offsets, question) in enumerate(zip(batch_token_offsets(tokenizer, rows), questions)):
-        token = first_error_token(offsets, question)
+        token = first_error_token(offsets, question, filler)
         if token is not None and token < int(segments.reasoning_end[row]):
             scores[row, token] = 1.0
     return scores
 
 
-def first_error_token(offsets, question: str) -> int | None:
+def first_error_token(offsets, question: str, filler: bool = False) -> int | None:
     """The token (index in the response) holding the first wrong character of the response
     whose `core.offsets` token offsets are `offsets`, or None when it has no error (or the
     error is past its last token, a missing line at the end)."""
-    error = first_error(question, offsets.text)
+    error = first_error(question, offsets.text, filler)
     if error is None:
         return None
     tokens = offsets.tokens_overlapping(error.char, error.char + 1)

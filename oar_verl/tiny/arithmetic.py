@@ -12,6 +12,7 @@ parquet layout: `data_source`, chat `prompt`, `ability`, `reward_model.ground_tr
 from __future__ import annotations
 
 import random
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def make_problem(
     min_steps: int = 1,
     modulus: int | None = None,
     wrap_slip_probability: float = 0.0,
+    filler: int = 0,
 ) -> Problem:
     """One problem of `min_steps` to `max_steps` additions/subtractions of numbers in
     [1, max_operand], starting from a number in [1, max_operand]; with `modulus`, every
@@ -50,12 +52,17 @@ def make_problem(
       that errors concentrate in that one kind of step.
     Supervised warm-starts on such traces leave the model making the kind of step errors
     that decide the answer.
+
+    `filler`: letters of reward-irrelevant filler after each step line's result, a space
+    and that many lowercase letters drawn uniformly (`4+7=1 qkzvmbta`); 0: none.
     """
     for name, probability in (("slip_probability", slip_probability), ("wrap_slip_probability", wrap_slip_probability)):
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"{name}: expected a value in [0, 1], got {probability}")
     if wrap_slip_probability > 0 and modulus is None:
         raise ValueError("wrap_slip_probability: needs a modulus (steps wrap around it)")
+    if filler < 0:
+        raise ValueError(f"filler: expected a number of letters >= 0, got {filler}")
     if not 1 <= min_steps <= max_steps:
         raise ValueError(f"min_steps: expected 1 <= min_steps <= max_steps, got {min_steps} and {max_steps}")
     value = written = rng.randint(1, max_operand)
@@ -76,7 +83,8 @@ def make_problem(
                 result += rng.choice((-1, 1))
             result %= modulus
         question += f"{operator}{operand}"
-        lines.append(f"{written}{operator}{operand}={result}")
+        padding = " " + "".join(rng.choice(string.ascii_lowercase) for _ in range(filler)) if filler else ""
+        lines.append(f"{written}{operator}{operand}={result}{padding}")
         written = result
     if modulus is not None:
         question += f" (mod {modulus})"

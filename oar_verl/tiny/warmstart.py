@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 ANSWER = re.compile(r"####\s*(-?\d+)")
@@ -38,6 +39,9 @@ def warm_start(
     evaluate_every: int = 50,
     evaluation_size: int = 128,
     log_every: int = 0,
+    filler: int = 0,
+    initial_model: str | Path | None = None,
+    log: Callable[[str], None] = print,
 ) -> Path:
     """Trains and saves the model and tokenizer to `output_dir` (a Hugging Face model dir).
 
@@ -58,8 +62,14 @@ def warm_start(
     from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
     from oar_verl.tiny.sft import lm_batch, train_step
 
-    tokenizer = byte_tokenizer()
-    model = tiny_qwen2(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    if initial_model is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(initial_model, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(initial_model)
+    else:
+        tokenizer = byte_tokenizer()
+        model = tiny_qwen2(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
     end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
@@ -67,7 +77,14 @@ def warm_start(
     for step in range(steps):
         problems = [
             make_problem(
-                rng, max_steps, max_operand, slip_probability, min_steps=min_steps, modulus=modulus, wrap_slip_probability=wrap_slip_probability
+                rng,
+                max_steps,
+                max_operand,
+                slip_probability,
+                min_steps=min_steps,
+                modulus=modulus,
+                wrap_slip_probability=wrap_slip_probability,
+                filler=filler,
             )
             for _ in range(batch_size)
         ]
@@ -75,13 +92,15 @@ def warm_start(
         responses = [tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [end_id] for p in problems]
         loss = train_step(model, optimizer, *lm_batch(prompts, responses, tokenizer.pad_token_id))
         if log_every and (step + 1) % log_every == 0:
-            print(f"warm-start step {step + 1:4d}  loss {loss:.3f}", flush=True)
+            log(f"warm-start step {step + 1:4d}  loss {loss:.3f}")
         if target_accuracy is not None and (step + 1) % evaluate_every == 0:
             task = {"max_steps": max_steps, "max_operand": max_operand, "min_steps": min_steps, "modulus": modulus}
-            accuracy = greedy_accuracy(model, tokenizer, task, evaluation_size, seed=seed + 1000)
+            accuracy = greedy_accuracy(
+                model, tokenizer, task, evaluation_size, seed=seed + 1000, max_new_tokens=64 + (filler + 1) * max_steps if filler else 64
+            )
             model.train()
             if log_every:
-                print(f"warm-start step {step + 1:4d}  greedy accuracy {accuracy:.3f}", flush=True)
+                log(f"warm-start step {step + 1:4d}  greedy accuracy {accuracy:.3f}")
             if accuracy >= target_accuracy:
                 break
     else:
