@@ -187,7 +187,6 @@ def warmed_adam_state(plan: GradientPlan, task: str, checkpoint: str, model, tok
     """The moments AdamW would hold after `plan.warm_state_batches` GRPO steps had the
     parameters stayed at the checkpoint's: GRPO gradients of further independent batches."""
     parameters = list(model.parameters())
-    beta1, beta2 = plan.adam_betas
     rng = random.Random(seed_of(task, checkpoint, "warm_state"))
     state = AdamState(torch.zeros(0), torch.zeros(0), 0)
     for step in range(plan.warm_state_batches):
@@ -195,25 +194,26 @@ def warmed_adam_state(plan: GradientPlan, task: str, checkpoint: str, model, tok
                                 seed=seed_of(task, checkpoint, "warm_state", step))  # fmt: skip
         log_probs = token_log_probs(model, sampled.batch)
         advantages = grpo_advantages(sampled.rewards, sampled.groups)
-        gradient = clipped(
-            flat_gradient(log_probs, token_mean_coefficients(advantages, torch.ones_like(log_probs), sampled.batch.response_mask), parameters),
-            plan.clip_grad,
-        )
-        if state.steps == 0:
-            state = AdamState(torch.zeros_like(gradient), torch.zeros_like(gradient), 0)
-        state = AdamState(beta1 * state.first + (1 - beta1) * gradient, beta2 * state.second + (1 - beta2) * gradient.square(), state.steps + 1)
+        gradient = flat_gradient(log_probs, token_mean_coefficients(advantages, torch.ones_like(log_probs), sampled.batch.response_mask), parameters)
+        state = adam_update(plan, state, gradient)
     return state
+
+
+def adam_update(plan: GradientPlan, state: AdamState, gradient: torch.Tensor) -> AdamState:
+    """AdamW's moments after one more gradient ([P], clipped to `plan.clip_grad` first)."""
+    beta1, beta2 = plan.adam_betas
+    g = clipped(gradient, plan.clip_grad)
+    first, second = (state.first, state.second) if state.steps else (torch.zeros_like(g), torch.zeros_like(g))
+    return AdamState(beta1 * first + (1 - beta1) * g, beta2 * second + (1 - beta2) * g.square(), state.steps + 1)
 
 
 def adam_step(plan: GradientPlan, state: AdamState, gradient: torch.Tensor) -> torch.Tensor:
     """[P] the parameter change of one AdamW step (ascent, weight decay left out) taking the
     clipped `gradient` from `state`."""
     beta1, beta2 = plan.adam_betas
-    g = clipped(gradient, plan.clip_grad)
-    first = beta1 * state.first + (1 - beta1) * g
-    second = beta2 * state.second + (1 - beta2) * g.square()
-    t = state.steps + 1
-    return plan.learning_rate * (first / (1 - beta1**t)) / ((second / (1 - beta2**t)).sqrt() + plan.adam_eps)
+    moved = adam_update(plan, state, gradient)
+    t = moved.steps
+    return plan.learning_rate * (moved.first / (1 - beta1**t)) / ((moved.second / (1 - beta2**t)).sqrt() + plan.adam_eps)
 
 
 # ------------------------------------------------------------------------- one batch

@@ -105,7 +105,8 @@ def leave_one_out_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> tor
 def token_log_probs(model, batch: ResponseBatch) -> torch.Tensor:
     """[B, R] log pi(y_t) of every response token (0 on padding), with autograd."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids, use_cache=False).logits
-    predicting = logits[:, batch.prompt_length - 1 : -1].float().log_softmax(dim=-1)  # [B, R, V]
+    predicting = logits[:, batch.prompt_length - 1 : -1]
+    predicting = predicting.to(torch.promote_types(predicting.dtype, torch.float32)).log_softmax(dim=-1)  # [B, R, V], float32 at least
     picked = predicting.gather(-1, batch.responses[..., None]).squeeze(-1)
     return torch.where(batch.response_mask, picked, 0.0)
 
