@@ -39,6 +39,17 @@ PREREGISTRATION = """## Pre-registration (committed on 2026-12-04, before any ru
   advantage that lands on its first-error token, per step.
 - Nothing else is tested; any other comparison on this page is exploratory."""
 
+CORRECTIONS = """Corrections to the above, made after the runs (2026-12-07), the design unchanged:
+
+- **What a seed shares.** Same-seed runs share the data order and OAR's noise seed, not the
+  rollouts: their step-1 samples already differ (seed 0's step-1 training reward: GRPO
+  0.297, oracle 0.312, concentrated oracle 0.188), most likely because the asynchronous
+  rollout server hands out its draws in arrival order. The paired test stays valid (each
+  pair is two runs on the same seed's data); its pairing removes less noise than stated.
+- **Holm** is applied over the pre-registered family of four contrasts; a contrast not run
+  counts with p = 1 (so the one contrast run is corrected as if it had the smallest p of the
+  four)."""
+
 
 def write_powered_report(results: dict, out_dir: Path, *, command: str, follow_up: dict | None = None) -> Path:
     """Writes `out_dir/results.md` and its images under `out_dir/results/`; `follow_up`: the
@@ -61,6 +72,8 @@ def write_powered_report(results: dict, out_dir: Path, *, command: str, follow_u
         "[the first study](results_first.md) (3 seeds, too little power to see less than 8-9 points).",
         "",
         PREREGISTRATION,
+        "",
+        CORRECTIONS,
         "",
         "## Setup",
         "",

@@ -86,11 +86,14 @@ def contrast(runs: list[dict], minuend: str, subtrahend: str, level: float = 0.9
 
 def contrasts(runs: list[dict], pairs: list[tuple[str, str]], level: float = 0.95) -> list[Contrast]:
     """Every pair's contrast (pairs whose methods share fewer than 2 seeds left out), with
-    Holm's correction over those computed."""
+    Holm's correction over the whole family `pairs`: a contrast not computed counts with
+    p = 1, its most conservative value, so that a cut-short study's p-values are not
+    corrected over fewer contrasts than were pre-registered."""
     done = {(run["method"], run["seed"]) for run in runs}
     seeds = {seed for _, seed in done}
     computed = [contrast(runs, a, b, level) for a, b in pairs if sum((a, seed) in done and (b, seed) in done for seed in seeds) >= 2]
-    adjusted = holm({c.name: c.p_sign_flip for c in computed})
+    family = {f"{a} - {b}": 1.0 for a, b in pairs}
+    adjusted = holm({**family, **{c.name: c.p_sign_flip for c in computed}})
     return [Contrast(**{**c.__dict__, "p_holm": adjusted[c.name]}) for c in computed]
 
 
