@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+NO_CLIPPING = 1e9  # verl's actor always clips (`optim.clip_grad`); gradient norms here stay below 10
 # (verl estimator, extra overrides) per method; everything else is identical across methods.
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "grpo": ("grpo", ()),
@@ -17,9 +18,16 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     # about 1 for each other reasoning token (beta 1 gives 2), about half of a 40-token
     # response's advantage on it (the follow-up after the gate, `CHAINS_FOLLOWUP`)
     "oracle_concentrated": ("oar_g", ("algorithm.oar.oracle=true", "algorithm.oar.beta=40")),
+    # the clipping runs (`CHAINS_CLIPPING`): the same arms with verl's gradient clipping off
+    "grpo_unclipped": ("grpo", (f"actor_rollout_ref.actor.optim.clip_grad={NO_CLIPPING}",)),
+    "oracle_concentrated_unclipped": (
+        "oar_g",
+        ("algorithm.oar.oracle=true", "algorithm.oar.beta=40", f"actor_rollout_ref.actor.optim.clip_grad={NO_CLIPPING}"),
+    ),
 }
 METHOD_LABELS = {"grpo": "GRPO", "oracle": "oracle (perfect attribution)", "oar_g": "OAR-G", "oar_p": "OAR-P", "oar_p_taylor": "OAR-P taylor",
-                 "oar_g_permuted": "OAR-G, permuted weights (control)", "oracle_concentrated": "oracle, boost 40 (concentrated)"}  # fmt: skip
+                 "oar_g_permuted": "OAR-G, permuted weights (control)", "oracle_concentrated": "oracle, boost 40 (concentrated)",
+                 "grpo_unclipped": "GRPO, clipping off", "oracle_concentrated_unclipped": "oracle, boost 40, clipping off"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,10 @@ CHAINS = StudyPlan(
 # plan but the arm; its GRPO comparison takes the chains study's GRPO runs (same settings,
 # seeds and warm start: `SHARED_WARM_STARTS`), its page is a section of the chains page.
 CHAINS_FOLLOWUP = dataclasses.replace(CHAINS, name="chains_followup", methods=("oracle_concentrated",), gate_methods=())
-SHARED_WARM_STARTS = {"chains_followup": "chains"}  # plan -> the plan whose shipped warm start it uses
 FOLLOW_UPS = {"chains": "chains_followup"}  # plan -> the follow-up whose runs its page reports
-PLANS = {plan.name: plan for plan in (FULL, SMOKE, CHAINS, CHAINS_FOLLOWUP)}
+# Does verl's gradient clipping explain the follow-up's loss? (pre-registered in results.md, one
+# seed: a weak test) GRPO and the concentrated oracle with clipping at 1 and off, on today's presets.
+CHAINS_CLIPPING = dataclasses.replace(CHAINS, name="chains_clipping", methods=("grpo", "oracle_concentrated", "grpo_unclipped", "oracle_concentrated_unclipped"),
+                                      gate_methods=(), seeds=(0,))  # fmt: skip
+SHARED_WARM_STARTS = {"chains_followup": "chains", "chains_clipping": "chains"}  # plan -> the plan whose shipped warm start it uses
+PLANS = {plan.name: plan for plan in (FULL, SMOKE, CHAINS, CHAINS_FOLLOWUP, CHAINS_CLIPPING)}

@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -94,6 +95,10 @@ def run_one(plan: StudyPlan, paths: dict[str, Path], method: str, seed: int, wor
             metrics.setdefault(step, {}).update(values)
     steps = sorted(step for step in metrics if step >= 1)
 
+    def median(name: str) -> float | None:
+        values = [metrics[step][name] for step in steps if name in metrics[step]]
+        return float(np.median(values)) if values else None
+
     def mean(name: str) -> float | None:
         values = [metrics[step][name] for step in steps if name in metrics[step]]
         return sum(values) / len(values) if values else None
@@ -107,6 +112,7 @@ def run_one(plan: StudyPlan, paths: dict[str, Path], method: str, seed: int, wor
         "train_score": {str(step): metrics[step][TRAIN_SCORE_METRIC] for step in steps if TRAIN_SCORE_METRIC in metrics[step]},
         "entropy_end": metrics[steps[-1]].get(ENTROPY_METRIC) if steps else None,
         "step_time_s": mean("timing_s/step"),
+        "grad_norm_median": median("actor/grad_norm"),
         "attribution_time_s": mean("timing_s/oar_attribution"),
         "attributed_rows": mean("oar/rows/attributed"),
         "degenerate_rows": mean("oar/rows/degenerate"),
