@@ -9,8 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from oar_verl.study.gradient_test import GRADIENTS
-from oar_verl.study.plan import PLANS
+from oar_verl.study.plan import GRADIENTS, PLANS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

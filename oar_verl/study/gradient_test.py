@@ -17,7 +17,7 @@ import random
 import shutil
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from oar_verl.core.reshape import permute_within_rows, row_weights
 from oar_verl.core.spans import segment_responses
 from oar_verl.study.masks import oracle_mask_weights, token_classes
 from oar_verl.study.oracle import oracle_scores
-from oar_verl.study.plan import CHAINS
+from oar_verl.study.plan import CHAINS, GradientPlan
 from oar_verl.study.policy_gradient import (
     SampledGroups,
     flat_gradient,
@@ -39,46 +39,9 @@ from oar_verl.study.policy_gradient import (
     token_mean_coefficients,
     train_grpo,
 )
-from oar_verl.tiny.arithmetic import Problem, make_problem
 
 ARMS = ("grpo", "oracle_mask", "oracle_beta1", "oracle_beta40", "oar_g", "oar_g_permuted", "oar_p_taylor", "oar_p_taylor_permuted")
 CHECKPOINTS = ("warm_start", "grpo40")
-
-
-@dataclass(frozen=True)
-class GradientPlan:
-    """The test's settings (docs/results.md, the pre-registration): tasks (name -> filler
-    letters after each step line), checkpoints, batches, the reference pool, the warmed
-    AdamW state, the GRPO checkpoint's steps and the filler warm start's fine-tuning."""
-
-    name: str = "gradients"
-    tasks: dict[str, int] = field(default_factory=lambda: {"chains": 0, "filler": 8})
-    max_new_tokens: dict[str, int] = field(default_factory=lambda: {"chains": 64, "filler": 128})
-    batches: int = 100
-    prompts: int = 8
-    samples: int = 8
-    reference_prompts: int = 256
-    reference_samples: int = 16
-    reference_chunk_prompts: int = 16
-    warm_state_batches: int = 20
-    grpo_steps: int = 40
-    learning_rate: float = 1e-4
-    clip_grad: float = 1.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    mask_floor: float = 0.1
-    filler_learning_rate: float = 1e-3
-    filler_target_accuracy: float = 0.45
-    filler_max_steps: int = 3000
-    filler_evaluate_every: int = 100
-
-    def problems(self, task: str) -> Callable[[random.Random, int], list[Problem]]:
-        """`draw(rng, n)`: n problems of `task` (the chains study's shape; exact traces)."""
-        shape = {"max_steps": CHAINS.max_steps, "max_operand": CHAINS.max_operand, "min_steps": CHAINS.min_steps, "modulus": CHAINS.modulus}
-        return lambda rng, n: [make_problem(rng, **shape, filler=self.tasks[task]) for _ in range(n)]
-
-
-GRADIENTS = GradientPlan()
 
 
 def seed_of(*parts) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 NO_CLIPPING = 1e9  # verl's actor always clips (`optim.clip_grad`); gradient norms here stay below 10
@@ -147,3 +149,42 @@ CHAINS_CLIPPING = dataclasses.replace(CHAINS, name="chains_clipping", methods=("
                                       gate_methods=(), seeds=(0,))  # fmt: skip
 SHARED_WARM_STARTS = {"chains_followup": "chains", "chains_clipping": "chains"}  # plan -> the plan whose shipped warm start it uses
 PLANS = {plan.name: plan for plan in (FULL, SMOKE, CHAINS, CHAINS_FOLLOWUP, CHAINS_CLIPPING)}
+
+
+# The paired gradient-level test (`gradient_test.py`, pre-registered in docs/results.md).
+@dataclass(frozen=True)
+class GradientPlan:
+    """The test's settings (docs/results.md, the pre-registration): tasks (name -> filler
+    letters after each step line), checkpoints, batches, the reference pool, the warmed
+    AdamW state, the GRPO checkpoint's steps and the filler warm start's fine-tuning."""
+
+    name: str = "gradients"
+    tasks: dict[str, int] = field(default_factory=lambda: {"chains": 0, "filler": 8})
+    max_new_tokens: dict[str, int] = field(default_factory=lambda: {"chains": 64, "filler": 128})
+    batches: int = 100
+    prompts: int = 8
+    samples: int = 8
+    reference_prompts: int = 256
+    reference_samples: int = 16
+    reference_chunk_prompts: int = 16
+    warm_state_batches: int = 20
+    grpo_steps: int = 40
+    learning_rate: float = 1e-4
+    clip_grad: float = 1.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    mask_floor: float = 0.1
+    filler_learning_rate: float = 1e-3
+    filler_target_accuracy: float = 0.45
+    filler_max_steps: int = 3000
+    filler_evaluate_every: int = 100
+
+    def problems(self, task: str) -> Callable[[random.Random, int], list]:
+        """`draw(rng, n)`: n problems of `task` (the chains study's shape; exact traces)."""
+        from oar_verl.tiny.arithmetic import make_problem
+
+        shape = {"max_steps": CHAINS.max_steps, "max_operand": CHAINS.max_operand, "min_steps": CHAINS.min_steps, "modulus": CHAINS.modulus}
+        return lambda rng, n: [make_problem(rng, **shape, filler=self.tasks[task]) for _ in range(n)]
+
+
+GRADIENTS = GradientPlan()

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from oar_verl.core import ResponseBatch, segment_responses
-from oar_verl.study.gradient_test import ARMS, GRADIENTS, AdamState, adam_step, adam_update, clipped, load, measure_batch
+from oar_verl.study.gradient_test import ARMS, AdamState, adam_step, adam_update, clipped, load, measure_batch
 from oar_verl.study.masks import oracle_mask_weights, result_spans, token_classes
 from oar_verl.study.oracle import FirstError, first_error
+from oar_verl.study.plan import GRADIENTS
 from oar_verl.study.policy_gradient import (
     flat_gradient,
     grpo_advantages,

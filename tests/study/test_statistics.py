@@ -45,7 +45,9 @@ def test_contrasts_pair_by_seed_and_the_gate_reads_the_interval():
     runs += [run("oar_g", seed, [0.5, 0.5 + 0.01 * seed, 0.5]) for seed in range(3)]  # 3 seeds so far
     oracle, oar_g = contrasts(runs, [("oracle", "grpo"), ("oar_g", "grpo"), ("oar_p", "grpo")])  # no oar_p runs: left out
     assert oracle.seeds == tuple(range(6)) and oracle.differences[1] == pytest.approx((0.562 + 0.56) / 2 - 0.505)
-    assert oracle.low > 0 and oracle.p_sign_flip == pytest.approx(2 / 64) and oracle.p_holm == pytest.approx(3 * 2 / 64)  # Holm over all 3 pairs, oar_p's at p = 1
+    assert (
+        oracle.low > 0 and oracle.p_sign_flip == pytest.approx(2 / 64) and oracle.p_holm == pytest.approx(3 * 2 / 64)
+    )  # Holm over all 3 pairs, oar_p's at p = 1
     assert oar_g.seeds == (0, 1, 2) and oar_g.mean == pytest.approx(0.0)
     passed, contrast = gate_passed(runs)
     assert passed and contrast.name == "oracle - grpo"
