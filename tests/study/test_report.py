@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from oar_verl.study.pages import write_report
-from oar_verl.study.plan import CHAINS, CHAINS_FOLLOWUP, FULL, PLANS, SMOKE, StudyPlan
+from oar_verl.study.plan import CHAINS, CHAINS_CLIPPING, CHAINS_FOLLOWUP, FULL, NO_CLIPPING, PLANS, SMOKE, StudyPlan
 from oar_verl.study.report import HAND_NOTES, verdict
 
 
@@ -84,10 +84,19 @@ def test_plan_checks_and_overrides():
     overrides = FULL.verl_overrides("oar_g_permuted", 2)
     assert "algorithm.oar.permute_weights=true" in overrides and "actor_rollout_ref.rollout.seed=2" in overrides and "data.seed=2" in overrides
     assert not any("permute" in o for o in FULL.verl_overrides("oar_g", 2))
-    assert {"grpo", "oracle", "oar_g_permuted"} == set(SMOKE.methods) and set(PLANS) == {"first", "smoke", "chains", "chains_followup"}
+    assert {"grpo", "oracle", "oar_g_permuted"} == set(SMOKE.methods) and set(PLANS) == {
+        "first",
+        "smoke",
+        "chains",
+        "chains_followup",
+        "chains_clipping",
+    }
     with pytest.raises(ValueError, match="gate_methods"):
         StudyPlan(methods=("grpo", "oar_g"), gate_methods=("grpo", "oracle"))
     assert "algorithm.oar.oracle=true" in CHAINS.verl_overrides("oracle", 0) and "trainer.resume_mode=auto" in CHAINS.verl_overrides("grpo", 0)
+    unclipped = [o for o in CHAINS_CLIPPING.verl_overrides("oracle_concentrated_unclipped", 0) if "clip_grad" in o]
+    assert unclipped == [f"actor_rollout_ref.actor.optim.clip_grad={NO_CLIPPING}"] and NO_CLIPPING >= 1e6
+    assert not any("clip_grad" in o for o in CHAINS_CLIPPING.verl_overrides("oracle_concentrated", 0))
 
 
 def test_the_gate_runs_first():
