@@ -224,7 +224,8 @@ def measure_batch(plan: GradientPlan, task: str, checkpoint: str, index: int, mo
     parameters = list(model.parameters())
     mask = sampled.batch.response_mask
     log_probs = token_log_probs(model, sampled.batch)
-    gradients = {arm: flat_gradient(log_probs, token_mean_coefficients(advantages, weights[arm], mask), parameters) for arm in ARMS}
+    coefficients = {arm: token_mean_coefficients(advantages, weights[arm], mask) for arm in ARMS}
+    gradients = {arm: flat_gradient(log_probs, coefficients[arm], parameters) for arm in ARMS}
     wrong_first_error = classes.first_error & (sampled.rewards == 0)[:, None]
     parts = {
         "grpo_error": ("grpo", wrong_first_error),
@@ -233,7 +234,7 @@ def measure_batch(plan: GradientPlan, task: str, checkpoint: str, index: int, mo
     }
     shares = {}
     for name, (arm, tokens) in parts.items():
-        part = flat_gradient(log_probs, token_mean_coefficients(advantages, weights[arm], mask) * tokens, parameters)
+        part = flat_gradient(log_probs, coefficients[arm] * tokens, parameters)
         whole = gradients[arm]
         shares[name] = float(part @ whole / (whole @ whole)) if float(whole @ whole) > 0 else float("nan")
     reference_norm = float(reference.norm())
@@ -268,8 +269,9 @@ def run_gradient_test(plan: GradientPlan, workdir: Path, results_file: Path, log
     dirs = model_dirs(plan, workdir, log)
     for (task, checkpoint), model_dir in dirs.items():
         key = f"{task}/{checkpoint}"
-        cell = results["cells"].setdefault(key, {"model": str(model_dir.name), "weights_sha256": weights_digest(model_dir), "batches": []})
-        if cell["weights_sha256"] != weights_digest(model_dir):
+        digest = weights_digest(model_dir)
+        cell = results["cells"].setdefault(key, {"model": str(model_dir.name), "weights_sha256": digest, "batches": []})
+        if cell["weights_sha256"] != digest:
             raise ValueError(f"{key}: the results were measured on another model ({cell['weights_sha256'][:12]}); move {results_file} away")
         if len(cell["batches"]) >= plan.batches:
             continue

@@ -1,5 +1,6 @@
-"""Policy gradients of a small causal LM on the study's arithmetic task, verl-free: sampled
-groups in verl's layout, the gsm8k rule's rewards, GRPO's and leave-one-out advantages,
+"""Policy gradients of a small causal LM on the study's arithmetic task, without verl's
+trainer: sampled groups in verl's layout, the gsm8k rule's rewards, GRPO's (verl's function)
+and leave-one-out advantages,
 token-weighted policy gradients as flat vectors, and a GRPO loop with verl's actor
 objective at the study's settings (the gradient test's checkpoints).
 
@@ -79,14 +80,13 @@ def sample_groups(model, tokenizer, problems: list[Problem], samples: int, max_n
 
 
 def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
-    """[B] GRPO's advantages as verl computes them: (r - group mean) / (group std + epsilon),
-    the unbiased std; rewards, groups: [B]."""
-    advantages = torch.zeros_like(rewards)
-    for group in groups.unique():
-        members = groups == group
-        scores = rewards[members]
-        advantages[members] = (scores - scores.mean()) / (scores.std() + epsilon) if len(scores) > 1 else 0.0
-    return advantages
+    """[B] GRPO's advantages by verl's own `compute_grpo_outcome_advantage`: (r - group mean)
+    / (group std + epsilon); rewards, groups: [B]."""
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    outcome = torch.zeros((len(rewards), 1), dtype=rewards.dtype)  # one token a row carrying its reward
+    advantages, _ = compute_grpo_outcome_advantage(outcome + rewards[:, None], torch.ones_like(outcome), groups.numpy(), epsilon=epsilon)
+    return advantages[:, 0]
 
 
 def leave_one_out_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
