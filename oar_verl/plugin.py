@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
-CPU_PLATFORM = "cpu"
+from oar_verl.cpu_choice import cpu_platform_selected
 
 logger = logging.getLogger("oar_verl")
 if not logger.handlers:
@@ -24,11 +24,6 @@ if not logger.handlers:
     logger.addHandler(_handler)
     logger.setLevel(os.environ.get("OAR_VERL_LOGGING_LEVEL", "INFO"))
     logger.propagate = False
-
-
-def cpu_platform_selected() -> bool:
-    """True where verl is told to run on the CPU (`VERL_PLATFORM=cpu`)."""
-    return os.environ.get("VERL_PLATFORM", "").strip().lower() == CPU_PLATFORM
 
 
 def _load() -> None:
@@ -40,7 +35,7 @@ def _load() -> None:
         from oar_verl.verl_cpu import backend
 
         backend.install()
-        installed += "; CPU backend (platform cpu, FSDP engines on gloo, hf rollout)"
+        installed += "; CPU backend (platform cpu, FSDP and Megatron engines on gloo, hf rollout, vLLM CPU build support)"
     logger.info("oar_verl plugin loaded: %s", installed)
 
 

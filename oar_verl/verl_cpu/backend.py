@@ -7,7 +7,7 @@ import verl
 
 from oar_verl.integration import verl_hooks
 from oar_verl.integration.verl_internals import support_problem
-from oar_verl.verl_cpu import cpu_platform, megatron
+from oar_verl.verl_cpu import cpu_platform, megatron, vllm_distribution
 
 ADAPTER = "oar_verl.verl_cpu.hf_adapter.HFServerAdapter"
 
@@ -21,8 +21,9 @@ def _load_replica():
 def install() -> None:
     """The `cpu` platform, the `hf` rollout (replica and trainer-side adapter), the `gloo`
     checkpoint engine (standalone rollout replicas), the changes verl needs on the CPU
-    (`verl_hooks.install_cpu_backend`) and, where the megatron extra is installed, verl's
-    Megatron engine for the CPU (idempotent). A verl that is neither a tested release nor
+    (`verl_hooks.install_cpu_backend`), where the megatron extra is installed, verl's
+    Megatron engine for the CPU, and where vLLM's CPU build is installed, its distribution
+    under the name verl looks up (`vllm_distribution`) (idempotent). A verl that is neither a tested release nor
     identical to one where it matters is refused first."""
     unsupported, _ = support_problem(verl.__version__)
     if unsupported:
@@ -31,3 +32,4 @@ def install() -> None:
     import oar_verl.verl_cpu.checkpoint_engine  # noqa: F401 - registers the `gloo` backend
 
     megatron.register_engine()
+    vllm_distribution.install()

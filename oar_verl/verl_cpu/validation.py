@@ -8,8 +8,10 @@ import os
 from omegaconf import DictConfig
 
 from oar_verl.integration.megatron_extra import INSTALL_HINT, megatron_installed
+from oar_verl.verl_cpu.vllm_settings import vllm_errors
 
-GPU_ONLY_ROLLOUTS = ("vllm", "sglang", "trtllm")
+GPU_ONLY_ROLLOUTS = ("sglang", "trtllm")
+CPU_ROLLOUTS = ("hf", "vllm")
 GLOO_CHECKPOINT_ENGINE = "gloo"  # verl_cpu/checkpoint_engine.py (not imported here: it imports verl)
 
 
@@ -19,9 +21,13 @@ def cpu_settings_errors(config: DictConfig) -> list[str]:
     model = config.actor_rollout_ref.model
     rollout = config.actor_rollout_ref.rollout
     if rollout.name in GPU_ONLY_ROLLOUTS:
-        errors.append(f"actor_rollout_ref.rollout.name={rollout.name} needs a GPU; use the CPU rollout: actor_rollout_ref.rollout.name=hf")
-    elif rollout.name != "hf":
-        errors.append(f"actor_rollout_ref.rollout.name={rollout.name}: the CPU backend serves rollouts with 'hf'")
+        errors.append(
+            f"actor_rollout_ref.rollout.name={rollout.name} needs a GPU; on the CPU use actor_rollout_ref.rollout.name=vllm (vLLM's CPU build) or hf"
+        )
+    elif rollout.name not in CPU_ROLLOUTS:
+        errors.append(f"actor_rollout_ref.rollout.name={rollout.name}: the CPU backend serves rollouts with vllm (vLLM's CPU build) or hf")
+    elif rollout.name == "vllm":
+        errors += vllm_errors(rollout, model.path)
     attention = model.get("override_config", {}).get("attn_implementation", "flash_attention_2")
     if attention.startswith("flash"):
         errors.append(
@@ -45,7 +51,9 @@ def cpu_settings_errors(config: DictConfig) -> list[str]:
                 f"actor_rollout_ref.{role}.strategy={strategy}: the CPU backend runs verl's FSDP engines (fsdp2 recommended) and its Megatron engine"
             )
     if rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size != 1:
-        errors.append("actor_rollout_ref.rollout.tensor_model_parallel_size (and data/pipeline sizes) must be 1 for the hf rollout")
+        errors.append(
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size (and data/pipeline sizes) must be 1 for the CPU backend's {rollout.name} rollout"
+        )
     if config.algorithm.adv_estimator == "gae" or config.critic.get("enable"):
         errors.append(
             f"algorithm.adv_estimator={config.algorithm.adv_estimator}: a critic loads its value head with flash attention "

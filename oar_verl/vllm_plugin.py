@@ -1,0 +1,53 @@
+"""The `vllm.general_plugins` entry point: runs in every vLLM process, on any machine.
+
+It acts only in a run of oar_verl's CPU backend (`VERL_PLATFORM=cpu`, which verl's workers
+and the vLLM processes they start inherit) on vLLM's CPU platform; anywhere else it returns
+without a change.
+
+What it changes there: vLLM's CPU linear layers pack their weight into a kernel handle
+after loading and then replace `layer.weight` by an empty tensor
+(`vllm/model_executor/layers/linear.py`: `dispatch_cpu_unquantized_gemm(layer,
+remove_weight=True)`), so the next weight load, verl's weight sync after each update, fails
+("Attempted to load weight ... into parameter (torch.Size([0]))"). The plugin keeps the
+weight; verl runs `process_weights_after_loading` again after each sync, which packs a new
+handle from the new weight. Cost: each linear weight is held twice (its handle and the
+tensor). The fix vLLM could take is `patches/vllm-0.24.0/`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from oar_verl.cpu_choice import cpu_platform_selected
+
+MARK = "_oar_verl_keeps_weights"
+
+logger = logging.getLogger("oar_verl")
+
+
+def register() -> None:
+    """vLLM's plugin hook: keep linear weights on vLLM's CPU platform in a CPU-backend run."""
+    if not cpu_platform_selected():
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.model_executor.layers import utils
+
+    if getattr(utils.dispatch_cpu_unquantized_gemm, MARK, False):
+        return
+    utils.dispatch_cpu_unquantized_gemm = keeping_weights(utils.dispatch_cpu_unquantized_gemm)
+    logger.debug("oar_verl: vLLM's CPU linear layers keep their weights (verl's weight sync reloads them)")
+
+
+def keeping_weights(dispatch):
+    """`dispatch(layer, remove_weight)` that never removes the weight."""
+
+    @functools.wraps(dispatch)
+    def dispatch_keeping_weight(layer, remove_weight: bool) -> None:
+        dispatch(layer, remove_weight=False)
+
+    setattr(dispatch_keeping_weight, MARK, True)
+    return dispatch_keeping_weight
