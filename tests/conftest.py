@@ -94,6 +94,7 @@ LONGEST_MODULES = (
     "verl_cpu/test_e2e_megatron.py",
     "study/test_smoke.py",
     "verl_cpu/test_e2e_grpo.py",
+    "verl_cpu/test_e2e_idle_rank.py",
     "test_patches.py",
 )
 

@@ -7,7 +7,9 @@ for steps 5-6 with the reference model on Megatron too (KL loss). The OAR checks
 FSDP2 runs' (`test_e2e_oar`): advantages = Bi-Level weights x GRPO advantage on reweighted
 rows and GRPO's elsewhere, totals kept, the rollout against the actor's log-probs."""
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +17,19 @@ from safetensors.torch import load_file
 
 from oar_verl.tiny.launch import read_metrics, run_training, train_command
 from oar_verl.verl_cpu.hf_server import weights_digest
-from tests.verl_cpu.test_e2e_grpo import synced_digests
 from tests.verl_cpu.test_e2e_oar import BF16_ROLLOUT_GAP, check_oar_run, step_dumps
 
 pytestmark = pytest.mark.e2e
 
 pytest.importorskip("megatron.core", reason="the megatron extra: pip install 'oar_verl[megatron]'")
+
+SYNC_LINE = re.compile(r"\[oar_verl\.hf_rollout\] replica 0 step (\d+): weights synced, sha256 ([0-9a-f]{64})")
+
+
+def synced_digests(log: Path) -> list[tuple[int, str]]:
+    """The hf rollout server's verified weight syncs in a run's log: (step, sha256) each."""
+    return [(int(step), digest) for step, digest in SYNC_LINE.findall(log.read_text())]
+
 
 TENSOR_PARALLEL_2 = ("actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2", "trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_gpus=2")
 # verl's Megatron parameter and optimizer offload: the attribution runs in the engine's

