@@ -35,7 +35,7 @@ def _load() -> None:
         from oar_verl.verl_cpu import backend
 
         backend.install()
-        installed += "; CPU backend (platform cpu, FSDP and Megatron engines on gloo, hf rollout, vLLM CPU build support)"
+        installed += "; CPU backend (platform cpu, engines on gloo, hf and vllm rollouts)"
     logger.info("oar_verl plugin loaded: %s", installed)
 
 

@@ -11,7 +11,9 @@ remove_weight=True)`), so the next weight load, verl's weight sync after each up
 ("Attempted to load weight ... into parameter (torch.Size([0]))"). The plugin keeps the
 weight; verl runs `process_weights_after_loading` again after each sync, which packs a new
 handle from the new weight. Cost: each linear weight is held twice (its handle and the
-tensor). The fix vLLM could take is `patches/vllm-0.24.0/`.
+tensor). Upstream, verl's weight sync could go through vLLM 0.24's layerwise reload
+(`vllm/model_executor/model_loader/reload`), which restores processed parameters before
+loading (docs/vllm_cpu.md).
 """
 
 from __future__ import annotations
