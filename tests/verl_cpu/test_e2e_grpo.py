@@ -6,9 +6,10 @@ upstream patches applied (`patches/`: the plugin registers a pre-advantage step,
 computation and an estimator that declares its input, replacing no trainer or worker class).
 
 The rollout must sample with the trainer's weights after every update: in sync mode its
-token probabilities equal the actor's recomputation of them. The negative control keeps vLLM
-on the initial weights (a test-only vLLM plugin that receives verl's later syncs without
-loading them) and must fail that check."""
+token probabilities equal the actor's recomputation of them (the resumed run). The GRPO run
+is also the negative control: a test-only vLLM plugin keeps its vLLM on the initial weights
+(it receives verl's later syncs without loading them), and its second step must fail that
+check. (The checkpoint it leaves is the actor's, which trained as usual.)"""
 
 import os
 from pathlib import Path
@@ -39,47 +40,48 @@ SYNCED = 1e-4  # max |p_rollout - p_actor| with the trainer's weights (fp32; mea
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, patched_verl):
-    """GRPO for two steps with a checkpoint (stock verl), oar_g resumed from it for steps 3
-    and 4 (patched verl), and the stale-weights control (GRPO, two steps): name -> (log, metrics)."""
+    """GRPO for two steps with a checkpoint (stock verl; its rollout the stale-weights
+    control), then oar_g resumed from it for steps 3 and 4 (patched verl): name -> (log, metrics)."""
     workdir = tmp_path_factory.mktemp("grpo")
     (workdir / "model").symlink_to(QUICKSTART_VLLM_MODEL, target_is_directory=True)
     paths = prepare(workdir, train_size=64, val_size=16)
     checkpoints, dumps = workdir / "checkpoints", workdir / "dumps"
-    stale_path = os.pathsep.join(filter(None, [str(STALE_WEIGHTS_PLUGIN), os.environ.get("PYTHONPATH")]))
+    stale_rollout = os.pathsep.join(filter(None, [str(STALE_WEIGHTS_PLUGIN), os.environ.get("PYTHONPATH")]))
     results = {}
     for name, estimator, steps, extra, env in (
-        ("grpo", "grpo", 2, [*CHECKPOINT_OVERRIDES, "trainer.val_before_train=true", "trainer.test_freq=2"], None),
+        ("grpo", "grpo", 2, [*CHECKPOINT_OVERRIDES, "trainer.val_before_train=true", "trainer.test_freq=2"], {"PYTHONPATH": stale_rollout}),
         ("oar_g_resumed_patched", "oar_g", 4, [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={QUANTILE}", *NOISELESS], {"PYTHONPATH": str(patched_verl)}),
-        ("stale_weights_control", "grpo", 2, [], {"PYTHONPATH": stale_path}),
     ):  # fmt: skip
         log, metrics = workdir / f"{name}.log", workdir / f"{name}.jsonl"
-        run_checkpoints = workdir / "control_checkpoints" if name == "stale_weights_control" else checkpoints
-        command = train_command(paths, run_checkpoints, estimator=estimator, steps=steps, overrides=[*VLLM, *extra])
+        command = train_command(paths, checkpoints, estimator=estimator, steps=steps, overrides=[*VLLM, *extra])
         result = run_training(command, metrics, log, env=env)
         assert result.returncode == 0, log.read_text()[-6000:]
         results[name] = (log, read_metrics(metrics))
     return paths, checkpoints, dumps, results
 
 
-def test_policy_trained_and_rollout_samples_with_its_weights(runs):
-    """Every step of both runs (the resumed one included: vLLM holds the checkpoint's weights)
-    samples with the actor's current weights; the policy changed."""
-    paths, checkpoints, _, results = runs
-    initial = weights_digest(load_file(paths["model"] / "model.safetensors").items())
-    trained = weights_digest(load_file(checkpoints / "global_step_2" / "actor" / "huggingface" / "model.safetensors").items())
-    assert trained != initial, "the policy did not change"
-    for name, steps in (("grpo", (1, 2)), ("oar_g_resumed_patched", (3, 4))):
-        _, metrics = results[name]
-        for step in steps:
-            assert metrics[step]["training/rollout_probs_diff_valid"] == 1.0
-            assert metrics[step]["training/rollout_probs_diff_max"] < SYNCED, (name, step, metrics[step]["training/rollout_probs_diff_max"])
-            assert metrics[step]["actor/grad_norm"] > 0
+def test_rollout_samples_with_the_trainers_weights_after_each_update(runs):
+    """The resumed run's steps sample with the actor's current weights: step 3 with the
+    checkpoint's (synced at start-up), step 4 with those of step 3's update."""
+    _, _, _, results = runs
+    _, metrics = results["oar_g_resumed_patched"]
+    for step in (3, 4):
+        assert metrics[step]["training/rollout_probs_diff_valid"] == 1.0
+        assert metrics[step]["training/rollout_probs_diff_max"] < SYNCED, (step, metrics[step]["training/rollout_probs_diff_max"])
+        assert metrics[step]["actor/grad_norm"] > 0
 
 
 def test_the_stale_weights_control_fails_the_check(runs):
-    _, metrics = runs[3]["stale_weights_control"]
+    """The GRPO run's vLLM loads only the first sync (the initial weights): its step 1 passes
+    the check, its step 2 (after an update the rollout never loaded) fails it; the policy
+    itself trained."""
+    paths, checkpoints, _, results = runs
+    _, metrics = results["grpo"]
     assert metrics[1]["training/rollout_probs_diff_max"] < SYNCED  # the initial weights did arrive
     assert metrics[2]["training/rollout_probs_diff_max"] > 100 * SYNCED, metrics[2]["training/rollout_probs_diff_max"]
+    initial = weights_digest(load_file(paths["model"] / "model.safetensors").items())
+    trained = weights_digest(load_file(checkpoints / "global_step_2" / "actor" / "huggingface" / "model.safetensors").items())
+    assert trained != initial, "the policy did not change"
 
 
 def test_rewards_vary_and_validation_runs(runs):
