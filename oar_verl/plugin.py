@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
-from oar_verl.cpu_choice import cpu_platform_selected
+from oar_verl import cpu_platform_selected
 
 logger = logging.getLogger("oar_verl")
 if not logger.handlers:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from oar_verl.cpu_choice import cpu_platform_selected
+from oar_verl import cpu_platform_selected
 
 MARK = "_oar_verl_keeps_weights"
 

@@ -137,7 +137,7 @@ MISTAKES = [
         lambda d, t: recipe(d, "actor_rollout_ref.rollout.n=1"),
         "actor_rollout_ref.rollout.n=1: oar_g keeps GRPO's group baseline",
     ),
-    ("gpu-setting-on-cpu", "dry_run", lambda d, t: preset(d, "actor_rollout_ref.rollout.name=vllm"), "actor_rollout_ref.rollout.name=vllm"),
+    ("gpu-setting-on-cpu", "dry_run", lambda d, t: preset(d, "actor_rollout_ref.rollout.name=sglang"), "actor_rollout_ref.rollout.name=sglang"),
     ("config-name-typo", "dry_run", lambda d, t: ["--config-name", "cpu-megatron", *preset(d)[2:]], "--config-name cpu-megatron: no such config"),
     ("legacy-trainer", "dry_run", lambda d, t: recipe(d, "trainer.use_v1=false"), "trainer.use_v1=False"),
     (

@@ -39,5 +39,5 @@ def test_cuda_as_cpu_mode_keeps_tensors_on_the_host_unpinned():
     assert created.device.type == "cpu" and not created.is_pinned()
     assert torch.equal(offloaded, source) and moved.device.type == "cpu"
     assert name == "torch.cuda.FloatTensor"
-    with pytest.raises(RuntimeError, match="pin_memory"):
+    with pytest.raises(RuntimeError, match="pin_memory|NVIDIA driver"):  # the CPU build's words, the CUDA build's
         torch.empty(3, pin_memory=True)  # outside the mode torch still refuses
