@@ -12,18 +12,9 @@ level, with its cause, before it propagates.
 
 from __future__ import annotations
 
-import logging
-import os
+from oar_verl import cpu_platform_selected, plugin_logger
 
-from oar_verl import cpu_platform_selected
-
-logger = logging.getLogger("oar_verl")
-if not logger.handlers:
-    _handler = logging.StreamHandler()
-    _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s (pid %(process)d): %(message)s"))
-    logger.addHandler(_handler)
-    logger.setLevel(os.environ.get("OAR_VERL_LOGGING_LEVEL", "INFO"))
-    logger.propagate = False
+logger = plugin_logger()
 
 
 def _load() -> None:

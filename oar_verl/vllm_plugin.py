@@ -4,32 +4,34 @@ It acts only in a run of oar_verl's CPU backend (`VERL_PLATFORM=cpu`, which verl
 and the vLLM processes they start inherit) on vLLM's CPU platform; anywhere else it returns
 without a change.
 
-What it changes there: vLLM's CPU linear layers pack their weight into a kernel handle
-after loading and then replace `layer.weight` by an empty tensor
-(`vllm/model_executor/layers/linear.py`: `dispatch_cpu_unquantized_gemm(layer,
-remove_weight=True)`), so the next weight load, verl's weight sync after each update, fails
-("Attempted to load weight ... into parameter (torch.Size([0]))"). The plugin keeps the
-weight; verl runs `process_weights_after_loading` again after each sync, which packs a new
-handle from the new weight. Cost: each linear weight is held twice (its handle and the
-tensor). Upstream, verl's weight sync could go through vLLM 0.24's layerwise reload
-(`vllm/model_executor/model_loader/reload`), which restores processed parameters before
-loading (docs/vllm_cpu.md).
+What it changes there:
+- vLLM's shared-memory queues unlink their `/dev/shm` segment once their readers attached,
+  so a run whose vLLM processes are killed leaves none behind (`verl_cpu.vllm_shared_memory`).
+- vLLM's CPU linear layers pack their weight into a kernel handle after loading and then
+  replace `layer.weight` by an empty tensor (`vllm/model_executor/layers/linear.py`:
+  `dispatch_cpu_unquantized_gemm(layer, remove_weight=True)`), so the next weight load,
+  verl's weight sync after each update, fails ("Attempted to load weight ... into parameter
+  (torch.Size([0]))"). The plugin keeps the weight; verl runs `process_weights_after_loading`
+  again after each sync, which packs a new handle from the new weight. Cost: each linear
+  weight is held twice (its handle and the tensor). Upstream, verl's weight sync could go
+  through vLLM 0.24's layerwise reload (`vllm/model_executor/model_loader/reload`), which
+  restores processed parameters before loading (docs/vllm_cpu.md).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 
-from oar_verl import cpu_platform_selected
+from oar_verl import cpu_platform_selected, plugin_logger
 
 MARK = "_oar_verl_keeps_weights"
 
-logger = logging.getLogger("oar_verl")
+logger = plugin_logger()
 
 
 def register() -> None:
-    """vLLM's plugin hook: keep linear weights on vLLM's CPU platform in a CPU-backend run."""
+    """vLLM's plugin hook: on vLLM's CPU platform in a CPU-backend run, keep linear weights
+    and unlink shared-memory segments once attached."""
     if not cpu_platform_selected():
         return
     from vllm.platforms import current_platform
@@ -37,6 +39,10 @@ def register() -> None:
     if not current_platform.is_cpu():
         return
     from vllm.model_executor.layers import utils
+
+    from oar_verl.verl_cpu import vllm_shared_memory
+
+    vllm_shared_memory.install()
 
     if getattr(utils.dispatch_cpu_unquantized_gemm, MARK, False):
         return

