@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import verl
 
-from oar_verl.integration import verl_hooks
+from oar_verl.integration import import_hooks, verl_hooks
 from oar_verl.integration.verl_internals import support_problem
-from oar_verl.verl_cpu import cpu_platform, megatron, vllm_distribution
+from oar_verl.verl_cpu import cpu_platform, megatron, vllm_distribution, vllm_weight_sync
 
 ADAPTER = "oar_verl.verl_cpu.hf_adapter.HFServerAdapter"
 
@@ -23,7 +23,8 @@ def install() -> None:
     checkpoint engine (standalone rollout replicas), the changes verl needs on the CPU
     (`verl_hooks.install_cpu_backend`), where the megatron extra is installed, verl's
     Megatron engine for the CPU, and where vLLM's CPU build is installed, its distribution
-    under the name verl looks up (`vllm_distribution`) (idempotent). A verl that is neither a tested release nor
+    under the name verl looks up (`vllm_distribution`) and a weight sync to vLLM that fails
+    fast (`vllm_weight_sync`) (idempotent). A verl that is neither a tested release nor
     identical to one where it matters is refused first."""
     unsupported, _ = support_problem(verl.__version__)
     if unsupported:
@@ -33,3 +34,4 @@ def install() -> None:
 
     megatron.register_engine()
     vllm_distribution.install()
+    import_hooks.after_import(vllm_weight_sync.MODULE, vllm_weight_sync.install)
