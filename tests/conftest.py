@@ -102,9 +102,9 @@ def patched_verl(tmp_path_factory):
 # command) hands them out before the short modules and the two workers finish together.
 LONGEST_MODULES = (
     "verl_cpu/test_e2e_oar.py",
+    "verl_cpu/test_e2e_grpo.py",
     "verl_cpu/test_e2e_megatron.py",
     "study/test_smoke.py",
-    "verl_cpu/test_e2e_grpo.py",
     "verl_cpu/test_e2e_idle_rank.py",
     "test_patches.py",
 )

@@ -8,7 +8,7 @@ computation and an estimator that declares its input, replacing no trainer or wo
 The rollout must sample with the trainer's weights after every update: in sync mode its
 token probabilities equal the actor's recomputation of them. The negative control keeps vLLM
 on the initial weights (a test-only vLLM plugin that receives verl's second sync without
-loading it) and must fail that check; its third sync fails in the vLLM worker, which must
+loading it) and must fail that check; a later sync fails in the vLLM worker, which must
 end the run within a minute with one clear message. No run leaves vLLM's shared memory
 behind."""
 
@@ -44,9 +44,9 @@ SYNCED = 1e-4  # max |p_rollout - p_actor| with the trainer's weights (fp32; mea
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, patched_verl, vllm_inputs):
     """GRPO for two steps with a checkpoint (stock verl), oar_g resumed from it for steps 3
-    and 4 (patched verl), and the sync control (GRPO for three steps at a learning rate whose
-    first update moves the policy far; stale weights at step 2, a failing sync before step
-    3): name -> (log, metrics, return code, end time)."""
+    and 4 (patched verl), and the sync control (GRPO at a learning rate whose first update
+    moves the policy far; stale weights at steps 2 and 3, a failing sync after step 3's
+    update): name -> (log, metrics, return code, end time)."""
     workdir, paths = tmp_path_factory.mktemp("grpo"), vllm_inputs
     checkpoints, dumps = workdir / "checkpoints", workdir / "dumps"
     control_rollout = os.pathsep.join(filter(None, [str(SYNC_CONTROL_PLUGIN), os.environ.get("PYTHONPATH")]))
@@ -54,7 +54,7 @@ def runs(tmp_path_factory, patched_verl, vllm_inputs):
     for name, estimator, steps, extra, env in (
         ("grpo", "grpo", 2, [*CHECKPOINT_OVERRIDES, "trainer.val_before_train=true", "trainer.test_freq=2"], None),
         ("oar_g_resumed_patched", "oar_g", 4, [f"algorithm.oar.dump_dir={dumps}", f"algorithm.oar.quantile={QUANTILE}", *NOISELESS], {"PYTHONPATH": str(patched_verl)}),
-        ("sync_control", "grpo", 3, ["actor_rollout_ref.actor.optim.lr=3e-3"], {"PYTHONPATH": control_rollout}),
+        ("sync_control", "grpo", 4, ["actor_rollout_ref.actor.optim.lr=3e-3"], {"PYTHONPATH": control_rollout}),
     ):  # fmt: skip
         log, metrics = workdir / f"{name}.log", workdir / f"{name}.jsonl"
         run_checkpoints = workdir / "control_checkpoints" if name == "sync_control" else checkpoints
@@ -90,13 +90,14 @@ def test_the_stale_weights_control_fails_the_check(runs):
 
 
 def test_a_failed_weight_sync_ends_the_run_within_a_minute_with_its_cause(runs):
-    """The control's third sync fails in the vLLM worker: the run stops (verl alone would
-    wait for ever on the worker's acknowledgement) within a minute of the failure, with the
+    """The control's fourth sync (after step 3's update) fails in the vLLM worker: the run
+    stops (verl alone would wait for ever on the worker's acknowledgement) within a minute of
+    the failure, before logging step 3, with the
     CPU backend's message and vLLM's report of the worker's own error (not the BufferError
     of verl's receiver clean-up)."""
     log, metrics, returncode, ended = runs[3]["sync_control"]
     text = log.read_text()
-    assert returncode != 0 and 3 not in metrics, "the run went on past the failed sync"
+    assert returncode != 0 and sorted(metrics) == [1, 2], "the run went on past the failed sync"
     assert text.count("WeightSyncError: verl's weight sync to vLLM: the vLLM worker acknowledged no bucket within") >= 1, text[-6000:]
     assert f"Worker failed with error '{SYNC_FAILURE}'" in text and "cannot close exported pointers exist" not in text
     failed = datetime.strptime(f"{ended.year}-{VLLM_ERROR_TIME.findall(text)[0]}", "%Y-%m-%d %H:%M:%S")

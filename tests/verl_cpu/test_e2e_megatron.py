@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from oar_verl.tiny.launch import read_metrics, run_training, train_command
 from oar_verl.verl_cpu.hf_server import weights_digest
-from tests.verl_cpu.test_e2e_oar import BF16_ROLLOUT_GAP, check_oar_run, step_dumps
+from tests.verl_cpu.test_e2e_oar import check_oar_run, step_dumps
 
 pytestmark = pytest.mark.e2e
 
@@ -123,8 +123,16 @@ def test_reference_model_on_megatron(runs):
     assert all(metrics[step]["actor/kl_loss"] > 0 for step in RUNS["oar_p"].steps), "the reference model on Megatron gave no KL"
 
 
+# The fp32 rollout against the Megatron actor's bf16 log-probs, max and mean |p_rollout - p_actor|
+# over a step's tokens. Measured: max 0.010-0.022 on the hf server, 0.148 and 0.011 on vLLM
+# (steps 3-4); mean 2e-4 to 7e-4 on either. On step 3's rows the checkpoint's bf16 against its
+# fp32 probabilities differ by up to 0.17 (mean 8e-4): bf16 alone; the initial weights against
+# the checkpoint's (a rollout two updates stale) by mean 4.4e-3, which the mean bound refuses.
+MEGATRON_GAP_MAX, MEGATRON_GAP_MEAN = 0.25, 2e-3
+
+
 def check_rollout_gap(metrics: dict) -> None:
     """The fp32 rollout against the Megatron actor's bf16 log-probs (verl's Megatron engine
     computes in bf16 or fp16 only): close, and not zero (bf16 did apply)."""
-    assert metrics["training/rollout_probs_diff_max"] < BF16_ROLLOUT_GAP, metrics["training/rollout_probs_diff_max"]
-    assert metrics["training/rollout_probs_diff_mean"] > 1e-4, metrics["training/rollout_probs_diff_mean"]
+    assert metrics["training/rollout_probs_diff_max"] < MEGATRON_GAP_MAX, metrics["training/rollout_probs_diff_max"]
+    assert 1e-4 < metrics["training/rollout_probs_diff_mean"] < MEGATRON_GAP_MEAN, metrics["training/rollout_probs_diff_mean"]
