@@ -34,13 +34,21 @@ CPU backend (`install_cpu_backend`):
 - pi_old in host memory: `fsdp2_sharded_save_to_cpu` copies with `.cpu()`, a no-op for a
   host-memory shard, so separate_async's saved pi_old followed the optimizer; wrapped to
   clone each saved shard, when the function is a tested release's own (patch 0007 adds no
-  attribute; its fix changes the function, whose syntax-tree digest `verl_internals` keeps).
+  attribute; its fix changes the function, whose syntax-tree digest `verl_internals` keeps);
+- the master port of each worker group: verl draws it by binding port 0 and closing the
+  socket, and the port stays free until the process group's store binds it, seconds later,
+  while every other process on the host draws ephemeral ports from the same range (two
+  test runs side by side met `EADDRINUSE`); `RayWorkerGroup` is given its public
+  `master_port_range` argument, a random window below the host's ephemeral range
+  (`master_port_window`), where the caller gave none.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import random
+from pathlib import Path
 
 from oar_verl.integration import import_hooks
 
@@ -165,6 +173,7 @@ def install_cpu_backend(platform_name: str, platform_class: type, load_replica, 
     _patch_process_group()
     _patch_offload_policy()
     _patch_sharded_save()
+    _patch_master_port_range()
 
 
 def register_cpu_engine(model_type: str, backends: tuple[str, ...], engine: type) -> None:
@@ -252,3 +261,41 @@ def _patch_sharded_save() -> None:
         return {name: (tensor.clone(), spec) for name, (tensor, spec) in state.items()}, global_spec
 
     fsdp_utils.fsdp2_sharded_save_to_cpu = mark_hooked(fsdp2_sharded_save_to_cpu)
+
+
+# Ray's default worker ports end at 19999; the master ports are drawn above them.
+MASTER_PORT_FLOOR = 20000
+MASTER_PORT_WINDOW = 64
+EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def master_port_window(random_source: random.Random | None = None) -> list[int] | None:
+    """[first, end) of a random window of MASTER_PORT_WINDOW ports between
+    MASTER_PORT_FLOOR and the start of the host's ephemeral range (ports no process is
+    handed by binding port 0 or connecting), or None where that range is unknown or leaves
+    no room (verl then draws an ephemeral port, as it does by default)."""
+    try:
+        ephemeral_start = int(EPHEMERAL_PORT_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    last_start = ephemeral_start - MASTER_PORT_WINDOW
+    if last_start < MASTER_PORT_FLOOR:
+        return None
+    first = (random_source or random.SystemRandom()).randint(MASTER_PORT_FLOOR, last_start)
+    return [first, first + MASTER_PORT_WINDOW]
+
+
+def _patch_master_port_range() -> None:
+    from verl.single_controller.ray.base import RayWorkerGroup
+
+    original = RayWorkerGroup.__init__
+    if is_hooked(original):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("master_port_range") is None:
+            kwargs["master_port_range"] = master_port_window()
+        original(self, *args, **kwargs)
+
+    RayWorkerGroup.__init__ = mark_hooked(__init__)

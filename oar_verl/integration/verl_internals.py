@@ -66,6 +66,8 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     ("verl.workers.engine.fsdp.transformer_impl", "FSDPEngine._build_fsdp_module"),
     ("verl.workers.engine.fsdp.transformer_impl", "_scale_logits_by_temperature"),
     ("verl.utils.fsdp_utils", "fsdp2_sharded_save_to_cpu"),
+    ("verl.single_controller.ray.base", "RayWorkerGroup.__init__"),
+    ("verl.single_controller.ray.base", "get_master_addr_port"),
     # the checkpoint-engine interface the CPU backend's gloo engine implements (verl_cpu/checkpoint_engine.py)
     ("verl.checkpoint_engine.base", "CheckpointEngine"),
     ("verl.checkpoint_engine.base", "CheckpointEngineManager.update_weights"),
@@ -104,6 +106,8 @@ TESTED: dict[str, dict[str, str]] = {
         "verl.workers.engine.fsdp.transformer_impl:FSDPEngine._build_fsdp_module": "97473e030fe6f909",
         "verl.workers.engine.fsdp.transformer_impl:_scale_logits_by_temperature": "f5e300bf85069fa0",
         "verl.utils.fsdp_utils:fsdp2_sharded_save_to_cpu": "c6527c5537a36102",
+        "verl.single_controller.ray.base:RayWorkerGroup.__init__": "c093e2f77e876543",
+        "verl.single_controller.ray.base:get_master_addr_port": "de02aed1e05ec173",
         "verl.checkpoint_engine.base:CheckpointEngine": "b688d51b35d4140d",
         "verl.checkpoint_engine.base:CheckpointEngineManager.update_weights": "375a3080630aaff8",
     },

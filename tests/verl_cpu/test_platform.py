@@ -71,3 +71,41 @@ def test_process_group_backend_shim():
     )
     patched = run_python(code, VERL_PLATFORM="cpu")
     assert "BACKEND cpu:gloo" in patched.stdout, patched.stderr[-3000:]
+
+
+def test_master_port_windows_lie_below_the_ephemeral_range(tmp_path, monkeypatch):
+    """Windows are drawn between the floor and the host's ephemeral range, never into it;
+    a host whose ephemeral range leaves no room keeps verl's own draw."""
+    import random
+
+    from oar_verl.integration import verl_hooks
+
+    ranges = tmp_path / "ip_local_port_range"
+    monkeypatch.setattr(verl_hooks, "EPHEMERAL_PORT_RANGE", ranges)
+    ranges.write_text("32768\t60999\n")
+    draw = random.Random(0)
+    windows = [verl_hooks.master_port_window(draw) for _ in range(2000)]
+    assert all(verl_hooks.MASTER_PORT_FLOOR <= first and end <= 32768 and end - first == verl_hooks.MASTER_PORT_WINDOW for first, end in windows)
+    assert len({first for first, _ in windows}) > 1500  # spread out: two runs rarely share a window
+    ranges.write_text(f"{verl_hooks.MASTER_PORT_FLOOR + 10}\t60999\n")
+    assert verl_hooks.master_port_window(draw) is None
+    ranges.unlink()
+    assert verl_hooks.master_port_window(draw) is None
+
+
+def test_worker_groups_draw_master_ports_below_the_ephemeral_range():
+    """Under the CPU backend a worker group given no port gets a window below the host's
+    ephemeral range (verl binds its first free port there); a window the caller gives is kept."""
+    code = (
+        "import verl; from verl.single_controller.ray.base import RayWorkerGroup;"
+        "drawn = RayWorkerGroup(resource_pool=None, ray_cls_with_init=None, worker_names=[], worker_handles=[]);"
+        "given = RayWorkerGroup(resource_pool=None, ray_cls_with_init=None, worker_names=[], worker_handles=[], master_port_range=[12345, 12350]);"
+        "print('DRAWN', *drawn._ray_master_port_range); print('GIVEN', *given._ray_master_port_range)"
+    )
+    result = run_python(code, VERL_PLATFORM="cpu")
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("DRAWN", "GIVEN")))
+    assert "DRAWN" in lines, result.stderr[-3000:]
+    first, end = map(int, lines["DRAWN"].split())
+    ephemeral_start = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    assert 20000 <= first < end <= ephemeral_start
+    assert lines["GIVEN"] == "12345 12350"
