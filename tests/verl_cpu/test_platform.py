@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,7 +86,7 @@ def test_master_port_windows_lie_below_the_ephemeral_range(tmp_path, monkeypatch
     ranges.write_text("32768\t60999\n")
     draw = random.Random(0)
     windows = [verl_hooks.master_port_window(draw) for _ in range(2000)]
-    assert all(verl_hooks.MASTER_PORT_FLOOR <= first and end <= 32768 and end - first == verl_hooks.MASTER_PORT_WINDOW for first, end in windows)
+    assert all(first >= verl_hooks.MASTER_PORT_FLOOR and end <= 32768 and end - first == verl_hooks.MASTER_PORT_WINDOW for first, end in windows)
     assert len({first for first, _ in windows}) > 1500  # spread out: two runs rarely share a window
     ranges.write_text(f"{verl_hooks.MASTER_PORT_FLOOR + 10}\t60999\n")
     assert verl_hooks.master_port_window(draw) is None
@@ -106,6 +107,6 @@ def test_worker_groups_draw_master_ports_below_the_ephemeral_range():
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("DRAWN", "GIVEN")))
     assert "DRAWN" in lines, result.stderr[-3000:]
     first, end = map(int, lines["DRAWN"].split())
-    ephemeral_start = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     assert 20000 <= first < end <= ephemeral_start
     assert lines["GIVEN"] == "12345 12350"
