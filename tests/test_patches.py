@@ -86,6 +86,9 @@ def test_plugin_uses_the_patched_verl(patched_verl):
         "assert not is_hooked(t.CPUOffloadPolicy), 'shim applied on patched verl';"
         "import verl.utils.fsdp_utils as f; assert not is_hooked(f.fsdp2_sharded_save_to_cpu), 'shim applied on patched verl';"
         "assert get_rollout_class('hf').__name__ == 'HFServerAdapter';"
+        "from oar_verl.verl_cpu import vllm_distribution as vd; import importlib.util as u;"
+        "assert u.find_spec('vllm') is None or (not vd.alias_needed() and not vd.installed('vllm')), 'alias installed on patched verl';"
+        "import verl.third_party.vllm as v; assert u.find_spec('vllm') is None or v.vllm_version.endswith('+cpu'), v.vllm_version;"
         "w.initialize_global_process_group_ray(); print('BACKEND', d.get_backend())"
     ) % str(patched_verl)
     env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONPATH": str(patched_verl)}

