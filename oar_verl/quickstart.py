@@ -8,9 +8,10 @@ CPU, where the learning shows in about 5 minutes on 2 cores.
     python -m oar_verl.quickstart --rollout hf          # the project's hf server instead of vLLM
 
 1. takes the powered study's task (`study/plan.py::CHAINS`: chains of 5-6 additions and
-   subtractions modulo 10, one line a step) and a shipped byte-level Qwen2 warm-started on
-   it as the study's model was, with attention heads vLLM's CPU build serves (head size 32:
-   `study/warm_starts/quickstart`, held-out greedy accuracy about 0.5);
+   subtractions modulo 10, one line a step) and its shipped warm-started byte-level Qwen2
+   (`study/warm_starts/chains`, held-out greedy accuracy about 0.47), widened to attention
+   heads of size 32, which vLLM's CPU build serves, without changing what it computes
+   (`tiny/widen.py`: the same greedy answers);
 2. writes generated GSM8K-format train / held-out parquet files (`tiny/arithmetic.py`);
 3. trains with `python -m oar_verl.main_ppo --config-name cpu` (verl's v1 trainer, FSDP2
    on gloo, verl's vLLM rollout on vLLM's CPU build), validating on the 256 held-out
@@ -31,19 +32,24 @@ from pathlib import Path
 from oar_verl.integration.errors import SettingsError, exit_on_settings_error
 from oar_verl.study.plan import CHAINS
 from oar_verl.study.runner import prepare as prepare_study
-from oar_verl.tiny import launch
 from oar_verl.tiny.launch import CONFIG_DIR, HELD_OUT_METRIC, PRESETS, TRAINER_MODES, mode_overrides, read_metrics, run_training, train_command
+from oar_verl.tiny.widen import widen_saved
 
-TASK_PLAN = dataclasses.replace(CHAINS, name="quickstart", train_size=1024, test_size=256, test_freq=5, save_freq=0)
-"""The main job's task, warm start and budget: the powered study's (batch 8 prompts x 8 samples, learning rate 1e-4), a
+TASK_PLAN = dataclasses.replace(CHAINS, train_size=1024, test_size=256, test_freq=5, save_freq=0)
+"""The main job's task, model and budget: the powered study's (batch 8 prompts x 8 samples, learning rate 1e-4), a
 held-out set of 256 problems."""
 ROLLOUTS = ("vllm", "hf")  # verl's vLLM rollout (vLLM's CPU build), or the project's hf server
+WIDENING = 2  # head size 16 -> 32, the smallest vLLM's CPU attention takes
 
 
 def prepare(workdir: Path) -> dict[str, Path]:
-    """The shipped warm-started model (head size 32: `VLLM_WARM_START`) and the train /
+    """The shipped warm-started model, widened (`WORKDIR/model_head32`), and the train /
     held-out parquet files under `workdir`."""
-    return prepare_study(TASK_PLAN, workdir, hidden_size=launch.VLLM_WARM_START["hidden_size"])
+    paths = prepare_study(TASK_PLAN, workdir)
+    model = workdir / "model_head32"
+    if not (model / "config.json").exists():
+        widen_saved(paths["model"], model, WIDENING)
+    return {**paths, "model": model}
 
 
 def noise_band(accuracy: float, problems: int) -> float:

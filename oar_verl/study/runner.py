@@ -35,16 +35,16 @@ STORED_WARM_STARTS = Path(__file__).parent / "warm_starts"
 machine trains from the same weights (a warm start rebuilt there is another model)."""
 
 
-def prepare(plan: StudyPlan, workdir: Path, hidden_size: int = 64) -> dict[str, Path]:
-    """The warm-started model (the shipped one where the plan has one; else one of
-    `hidden_size`) and the train / fixed held-out parquet files (reused when present)."""
+def prepare(plan: StudyPlan, workdir: Path) -> dict[str, Path]:
+    """The warm-started model (the shipped one where the plan has one) and the train / fixed
+    held-out parquet files (reused when present)."""
     stored, model = STORED_WARM_STARTS / SHARED_WARM_STARTS.get(plan.name, plan.name), workdir / "model"
     if stored.is_dir() and not (model / "config.json").exists():
         shutil.copytree(stored, model, dirs_exist_ok=True)
     return prepare_run(workdir, warm_start_steps=plan.warm_start_steps, train_size=plan.train_size, val_size=plan.test_size, seed=plan.warm_start_seed,
                        task=plan.task, slip_probability=plan.slip_probability, wrap_slip_probability=plan.wrap_slip_probability,
                        warm_start_learning_rate=plan.warm_start_learning_rate,
-                       warm_start_target_accuracy=plan.warm_start_target_accuracy, hidden_size=hidden_size)  # fmt: skip
+                       warm_start_target_accuracy=plan.warm_start_target_accuracy)  # fmt: skip
 
 
 def weights_digest(model_dir: Path) -> str:

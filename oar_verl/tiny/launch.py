@@ -36,21 +36,19 @@ def prepare(
     wrap_slip_probability: float = 0.0,
     warm_start_learning_rate: float = 3e-3,
     warm_start_target_accuracy: float | None = None,
-    hidden_size: int = 64,
 ) -> dict[str, Path]:
     """The model and the data of a run, built under `workdir` (reused when present).
 
     `task`: the arithmetic's shape (`max_steps`, `max_operand`, and optionally `min_steps`,
     `modulus`: `data.arithmetic.make_problem`); `slip_probability`,
     `wrap_slip_probability`: the warm-start traces' imperfections; `warm_start_target_accuracy`:
-    warm-start until that greedy accuracy (at most `warm_start_steps` steps; `warmstart.warm_start`);
-    `hidden_size`: the model's (4 heads: head size `hidden_size // 4`).
+    warm-start until that greedy accuracy (at most `warm_start_steps` steps; `warmstart.warm_start`).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {"model": workdir / "model", "train": workdir / "train.parquet", "val": workdir / "val.parquet"}
     if not (paths["model"] / "config.json").exists():
         warm_start(paths["model"], steps=warm_start_steps, seed=seed, learning_rate=warm_start_learning_rate, slip_probability=slip_probability,
-                   wrap_slip_probability=wrap_slip_probability, target_accuracy=warm_start_target_accuracy, hidden_size=hidden_size, **task)  # fmt: skip
+                   wrap_slip_probability=wrap_slip_probability, target_accuracy=warm_start_target_accuracy, **task)  # fmt: skip
     if not paths["train"].exists():
         write_split(paths["train"], train_size, seed=seed + 1, split="train", **task)
     if not paths["val"].exists():
