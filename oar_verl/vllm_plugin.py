@@ -13,18 +13,20 @@ What it changes there:
   verl's weight sync after each update, fails ("Attempted to load weight ... into parameter
   (torch.Size([0]))"). The plugin keeps the weight; verl runs `process_weights_after_loading`
   again after each sync, which packs a new handle from the new weight. Cost: each linear
-  weight is held twice (its handle and the tensor). Upstream, verl's weight sync could go
-  through vLLM 0.24's layerwise reload (`vllm/model_executor/model_loader/reload`), which
-  restores processed parameters before loading (docs/vllm_cpu.md).
+  weight is held twice (its handle and the tensor). Upstream: the vLLM patch
+  `patches/vllm-0.24.0/0001` adds the setting `VLLM_CPU_KEEP_LINEAR_WEIGHTS`; on a vLLM that
+  has it, the plugin sets it instead of wrapping vLLM's dispatch.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 from oar_verl import cpu_platform_selected, plugin_logger
 
 MARK = "_oar_verl_keeps_weights"
+KEEP_WEIGHTS_SETTING = "VLLM_CPU_KEEP_LINEAR_WEIGHTS"  # vLLM's, with patches/vllm-0.24.0/0001
 
 logger = plugin_logger()
 
@@ -44,6 +46,12 @@ def register() -> None:
 
     vllm_shared_memory.install()
 
+    import vllm.envs
+
+    if KEEP_WEIGHTS_SETTING in vllm.envs.environment_variables:
+        os.environ[KEEP_WEIGHTS_SETTING] = "1"
+        logger.debug("oar_verl: vLLM's CPU linear layers keep their weights (%s=1)", KEEP_WEIGHTS_SETTING)
+        return
     if getattr(utils.dispatch_cpu_unquantized_gemm, MARK, False):
         return
     utils.dispatch_cpu_unquantized_gemm = keeping_weights(utils.dispatch_cpu_unquantized_gemm)

