@@ -1,5 +1,5 @@
 """The main job: a real OAR-G (or GRPO, OAR-P) training run through verl's trainer on the
-CPU, where the learning shows in about 5 minutes on 2 cores.
+CPU, where the learning shows in about 10 minutes on 2 cores.
 
     python -m oar_verl.quickstart                      # oar_g, 20 steps
     python -m oar_verl.quickstart --estimator grpo     # the same run with GRPO
