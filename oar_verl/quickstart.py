@@ -33,7 +33,6 @@ from oar_verl.integration.errors import SettingsError, exit_on_settings_error
 from oar_verl.study.plan import CHAINS
 from oar_verl.study.runner import prepare as prepare_study
 from oar_verl.tiny.launch import CONFIG_DIR, HELD_OUT_METRIC, PRESETS, TRAINER_MODES, mode_overrides, read_metrics, run_training, train_command
-from oar_verl.tiny.widen import widen_saved
 
 TASK_PLAN = dataclasses.replace(CHAINS, train_size=1024, test_size=256, test_freq=5, save_freq=0)
 """The main job's task, model and budget: the powered study's (batch 8 prompts x 8 samples, learning rate 1e-4), a
@@ -45,6 +44,8 @@ WIDENING = 2  # head size 16 -> 32, the smallest vLLM's CPU attention takes
 def prepare(workdir: Path) -> dict[str, Path]:
     """The shipped warm-started model, widened (`WORKDIR/model_head32`), and the train /
     held-out parquet files under `workdir`."""
+    from oar_verl.tiny.widen import widen_saved  # torch and transformers: after `--help`
+
     paths = prepare_study(TASK_PLAN, workdir)
     model = workdir / "model_head32"
     if not (model / "config.json").exists():

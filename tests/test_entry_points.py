@@ -65,6 +65,7 @@ ENTRY_POINTS = (
     EntryPoint("module", "oar_verl.study.stage0", LIGHT_S),
     EntryPoint("module", "oar_verl.integration.verl_internals", LIGHT_S),
     EntryPoint("module", "oar_verl.tiny.warmstart", LIGHT_S),
+    EntryPoint("module", "oar_verl.tiny.widen", HEAVY_S),
     EntryPoint("module", "tests.fixtures.models.build", LIGHT_S, defaults=False),
     EntryPoint("script", "recipes/prepare_data.py", LIGHT_S),
     EntryPoint("script", "benchmarks/attribution.py", HEAVY_S),

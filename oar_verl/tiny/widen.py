@@ -115,9 +115,9 @@ def widen_saved(source: Path, output: Path, factor: int = 2) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m oar_verl.tiny.widen", description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", type=Path)
-    parser.add_argument("output", type=Path)
-    parser.add_argument("--factor", type=int, default=2)
+    parser.add_argument("source", type=Path, help="a saved Qwen2 model directory (required)")
+    parser.add_argument("output", type=Path, help="where the widened model and the tokenizer are saved (required)")
+    parser.add_argument("--factor", type=int, default=2, help="hidden size and head size multiplier (default: %(default)s)")
     args = parser.parse_args(argv)
     print(widen_saved(args.source, args.output, args.factor))
 
