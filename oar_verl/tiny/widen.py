@@ -16,9 +16,9 @@ the same function with hidden size and head size `factor` times larger and the s
   `1 / factor` (the mean square runs over `factor` times more dimensions, the extra ones
   zero: `sqrt(ms / factor + eps / factor) = sqrt(ms + eps) / sqrt(factor)`).
 
-Logits agree with the original's up to float rounding (tested against the original). Training leaves the extra dimensions at zero (their weights and their
-gradients are both zero), so a widened model trains as the original would, in a shape
-vLLM's CPU build serves.
+Logits agree with the original's up to float rounding (tested against the original).
+Training leaves the extra dimensions at zero (their weights and their gradients are both
+zero), so a widened model trains as the original would, in a shape vLLM's CPU build serves.
 
     python -m oar_verl.tiny.widen SOURCE_DIR OUTPUT_DIR [--factor 2]
 """

@@ -1,6 +1,5 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +96,8 @@ def test_master_port_windows_lie_below_the_ephemeral_range(tmp_path, monkeypatch
 def test_worker_groups_draw_master_ports_below_the_ephemeral_range():
     """Under the CPU backend a worker group given no port gets a window below the host's
     ephemeral range (verl binds its first free port there); a window the caller gives is kept."""
+    from oar_verl.integration import verl_hooks
+
     code = (
         "import verl; from verl.single_controller.ray.base import RayWorkerGroup;"
         "drawn = RayWorkerGroup(resource_pool=None, ray_cls_with_init=None, worker_names=[], worker_handles=[]);"
@@ -107,6 +108,6 @@ def test_worker_groups_draw_master_ports_below_the_ephemeral_range():
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("DRAWN", "GIVEN")))
     assert "DRAWN" in lines, result.stderr[-3000:]
     first, end = map(int, lines["DRAWN"].split())
-    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    assert 20000 <= first < end <= ephemeral_start
+    ephemeral_start = int(verl_hooks.EPHEMERAL_PORT_RANGE.read_text().split()[0])
+    assert verl_hooks.MASTER_PORT_FLOOR <= first < end <= ephemeral_start
     assert lines["GIVEN"] == "12345 12350"

@@ -20,6 +20,7 @@ from vllm.distributed.device_communicators.shm_broadcast import MessageQueue  # 
 
 from oar_verl import vllm_plugin  # noqa: E402
 from oar_verl.verl_cpu import vllm_settings, vllm_shared_memory  # noqa: E402
+from tests.test_patches import changed_files  # noqa: E402
 
 
 @pytest.fixture
@@ -171,8 +172,7 @@ def patched_vllm_tree(root: Path, apply: bool) -> Path:
     the upstream patch applied (`apply`) or not, and the patch's test beside it."""
     installed = Path(vllm.__file__).parent
     shutil.copytree(installed, root / "vllm", copy_function=os.symlink, ignore=shutil.ignore_patterns("__pycache__"))
-    changed = [line.split(" b/", 1)[1] for line in VLLM_PATCH.read_text().splitlines() if line.startswith("diff --git ")]
-    for path in changed:
+    for path in changed_files(VLLM_PATCH):
         if path.startswith("vllm/"):
             (root / path).unlink()
             shutil.copy(installed.parent / path, root / path)
